@@ -1,0 +1,134 @@
+"""What every notebook of the book shares: parameter checking, figure style, the results record."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import typing
+from importlib import metadata
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from . import __version__
+
+
+class ParameterGuard:
+    """Catches what papermill only warns about: unknown parameters and values of the wrong type.
+
+    Create it in the cell just before the ``parameters`` cell; declare each parameter there with
+    a type annotation (``epochs: int = 100``). After papermill's injected cell, ``check`` fails
+    on any new name that was not declared, and on a value whose type does not match.
+    """
+
+    def __init__(self, namespace: dict) -> None:
+        self.before = set(namespace)
+
+    def check(self, namespace: dict) -> dict:
+        declared = dict(namespace.get("__annotations__", {}))
+        new = {k for k in set(namespace) - self.before if not k.startswith("_")}
+        unknown = sorted(new - set(declared) - {"guard"})
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown}; this notebook takes {sorted(declared)}")
+        params = {}
+        for name, kind in declared.items():
+            if name not in namespace:
+                raise ValueError(f"parameter {name!r} has no value")
+            value = namespace[name]
+            if not _matches(value, kind):
+                raise TypeError(f"parameter {name}={value!r} has type {type(value).__name__}; expected {kind}")
+            params[name] = value
+        return params
+
+
+def _matches(value: object, kind: object) -> bool:
+    origin = typing.get_origin(kind)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (inner,) = typing.get_args(kind) or (object,)
+        return isinstance(value, list) and all(_matches(v, inner) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if kind is object:
+        return True
+    return isinstance(value, kind)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+
+STYLE = {
+    "figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
+    "legend.fontsize": 8, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+    "grid.alpha": 0.25, "figure.constrained_layout.use": True, "pdf.fonttype": 42,
+}
+COLORS = {"ours": "#1f77b4", "sae": "#d62728", "topk": "#2ca02c", "paper": "#7f7f7f",
+          "lse_only": "#7f7f7f", "lse_var": "#ff7f0e", "lse_var_tc": "#1f77b4", "var_tc_only": "#9467bd",
+          "adam": "#1f77b4", "sgd": "#d62728"}
+
+
+def use_style() -> None:
+    matplotlib.rcParams.update(STYLE)
+
+
+def save_figure(fig: plt.Figure, name: str, figures_dir: str | Path) -> list[Path]:
+    """Save as PDF and PNG under figures_dir; returns the paths."""
+    out = Path(figures_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.pdf", out / f"{name}.png"]
+    for p in paths:
+        fig.savefig(p, bbox_inches="tight", metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# The record
+# ---------------------------------------------------------------------------------------------
+
+RECORDED_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib", "papermill")
+
+
+def environment() -> dict:
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"encoder_study": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "packages": versions}
+
+
+class Record:
+    """A notebook's results folder: tidy CSV tables plus run_info.json (parameters, seeds,
+    versions, durations). Opened at the top of a notebook, written as results arrive."""
+
+    def __init__(self, results_dir: str | Path, params: dict) -> None:
+        self.dir = Path(results_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.params, self.start, self.durations = params, time.perf_counter(), {}
+
+    def table(self, name: str, df: pd.DataFrame) -> Path:
+        path = self.dir / f"{name}.csv"
+        df.to_csv(path, index=False, float_format="%.6g")
+        return path
+
+    def duration(self, label: str, seconds: float) -> None:
+        self.durations[label] = round(float(seconds), 3)
+
+    def close(self, **extra) -> Path:
+        info = {"parameters": self.params, "environment": environment(), "durations_s": self.durations,
+                "notebook_seconds": round(time.perf_counter() - self.start, 1), **extra}
+        path = self.dir / "run_info.json"
+        path.write_text(json.dumps(info, indent=1, default=str))
+        return path

@@ -1,0 +1,320 @@
+"""Many runs trained as one batched program.
+
+The paper's experiments are dozens of small runs (784 -> 64, batch 128). Trained one by one, each
+step is a handful of tiny GEMMs drowned in Python and framework overhead. Here the runs of a group
+(same model kind, optimizer and shapes) are stacked: weights (R, K, D), one batched GEMM per layer
+per step for all R runs, one optimizer update over the stack, per-run learning rates and lambdas
+as tensors. Each run still sees exactly what it would alone: its own initialisation (its seed),
+its own minibatch order (``epoch_permutation(seed, epoch)``), its own loss; the losses are summed
+only to call backward once, and the sum's gradient with respect to run r's weights is run r's own.
+
+No host synchronisation inside an epoch; one per epoch to read the losses and catch a run that
+diverged, which is then dropped from the stack (its last finite state kept) while the others go on.
+A group can checkpoint itself and resume.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import epoch_permutation
+from .losses import TERMS, LossConfig, combined_loss, sae_loss
+from .metrics import dead_units, l0, redundancy_score
+from .model import ACTIVATIONS, build_model
+from .training import ADAM_BETAS, ADAM_EPS, RunConfig, resolve_device
+
+SAE_TERMS = ("mse", "l1")
+
+
+@dataclass
+class RunResult:
+    """A finished run: its config, final weights (a state_dict on CPU), per-epoch history."""
+
+    config: RunConfig
+    state: dict[str, torch.Tensor]
+    history: list[dict]
+    diverged_epoch: int | None
+    seconds: float  # this run's share of its group's wall time (group time / runs in the group)
+    group_size: int = 1
+
+    def model(self) -> torch.nn.Module:
+        """The trained model, rebuilt from the state."""
+        input_dim = self.state["linear.weight" if self.config.model == "encoder" else "encoder.weight"].shape[1]
+        m = build_model(self.config.model, input_dim, self.config.hidden_dim, self.config.activation)
+        m.load_state_dict(self.state)
+        return m.eval()
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+def group_key(config: RunConfig) -> tuple:
+    """Runs that can share one stacked program: everything but seed, lr and the loss weights."""
+    return (config.model, config.hidden_dim, config.activation, config.optimizer, config.epochs,
+            config.batch_size, config.device, config.loss.reduction, config.eval_every)
+
+
+class StackedOptimizer:
+    """Adam or SGD over stacked parameters (leading dim = run) with a learning rate per run.
+
+    Runs with equal learning rates sit next to each other (``train_group`` orders them so), and
+    each such slice gets one call of torch's fused Adam kernel: the same arithmetic as
+    ``torch.optim.Adam(fused=True)`` in the plain loop, one memory pass per tensor.
+    """
+
+    def __init__(self, kind: str, params: list[torch.Tensor], lrs: list[float]) -> None:
+        self.kind, self.params, self.lrs = kind, params, list(lrs)
+        self.m = [torch.zeros_like(p) for p in params] if kind == "adam" else []
+        self.v = [torch.zeros_like(p) for p in params] if kind == "adam" else []
+        self.step_count = torch.zeros((), dtype=torch.float32, device=params[0].device)
+
+    def _buckets(self) -> list[tuple[int, int, float]]:
+        out, start = [], 0
+        for i in range(1, len(self.lrs) + 1):
+            if i == len(self.lrs) or self.lrs[i] != self.lrs[start]:
+                out.append((start, i, self.lrs[start]))
+                start = i
+        return out
+
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor]) -> None:
+        params = [p.detach() for p in self.params]
+        grads = [g.contiguous() for g in grads]  # the fused kernel needs dense grads (a no-op here)
+        if self.kind == "sgd":
+            for s, e, lr in self._buckets():
+                for p, g in zip(params, grads):
+                    p[s:e].add_(g[s:e], alpha=-lr)
+            return
+        self.step_count += 1  # fused Adam reads the step from a tensor; no host sync
+        b1, b2 = ADAM_BETAS
+        for s, e, lr in self._buckets():
+            sl = lambda ts: [t[s:e] for t in ts]  # noqa: E731
+            torch._fused_adam_(sl(params), sl(grads), sl(self.m), sl(self.v), [],
+                               [self.step_count] * len(params), lr=lr, beta1=b1, beta2=b2,
+                               weight_decay=0.0, eps=ADAM_EPS, amsgrad=False, maximize=False)
+
+    def state(self) -> dict:
+        return {"step": self.step_count.clone(), "m": self.m, "v": self.v}
+
+    def load(self, state: dict) -> None:
+        self.step_count.copy_(state["step"])
+        for dst, src in zip(self.m + self.v, state["m"] + state["v"]):
+            dst.copy_(src)
+
+    def keep(self, idx: list[int], params: list[torch.Tensor]) -> None:
+        """Follow the stack after runs left it: new parameter tensors, their rows of the state."""
+        self.params = params
+        self.lrs = [self.lrs[i] for i in idx]
+        self.m = [m[idx] for m in self.m]
+        self.v = [v[idx] for v in self.v]
+
+
+class RunStack:
+    """The parameters of R runs of one group, stacked, and their batched forward pass.
+
+    Weight matrices are held transposed, (R, in, out), so that x @ W^T is a plain batched GEMM
+    and its weight gradient x^T @ dz comes out dense (the fused optimizer needs that, and a
+    transposed gradient would cost a copy of every weight each step).
+    """
+
+    def __init__(self, configs: list[RunConfig], input_dim: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.configs = list(configs)
+        first = configs[0]
+        self.kind, self.act = first.model, ACTIVATIONS[first.activation]
+        states = [build_model(c.model, input_dim, c.hidden_dim, c.activation, c.seed).state_dict() for c in configs]
+        self.names = list(states[0])
+        self.params = [torch.stack([s[n].T if s[n].dim() == 2 else s[n] for s in states]).to(device, dtype)
+                       .contiguous().requires_grad_(True) for n in self.names]
+        as_tensor = lambda vals: torch.tensor(vals, dtype=dtype, device=device)  # noqa: E731
+        self.seeds = [c.seed for c in configs]
+        self.lambdas = {t: as_tensor([getattr(c.loss, t) for c in configs]) for t in TERMS}
+        self.l1 = as_tensor([c.l1 for c in configs])
+        self.loss_config = LossConfig(reduction=first.loss.reduction)
+        self.terms = TERMS if self.kind == "encoder" else SAE_TERMS
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Activations (R, B, K) for inputs (R, B, D), or for shared inputs (B, D)."""
+        Wt, b = self.params[0], self.params[1]
+        if x.dim() == 2:
+            return self.act(torch.matmul(x, Wt) + b.unsqueeze(1))
+        return self.act(torch.baddbmm(b.unsqueeze(1), x, Wt))
+
+    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-run loss terms, each (R,), for per-run minibatches x (R, B, D)."""
+        a = self.encode(x)
+        if self.kind == "encoder":
+            return combined_loss(a, self.params[0].transpose(1, 2), self.loss_config, weights=self.lambdas)
+        Wd_t, bd = self.params[2], self.params[3]
+        x_hat = torch.baddbmm(bd.unsqueeze(1), a, Wd_t)
+        return sae_loss(x, x_hat, a, self.l1)
+
+    def keep(self, idx: list[int]) -> None:
+        """Drop every run not in ``idx`` (a diverged run leaves the stack)."""
+        t = torch.tensor(idx, device=self.l1.device)
+        self.configs = [self.configs[i] for i in idx]
+        self.seeds = [self.seeds[i] for i in idx]
+        self.params = [p.detach()[t].requires_grad_(True) for p in self.params]
+        self.l1 = self.l1[t]
+        self.lambdas = {k: v[t] for k, v in self.lambdas.items()}
+
+    def state_of(self, r: int) -> dict[str, torch.Tensor]:
+        return {n: (p[r].T if p.dim() == 3 else p[r]).detach().cpu().contiguous().clone()
+                for n, p in zip(self.names, self.params)}
+
+
+def _epoch_orders(seeds: list[int], epoch: int, n: int, device: torch.device) -> torch.Tensor:
+    """(R, n) sample orders; runs with the same seed share one permutation."""
+    cache: dict[int, torch.Tensor] = {}
+    rows = [cache.setdefault(s, epoch_permutation(s, epoch, n)) for s in seeds]
+    return torch.stack(rows).to(device)
+
+
+@torch.no_grad()
+def _test_metrics(stack: RunStack, test_x: torch.Tensor, chunk: int = 4096) -> list[dict]:
+    A = torch.cat([stack.encode(test_x[i:i + chunk]) for i in range(0, len(test_x), chunk)], dim=1).cpu()
+    return [{"dead_units": dead_units(A[r]), "l0": l0(A[r]), "redundancy": redundancy_score(A[r])}
+            for r in range(len(stack))]
+
+
+def _save_atomic(obj: object, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.Tensor | None = None,
+                checkpoint: Path | None = None, checkpoint_every: int = 5, progress: bool = True,
+                desc: str = "") -> list[RunResult]:
+    """Train runs that share a ``group_key`` as one stacked program; results in input order."""
+    keys = {group_key(c) for c in configs}
+    if len(keys) != 1:
+        raise ValueError(f"configs of one group must share model, shapes, optimizer and epochs; got {keys}")
+    # Runs with equal learning rates side by side (one fused optimizer call each); the order is
+    # canonical, so the same set of runs always forms the same stack and gives the same numbers.
+    order = sorted(range(len(configs)), key=lambda i: (configs[i].lr, configs[i].seed))
+    if order != list(range(len(configs))):
+        results = train_group([configs[i] for i in order], train_x, test_x, checkpoint, checkpoint_every,
+                              progress, desc)
+        out: list[RunResult | None] = [None] * len(configs)
+        for pos, i in enumerate(order):
+            out[i] = results[pos]
+        return out  # type: ignore[return-value]
+    first = configs[0]
+    device = resolve_device(first.device)
+    dtype = train_x.dtype if train_x.dtype == torch.float64 else torch.float32  # float64 for exactness checks
+    X = train_x.to(device=device, dtype=dtype)
+    Xt = None if test_x is None else test_x.to(device=device, dtype=dtype)
+    n, B = len(X), first.batch_size
+    stack = RunStack(configs, X.shape[1], device, dtype)
+    opt = StackedOptimizer(first.optimizer, stack.params, [c.lr for c in configs])
+    alive = list(range(len(configs)))  # original index of each run still in the stack
+    histories: list[list[dict]] = [[] for _ in configs]
+    finished: dict[int, RunResult] = {}
+    start_epoch, elapsed = 0, 0.0
+    last_good = [stack.state_of(r) for r in range(len(stack))]
+
+    if checkpoint is not None and checkpoint.exists():
+        ck = torch.load(checkpoint, weights_only=False)
+        if ck["configs"] == [c.as_dict() for c in configs]:
+            stack.keep(ck["alive"])
+            opt.keep(ck["alive"], stack.params)
+            with torch.no_grad():
+                for p, src in zip(stack.params, ck["params"]):
+                    p.copy_(src)
+            opt.load(ck["opt"])
+            alive, histories, finished = ck["alive"], ck["histories"], ck["finished"]
+            start_epoch, elapsed = ck["epoch"], ck["elapsed"]
+            last_good = [stack.state_of(r) for r in range(len(stack))]
+
+    bar = tqdm(range(start_epoch, first.epochs), desc=desc or f"{first.model} x{len(configs)}",
+               disable=not progress, initial=start_epoch, total=first.epochs, leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        orders = _epoch_orders(stack.seeds, epoch, n, device)
+        sums = torch.zeros(len(stack.terms) + 1, len(stack), device=device, dtype=dtype)
+        steps = 0
+        for s in range(0, n, B):
+            idx = orders[:, s:s + B]
+            xb = X.index_select(0, idx.reshape(-1)).view(idx.shape[0], idx.shape[1], -1)
+            out = stack.losses(xb)
+            grads = torch.autograd.grad(out["total"].sum(), stack.params)
+            opt.step(grads)
+            sums += torch.stack([out["total"].detach()] + [out[t].detach() for t in stack.terms])
+            steps += 1
+        means = (sums / steps).cpu()  # the one host sync of the epoch
+        finite = torch.isfinite(means).all(0) & torch.stack(
+            [torch.isfinite(p.detach()).flatten(1).all(1) for p in stack.params]).all(0).cpu()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed += time.perf_counter() - t0
+        evaluate = Xt is not None and ((epoch + 1) % first.eval_every == 0 or epoch + 1 == first.epochs)
+        test = _test_metrics(stack, Xt) if evaluate else None
+        for r, orig in enumerate(alive):
+            row = {"epoch": epoch + 1, "total": float(means[0, r])}
+            row.update({t: float(means[i + 1, r]) for i, t in enumerate(stack.terms)})
+            if test is not None and finite[r]:
+                row.update(test[r])
+            if not finite[r]:
+                row["diverged"] = True
+            histories[orig].append(row)
+        bad = [r for r in range(len(stack)) if not finite[r]]
+        for r in bad:
+            orig = alive[r]
+            finished[orig] = RunResult(configs[orig], last_good[r], histories[orig], epoch + 1, 0.0)
+        if bad:
+            keep = [r for r in range(len(stack)) if finite[r]]
+            stack.keep(keep)
+            opt.keep(keep, stack.params)
+            alive = [alive[r] for r in keep]
+            if not alive:
+                break
+        last_good = [stack.state_of(r) for r in range(len(stack))]
+        bar.set_postfix(loss=f"{float(means[0].mean()):.4g}")
+        if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0) and epoch + 1 < first.epochs:
+            _save_atomic({"configs": [c.as_dict() for c in configs], "alive": alive, "epoch": epoch + 1,
+                          "params": [p.detach() for p in stack.params], "opt": opt.state(),
+                          "histories": histories, "finished": finished, "elapsed": elapsed}, checkpoint)
+    bar.close()
+    for r, orig in enumerate(alive):
+        finished[orig] = RunResult(configs[orig], stack.state_of(r), histories[orig], None, 0.0)
+    share = elapsed / len(configs)
+    results = [finished[i] for i in range(len(configs))]
+    for res in results:
+        res.seconds, res.group_size = share, len(configs)
+    if checkpoint is not None and checkpoint.exists():
+        checkpoint.unlink()
+    return results
+
+
+def group_runs(configs: list[RunConfig]) -> dict[tuple, list[int]]:
+    """Indices of the configs, grouped by what lets them share a stack."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, c in enumerate(configs):
+        groups[group_key(c)].append(i)
+    return dict(groups)
+
+
+def train_many(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.Tensor | None = None,
+               progress: bool = True) -> list[RunResult]:
+    """Train every run, each group as one stacked program; results in input order."""
+    results: list[RunResult | None] = [None] * len(configs)
+    for idx in group_runs(configs).values():
+        for i, res in zip(idx, train_group([configs[i] for i in idx], train_x, test_x, progress=progress)):
+            results[i] = res
+    return results  # type: ignore[return-value]
+
+
+__all__ = ["RunResult", "RunStack", "StackedOptimizer", "group_key", "group_runs", "train_group", "train_many"]

@@ -1,0 +1,181 @@
+"""The objective: log-sum-exp (implicit EM) plus InfoMax volume control, and the SAE's loss.
+
+Every loss takes activations shaped ``(..., batch, units)`` and returns one value per leading
+index, so the same function serves a single run ``(B, K)`` and a stack of runs ``(R, B, K)``
+trained together (see ``engine.py``). Conventions follow ``../shared/PAPER.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .validation import check_choice, check_nonnegative
+
+REDUCTIONS = ("sum", "mean")
+VARIANCE_EPS = 1e-6  # inside the log of the variance term
+CORRELATION_EPS = 1e-8  # added to each standard deviation in the correlation term
+
+
+def _check_activations(a: torch.Tensor, name: str = "a", min_batch: int = 1) -> None:
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(a).__name__}")
+    if a.dim() < 2:
+        raise ValueError(f"{name} must have shape (..., batch, units); got shape {tuple(a.shape)}")
+    if a.shape[-2] < min_batch:
+        raise ValueError(
+            f"{name} needs a batch of at least {min_batch} samples for this loss; "
+            f"got shape {tuple(a.shape)}"
+        )
+
+
+def lse_loss(a: torch.Tensor, reduction: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
+    """L_lse = -sum_batch log sum_j exp(-a_j) and the responsibilities r = softmax(-a).
+
+    With ``reduction="sum"`` (the paper's convention) dL/da_j = r_j exactly for every sample;
+    ``"mean"`` divides by the batch size. The responsibilities are returned detached.
+    """
+    _check_activations(a)
+    check_choice("reduction", reduction, REDUCTIONS)
+    per_sample = -torch.logsumexp(-a, dim=-1)
+    loss = per_sample.sum(-1) if reduction == "sum" else per_sample.mean(-1)
+    return loss, torch.softmax(-a.detach(), dim=-1)
+
+
+def covariance(a: torch.Tensor) -> torch.Tensor:
+    """Unbiased minibatch covariance of the units, (..., K, K)."""
+    _check_activations(a, min_batch=2)
+    centred = a - a.mean(dim=-2, keepdim=True)
+    return centred.transpose(-1, -2) @ centred / (a.shape[-2] - 1)
+
+
+def variance_loss(a: torch.Tensor, eps: float = VARIANCE_EPS, cov: torch.Tensor | None = None) -> torch.Tensor:
+    """L_var = -sum_j log(Var_batch(a_j) + eps), unbiased variance: the volume control.
+
+    ``cov``, if given, is ``covariance(a)``: its diagonal is the variance (shared work).
+    """
+    var = torch.diagonal(cov, dim1=-2, dim2=-1) if cov is not None else a.var(dim=-2, unbiased=True)
+    if cov is None:
+        _check_activations(a, min_batch=2)
+    return -torch.log(var + eps).sum(-1)
+
+
+def correlation_matrix(a: torch.Tensor, eps: float = CORRELATION_EPS, cov: torch.Tensor | None = None) -> torch.Tensor:
+    """Minibatch correlation of the units: unbiased covariance / ((std_i + eps)(std_j + eps))."""
+    cov = covariance(a) if cov is None else cov
+    std = torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(0).sqrt() + eps
+    return cov / (std.unsqueeze(-1) * std.unsqueeze(-2))
+
+
+def off_diagonal_sq_sum(m: torch.Tensor) -> torch.Tensor:
+    """Sum of squared off-diagonal entries of square matrices (..., K, K)."""
+    return (m**2).sum((-2, -1)) - (torch.diagonal(m, dim1=-2, dim2=-1) ** 2).sum(-1)
+
+
+def correlation_loss(a: torch.Tensor, cov: torch.Tensor | None = None) -> torch.Tensor:
+    """L_tc: squared off-diagonal entries of the minibatch correlation matrix, summed."""
+    return off_diagonal_sq_sum(correlation_matrix(a, cov=cov))
+
+
+def weight_redundancy_loss(W: torch.Tensor) -> torch.Tensor:
+    """L_wr = ||W_n W_n^T - I||_F^2 with W's rows (components) normalised to unit length."""
+    if not isinstance(W, torch.Tensor) or W.dim() < 2:
+        raise ValueError(f"W must be a tensor of shape (..., units, inputs); got {getattr(W, 'shape', W)!r}")
+    Wn = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    gram = Wn @ Wn.transpose(-1, -2)
+    eye = torch.eye(W.shape[-2], dtype=W.dtype, device=W.device)
+    return ((gram - eye) ** 2).sum((-2, -1))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the four terms (PAPER.md: all 1.0 but weight redundancy 0) and LSE's reduction."""
+
+    lse: float = 1.0
+    var: float = 1.0
+    tc: float = 1.0
+    wr: float = 0.0
+    reduction: str = "sum"
+
+    def __post_init__(self) -> None:
+        for name in ("lse", "var", "tc", "wr"):
+            check_nonnegative(f"lambda_{name}", getattr(self, name))
+        check_choice("reduction", self.reduction, REDUCTIONS)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+TERMS = ("lse", "var", "tc", "wr")
+
+
+def combined_loss(
+    a: torch.Tensor,
+    W: torch.Tensor,
+    config: LossConfig = LossConfig(),
+    weights: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Total objective and its terms: dict(total, lse, var, tc, wr, responsibilities).
+
+    A term whose lambda is 0 is not computed (its entry is 0). ``weights`` optionally gives
+    per-run lambdas as tensors broadcastable to the leading shape, for stacked runs; a term is
+    then computed when any run uses it, and each run's total uses its own lambdas.
+    """
+    if not isinstance(config, LossConfig):
+        raise TypeError(f"config must be a LossConfig, got {type(config).__name__}")
+    lam = {t: getattr(config, t) for t in TERMS} if weights is None else weights
+    used = {t: bool(torch.as_tensor(lam[t]).ne(0).any()) for t in TERMS}
+    zero = a.new_zeros(a.shape[:-2])
+    cov = covariance(a) if used["var"] and used["tc"] else None  # one covariance serves both terms
+    compute = {"lse": lambda: lse_loss(a, config.reduction)[0], "var": lambda: variance_loss(a, cov=cov),
+               "tc": lambda: correlation_loss(a, cov=cov), "wr": lambda: weight_redundancy_loss(W)}
+    out: dict[str, torch.Tensor] = {t: compute[t]() if used[t] else zero for t in TERMS}
+    total = zero
+    for t in TERMS:
+        if used[t]:
+            total = total + lam[t] * out[t]
+    with torch.no_grad():  # logged for every run, never part of the gradient when unused
+        resp = torch.softmax(-a, dim=-1)
+        if not used["lse"]:
+            out["lse"] = lse_loss(a, config.reduction)[0]
+    out["total"] = total
+    out["responsibilities"] = resp
+    return out
+
+
+def sae_loss(x: torch.Tensor, x_hat: torch.Tensor, a: torch.Tensor,
+             l1: float | torch.Tensor = 0.01) -> dict[str, torch.Tensor]:
+    """The standard SAE's loss: mean squared error over all elements + l1 * mean |a|.
+
+    Works per run on stacks ``(..., B, D)``: means are over the last two dimensions; ``l1``
+    may be a per-run tensor.
+    """
+    if not isinstance(l1, torch.Tensor):
+        check_nonnegative("l1", l1)
+    if x.shape != x_hat.shape:
+        raise ValueError(f"x and x_hat must have the same shape; got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+    mse = ((x_hat - x) ** 2).mean((-2, -1))
+    sparsity = a.abs().mean((-2, -1))
+    return {"total": mse + l1 * sparsity, "mse": mse, "l1": sparsity}
+
+
+def uniform_lse_value(batch: int, units: int) -> float:
+    """L_lse when every activation is 0: -batch * ln(units) (-532.3 for 128 x 64)."""
+    return -batch * math.log(units)
+
+
+__all__ = [
+    "LossConfig",
+    "combined_loss",
+    "correlation_loss",
+    "correlation_matrix",
+    "covariance",
+    "lse_loss",
+    "off_diagonal_sq_sum",
+    "sae_loss",
+    "uniform_lse_value",
+    "variance_loss",
+    "weight_redundancy_loss",
+]

@@ -1,0 +1,142 @@
+"""What a trained model is judged by. Everything here runs without gradients, in float64
+where sums over many samples are taken. ``A`` is a matrix of activations (samples x units)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from .losses import off_diagonal_sq_sum, weight_redundancy_loss
+
+ACTIVE_THRESHOLD = 0.01  # L0 and firing frequency: a unit is active when a > 0.01
+DEAD_VARIANCE = 0.01  # a unit is dead when its activation's variance over the test set < 0.01
+
+
+def _as64(A) -> torch.Tensor:
+    A = torch.as_tensor(A)
+    if A.dim() != 2:
+        raise ValueError(f"expected a matrix (samples, units); got shape {tuple(A.shape)}")
+    return A.detach().to(torch.float64)
+
+
+@torch.no_grad()
+def features(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+    """Activations a of every row of x, in chunks, as a float32 tensor on x's device."""
+    return torch.cat([model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def dead_units(A, threshold: float = DEAD_VARIANCE) -> int:
+    """Units whose activation variance over the samples is below ``threshold`` (PAPER.md)."""
+    return int((_as64(A).var(dim=0) < threshold).sum())
+
+
+@torch.no_grad()
+def firing_frequency(A, threshold: float = ACTIVE_THRESHOLD) -> np.ndarray:
+    """Per unit, the share of samples on which it is active (a > threshold)."""
+    return (_as64(A) > threshold).double().mean(dim=0).numpy()
+
+
+@torch.no_grad()
+def l0(A, threshold: float = ACTIVE_THRESHOLD) -> float:
+    """Mean number of active units (a > threshold) per sample."""
+    return float((_as64(A) > threshold).sum(dim=1).double().mean())
+
+
+@torch.no_grad()
+def correlation(A) -> torch.Tensor:
+    """Correlation matrix of the units over the samples; a constant unit correlates 0 with all."""
+    A = _as64(A)
+    c = A - A.mean(dim=0)
+    cov = c.T @ c / (len(A) - 1)
+    std = cov.diagonal().clamp_min(0).sqrt()
+    inv = torch.where(std > 0, 1.0 / std, torch.zeros_like(std))
+    return cov * inv[:, None] * inv[None, :]
+
+
+@torch.no_grad()
+def redundancy_score(A) -> float:
+    """Squared Frobenius norm of the off-diagonal part of Corr(A); at most K(K-1)."""
+    return float(off_diagonal_sq_sum(correlation(A)))
+
+
+@torch.no_grad()
+def weight_redundancy(W) -> float:
+    """||W_n W_n^T - I||_F^2 over the unit-normalised rows of W."""
+    return float(weight_redundancy_loss(torch.as_tensor(W).detach().to(torch.float64)))
+
+
+@torch.no_grad()
+def effective_rank(M) -> float:
+    """exp(entropy of the singular values normalised to sum 1) (Roy & Vetterli 2007)."""
+    s = torch.linalg.svdvals(_as64(M))
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+@torch.no_grad()
+def responsibilities(A) -> torch.Tensor:
+    return torch.softmax(-_as64(A), dim=1)
+
+
+@torch.no_grad()
+def responsibility_entropy(A) -> float:
+    """Mean over samples of H(softmax(-a)) in nats; ln K means every sample is shared evenly."""
+    r = responsibilities(A)
+    return float(-(r * torch.log(r.clamp_min(1e-300))).sum(dim=1).mean())
+
+
+@torch.no_grad()
+def usage_distribution(A) -> np.ndarray:
+    """Mean responsibility of each component over the samples (sums to 1): how the data is shared."""
+    return responsibilities(A).mean(dim=0).numpy()
+
+
+@torch.no_grad()
+def reconstruction_mse(X, A, W) -> float:
+    """Mean over samples of ||x - W^T a||^2: reconstruction through the encoder's own weights."""
+    X, A, W = _as64(X), _as64(A), _as64(W)
+    return float(((X - A @ W) ** 2).sum(dim=1).mean())
+
+
+@torch.no_grad()
+def fvu(X, X_hat) -> float:
+    """Fraction of variance unexplained: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2."""
+    X, X_hat = _as64(X), _as64(X_hat)
+    return float(((X - X_hat) ** 2).sum() / ((X - X.mean(dim=0)) ** 2).sum())
+
+
+@torch.no_grad()
+def fit_linear_readout(A_train, X_train) -> torch.Tensor:
+    """Least-squares affine map from features to inputs, fitted on train: (K + 1, D), bias last."""
+    A, X = _as64(A_train), _as64(X_train)
+    design = torch.cat([A, torch.ones(len(A), 1, dtype=A.dtype)], dim=1)
+    return torch.linalg.lstsq(design, X, driver="gelsd").solution
+
+
+@torch.no_grad()
+def readout_fvu(A_train, X_train, A_test, X_test) -> float:
+    """FVU on test of a least-squares linear readout fitted on train features: a fair
+    reconstruction score for a model without a decoder (and, beside its decoder, for an SAE)."""
+    M = fit_linear_readout(A_train, X_train)
+    A = _as64(A_test)
+    return fvu(X_test, torch.cat([A, torch.ones(len(A), 1, dtype=A.dtype)], dim=1) @ M)
+
+
+def linear_probe_accuracy(A_train, y_train, A_test, y_test, max_iter: int = 5000) -> float:
+    """Standardise (fit on train), multinomial logistic regression (lbfgs), accuracy on test."""
+    scaler = StandardScaler().fit(np.asarray(torch.as_tensor(A_train).detach().cpu(), dtype=np.float64))
+    tr = scaler.transform(np.asarray(torch.as_tensor(A_train).detach().cpu(), dtype=np.float64))
+    te = scaler.transform(np.asarray(torch.as_tensor(A_test).detach().cpu(), dtype=np.float64))
+    clf = LogisticRegression(solver="lbfgs", max_iter=max_iter)
+    clf.fit(tr, np.asarray(torch.as_tensor(y_train).cpu()))
+    return float((clf.predict(te) == np.asarray(torch.as_tensor(y_test).cpu())).mean())
+
+
+def uniform_entropy(k: int) -> float:
+    return math.log(k)
