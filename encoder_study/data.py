@@ -258,7 +258,7 @@ def mnist_tensors(root: str | Path | None = None, download: bool = True, n_train
         n = len(arrays[f"{split}_y"]) if limit is None else check_positive_int(name, limit)
         if n > len(arrays[f"{split}_y"]):
             raise ValueError(f"{name}={limit} exceeds the {len(arrays[f'{split}_y'])} {split} images")
-        out[f"{split}_x"] = torch.from_numpy(arrays[f"{split}_x"][:n]).to(device=device, dtype=torch.float32) / 255.0
+        out[f"{split}_x"] = torch.from_numpy(np.array(arrays[f"{split}_x"][:n])).to(device=device, dtype=torch.float32) / 255.0
         out[f"{split}_y"] = torch.from_numpy(arrays[f"{split}_y"][:n].astype(np.int64)).to(device)
     return out
 

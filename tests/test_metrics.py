@@ -1,0 +1,79 @@
+"""Metrics on hand-built inputs with known answers and against float64 references."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from encoder_study import metrics as M
+
+
+def test_dead_units_and_firing():
+    A = torch.stack([torch.zeros(100), torch.full((100,), 5.0), torch.rand(100) * 10, torch.rand(100) * 0.1], 1)
+    assert M.dead_units(A) == 3  # constant zero, constant 5, and a unit of variance < 0.01
+    freq = M.firing_frequency(torch.tensor([[0.0, 1.0], [0.02, 1.0], [0.0, 0.0], [0.005, 1.0]]))
+    assert freq.tolist() == [0.25, 0.75]
+
+
+def test_redundancy_hand_cases():
+    x = torch.randn(500)
+    assert M.redundancy_score(torch.stack([x, x], 1)) == pytest.approx(2.0, abs=1e-9)
+    assert M.redundancy_score(torch.stack([x, torch.zeros(500)], 1)) == 0.0
+    A = torch.randn(1000, 6, dtype=torch.float64)
+    c = np.corrcoef(A.numpy(), rowvar=False)
+    assert M.redundancy_score(A) == pytest.approx((c**2).sum() - 6, rel=1e-9)
+    y = torch.randn(50, 1).repeat(1, 64)
+    assert M.redundancy_score(y) == pytest.approx(64 * 63, rel=1e-9)  # the maximum
+
+
+def test_entropy_usage_effective_rank():
+    assert M.responsibility_entropy(torch.zeros(10, 64)) == pytest.approx(math.log(64), abs=1e-12)
+    one_hot = torch.full((4, 8), 1e4)
+    one_hot[:, 3] = 0
+    assert M.responsibility_entropy(one_hot) == pytest.approx(0.0, abs=1e-12)
+    u = M.usage_distribution(one_hot)
+    assert u[3] == pytest.approx(1.0) and u.sum() == pytest.approx(1.0)
+    assert M.effective_rank(torch.eye(16)) == pytest.approx(16.0, rel=1e-12)
+    assert M.effective_rank(torch.outer(torch.randn(10), torch.randn(7))) == pytest.approx(1.0, abs=1e-6)
+    assert M.effective_rank(torch.diag(torch.tensor([1.0, 1.0, 0.0]))) == pytest.approx(2.0)
+
+
+def test_l0_and_reconstruction():
+    A = torch.tensor([[0.0, 0.5, 0.011], [0.009, 0.0, 0.0]])
+    assert M.l0(A) == pytest.approx(1.0)
+    W = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    X = torch.tensor([[1.0, 4.0, 3.0]])
+    a = torch.tensor([[1.0, 2.0]])  # W^T a = [1, 4, 0]: error 9
+    assert M.reconstruction_mse(X, a, W) == pytest.approx(9.0)
+
+
+def test_readout_fvu_exact_and_null():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(400, 10, generator=g, dtype=torch.float64)
+    P = torch.randn(10, 10, generator=g, dtype=torch.float64)
+    A = X @ P + 3.0  # invertible affine map of X: a perfect linear readout exists
+    assert M.readout_fvu(A[:300], X[:300], A[300:], X[300:]) < 1e-12
+    noise = torch.randn(400, 5, generator=g, dtype=torch.float64)  # features unrelated to X
+    assert M.readout_fvu(noise[:300], X[:300], noise[300:], X[300:]) == pytest.approx(1.0, abs=0.1)
+    assert M.fvu(X, X.mean(0).expand_as(X)) == pytest.approx(1.0)
+
+
+def test_linear_probe_on_separable_and_random_labels():
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(3, (600,), generator=g)
+    A = torch.nn.functional.one_hot(y, 3).double() * 5 + 0.1 * torch.randn(600, 3, generator=g, dtype=torch.float64)
+    assert M.linear_probe_accuracy(A[:400], y[:400], A[400:], y[400:]) == 1.0
+    r = torch.randint(3, (600,), generator=g)
+    assert M.linear_probe_accuracy(A[:400], r[:400], A[400:], r[400:]) < 0.5
+
+
+def test_metrics_need_no_gradient():
+    A = torch.rand(20, 4, requires_grad=True)
+    M.redundancy_score(A), M.dead_units(A), M.l0(A), M.responsibility_entropy(A)  # noqa: B018
+    assert A.grad is None
+
+
+def test_metric_input_shape_error():
+    with pytest.raises(ValueError, match="shape"):
+        M.dead_units(torch.zeros(3))

@@ -1,0 +1,145 @@
+"""Training: the theory's predictions on synthetic data, the engine against the plain loop,
+divergence, resuming, and bad input."""
+
+import pytest
+import torch
+
+from encoder_study.data import get_synthetic
+from encoder_study.engine import train_group, train_many
+from encoder_study.losses import LossConfig
+from encoder_study.metrics import dead_units, features
+from encoder_study.runs import run_experiments
+from encoder_study.training import RunConfig, train_run
+
+
+def centred_cosine(C, W):
+    """Cosine between true components and learned rows after removing the components' common
+    mean direction, which a unit's bias absorbs (w . x shifts almost uniformly along it)."""
+    u = C.mean(0) / C.mean(0).norm()
+    proj = lambda A: A - (A @ u)[:, None] * u[None]  # noqa: E731
+    A, B = proj(C), proj(W)
+    return (A / A.norm(dim=1, keepdim=True)) @ (B / B.norm(dim=1, keepdim=True)).T
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return get_synthetic(4096, 32, 8, noise=0.1, seed=0)
+
+
+def test_full_objective_recovers_components(synthetic):
+    X, C = synthetic
+    runs = [RunConfig(seed=s, epochs=100, hidden_dim=12, device="cpu") for s in (1, 2, 3)]
+    for r in train_many(runs, X, progress=False):
+        best = centred_cosine(C, r.state["linear.weight"]).max(dim=1).values
+        assert (best > 0.9).all(), f"seed {r.config.seed}: best-match cosines {best}"
+
+
+def test_lse_alone_collapses(synthetic):
+    X, _ = synthetic
+    runs = [RunConfig(seed=s, epochs=30, hidden_dim=12, device="cpu", loss=LossConfig(var=0, tc=0)) for s in (1, 2)]
+    for r in train_many(runs, X, progress=False):
+        assert dead_units(features(r.model(), X)) == 12
+
+
+def _max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_engine_matches_plain_loop_encoder_float64(mnist):
+    # The LSE + InfoMax objective amplifies rounding (about 10% a step early on), so the
+    # comparison runs in float64, where 200 steps stay far inside the tolerance.
+    X = mnist["train_x"][:128 * 40].double()
+    runs = [RunConfig(seed=1, epochs=5, device="cpu"),
+            RunConfig(seed=2, epochs=5, device="cpu", lr=3e-3, loss=LossConfig(tc=0.0, wr=0.5)),
+            RunConfig(seed=3, epochs=5, device="cpu", optimizer="adam", loss=LossConfig(lse=0.0))]
+    together = train_group(runs, X, progress=False)
+    for cfg, res in zip(runs, together):
+        model, hist = train_run(cfg, X)
+        assert _max_diff(model.state_dict(), res.state) < 1e-6  # weights are ~0.1; fp32 drifts to ~1e-2
+        assert [h["total"] for h in hist] == pytest.approx([h["total"] for h in res.history], rel=1e-9)
+
+
+def test_engine_matches_plain_loop_sae_and_sgd_float32(mnist):
+    X = mnist["train_x"][:128 * 60]
+    runs = [RunConfig(model="sae", seed=s, epochs=5, device="cpu", l1=l1) for s, l1 in ((1, 0.01), (2, 0.1))]
+    runs += [RunConfig(seed=4, epochs=1, device="cpu", optimizer="sgd", lr=1e-4, loss=LossConfig(tc=0))]
+    for cfg, res in zip(runs, train_many(runs, X, progress=False)):
+        model, hist = train_run(cfg, X)
+        assert _max_diff(model.state_dict(), res.state) < 2e-5, cfg
+        assert hist[-1]["total"] == pytest.approx(res.history[-1]["total"], rel=1e-4)
+
+
+def test_diverging_run_is_stopped_without_spoiling_others(mnist):
+    X = mnist["train_x"][:128 * 20]
+    good = RunConfig(model="sae", seed=1, epochs=3, device="cpu", optimizer="sgd", lr=1e-2)
+    bad = good.with_(seed=2, lr=1e8)  # overflows to inf/NaN within the first epoch
+    alone = train_group([good], X, progress=False)[0]
+    pair = train_group([good, bad], X, progress=False)
+    assert pair[1].diverged_epoch is not None and pair[1].history[-1].get("diverged")
+    assert all(torch.isfinite(v).all() for v in pair[1].state.values())  # its last finite state
+    assert pair[0].diverged_epoch is None and len(pair[0].history) == 3
+    assert _max_diff(alone.state, pair[0].state) < 1e-6
+
+
+def test_interrupted_group_resumes_to_the_same_numbers(mnist, tmp_path, monkeypatch):
+    X = mnist["train_x"][:128 * 10]
+    runs = [RunConfig(seed=s, epochs=6, device="cpu") for s in (1, 2)]
+    straight = train_group(runs, X, progress=False)
+    import encoder_study.engine as E
+
+    calls = {"n": 0}
+    real = E._save_atomic
+
+    def save_then_stop(obj, path):
+        real(obj, path)
+        calls["n"] += 1
+        raise KeyboardInterrupt  # interrupted right after the first checkpoint (epoch 2)
+
+    monkeypatch.setattr(E, "_save_atomic", save_then_stop)
+    ck = tmp_path / "group.partial.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_group(runs, X, checkpoint=ck, checkpoint_every=2, progress=False)
+    assert ck.exists() and calls["n"] == 1
+    monkeypatch.setattr(E, "_save_atomic", real)
+    resumed = train_group(runs, X, checkpoint=ck, checkpoint_every=2, progress=False)
+    for a, b in zip(straight, resumed):
+        assert _max_diff(a.state, b.state) == 0.0
+        assert [h["total"] for h in a.history] == [h["total"] for h in b.history]
+    assert not ck.exists()
+
+
+def test_run_cache_reuses_and_fresh_retrains(mnist, tmp_path):
+    X = mnist["train_x"][:256]
+    runs = [RunConfig(seed=1, epochs=1, device="cpu", batch_size=64)]
+    first = run_experiments(runs, X, cache=tmp_path, progress=False)
+    files = list(tmp_path.glob("*.pt"))
+    assert len(files) == 1
+    again = run_experiments(runs, X, cache=tmp_path, progress=False)
+    assert _max_diff(first[0].state, again[0].state) == 0.0 and again[0].seconds == first[0].seconds
+    fresh = run_experiments(runs, X, cache=tmp_path, progress=False, fresh=True)
+    assert fresh[0].seconds != first[0].seconds  # retrained, same numbers
+    assert _max_diff(first[0].state, fresh[0].state) == 0.0
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"optimizer": "rmsprop"}, "optimizer='rmsprop'.*'adam', 'sgd'"),
+    ({"lr": -1.0}, "lr=-1.0"),
+    ({"lr": "fast"}, "lr='fast'"),
+    ({"epochs": 0}, "epochs=0"),
+    ({"device": "tpu"}, "device='tpu'"),
+    ({"activation": "gelu"}, "activation='gelu'"),
+    ({"l1": -0.1}, "l1=-0.1"),
+    ({"loss": {"lse": -1.0}}, "lambda_lse=-1.0"),
+    ({"loss": {"tc": "a lot"}}, "lambda_tc='a lot'"),
+])
+def test_bad_run_configs_are_named(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        RunConfig(**kwargs)
+
+
+def test_wrong_data_shape_is_named():
+    with pytest.raises(ValueError, match=r"x must have shape"):
+        model, _ = train_run(RunConfig(epochs=1, device="cpu"), torch.zeros(10, 784))
+        model(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="configs is empty"):
+        run_experiments([], torch.zeros(4, 3))
