@@ -132,3 +132,26 @@ class Record:
         path = self.dir / "run_info.json"
         path.write_text(json.dumps(info, indent=1, default=str))
         return path
+
+
+def repo_root() -> Path:
+    """The book's root folder (holding pyproject.toml), found upward from the working directory,
+    so a notebook works whether run from notebooks/ (JupyterLab) or the root (papermill)."""
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").exists() and (folder / "encoder_study").is_dir():
+            return folder
+    return here
+
+
+def repo_path(path: str | Path) -> Path:
+    """An absolute path as given, else relative to the book's root."""
+    p = Path(path)
+    return p if p.is_absolute() else repo_root() / p
+
+
+def mean_std(df: pd.DataFrame, by: str | list[str], cols: list[str]) -> pd.DataFrame:
+    """Per group, 'mean ± std' over seeds (sample std), as strings for a readable table."""
+    g = df.groupby(by, sort=False)[cols]
+    m, s = g.mean(), g.std(ddof=1).fillna(0.0)
+    return pd.DataFrame({c: [f"{x:.4g} ± {y:.2g}" for x, y in zip(m[c], s[c])] for c in cols}, index=m.index)

@@ -26,12 +26,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import epoch_permutation
-from .losses import TERMS, LossConfig, combined_loss, sae_loss
+from .losses import TERMS, LossConfig, combined_loss, combined_loss_and_grad, sae_loss
 from .metrics import dead_units, l0, redundancy_score
 from .model import ACTIVATIONS, build_model
 from .training import ADAM_BETAS, ADAM_EPS, RunConfig, resolve_device
 
 SAE_TERMS = ("mse", "l1")
+# dL/dz from dL/da for each activation a = f(z), for the engine's hand-derived backward pass
+ACTIVATION_GRADS = {
+    "relu": lambda z, g: g * (z > 0),
+    "identity": lambda z, g: g,
+    "softplus": lambda z, g: g * torch.sigmoid(z),
+}
 
 
 @dataclass
@@ -130,7 +136,7 @@ class RunStack:
                  dtype: torch.dtype = torch.float32) -> None:
         self.configs = list(configs)
         first = configs[0]
-        self.kind, self.act = first.model, ACTIVATIONS[first.activation]
+        self.kind, self.activation, self.act = first.model, first.activation, ACTIVATIONS[first.activation]
         states = [build_model(c.model, input_dim, c.hidden_dim, c.activation, c.seed).state_dict() for c in configs]
         self.names = list(states[0])
         self.params = [torch.stack([s[n].T if s[n].dim() == 2 else s[n] for s in states]).to(device, dtype)
@@ -160,6 +166,41 @@ class RunStack:
         Wd_t, bd = self.params[2], self.params[3]
         x_hat = torch.baddbmm(bd.unsqueeze(1), a, Wd_t)
         return sae_loss(x, x_hat, a, self.l1)
+
+    @property
+    def analytic(self) -> bool:
+        """Whether a hand-derived gradient applies: the SAE, or the encoder without weight
+        redundancy. Both equal autograd's (tested); they skip its graph and many small ops."""
+        return self.kind == "sae" or not bool(self.lambdas["wr"].ne(0).any())
+
+    def loss_and_grads(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Per-run loss terms and the gradient of their sum with respect to each parameter."""
+        if not self.analytic:
+            out = self.losses(x)
+            return out, list(torch.autograd.grad(out["total"].sum(), self.params))
+        with torch.no_grad():
+            if self.kind == "sae":
+                return self._sae_loss_and_grads(x)
+            Wt, b = self.params
+            z = torch.baddbmm(b.unsqueeze(1), x, Wt)
+            out, grad_a = combined_loss_and_grad(self.act(z), self.lambdas, self.loss_config.reduction)
+            grad_z = ACTIVATION_GRADS[self.activation](z, grad_a)
+            return out, [torch.bmm(x.transpose(1, 2), grad_z), grad_z.sum(1)]
+
+    def _sae_loss_and_grads(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """MSE (mean over all elements) + l1 * mean|a|, and its gradients, by hand."""
+        We_t, be, Wd_t, bd = self.params
+        R, B, D = x.shape
+        z = torch.baddbmm(be.unsqueeze(1), x, We_t)
+        a = torch.relu(z)
+        diff = torch.baddbmm(bd.unsqueeze(1), a, Wd_t).sub_(x)
+        mse = diff.square().sum((1, 2)) / (B * D)
+        sparsity = a.sum((1, 2)) / a[0].numel()  # a >= 0, so mean |a| = mean a
+        out = {"total": mse + self.l1 * sparsity, "mse": mse, "l1": sparsity}
+        g_xhat = diff.mul_(2.0 / (B * D))
+        g_a = torch.bmm(g_xhat, Wd_t.transpose(1, 2)).add_(torch.sign(a) * (self.l1 / a[0].numel()).view(R, 1, 1))
+        g_z = g_a * (z > 0)
+        return out, [torch.bmm(x.transpose(1, 2), g_z), g_z.sum(1), torch.bmm(a.transpose(1, 2), g_xhat), g_xhat.sum(1)]
 
     def keep(self, idx: list[int]) -> None:
         """Drop every run not in ``idx`` (a diverged run leaves the stack)."""
@@ -249,8 +290,7 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
         for s in range(0, n, B):
             idx = orders[:, s:s + B]
             xb = X.index_select(0, idx.reshape(-1)).view(idx.shape[0], idx.shape[1], -1)
-            out = stack.losses(xb)
-            grads = torch.autograd.grad(out["total"].sum(), stack.params)
+            out, grads = stack.loss_and_grads(xb)
             opt.step(grads)
             sums += torch.stack([out["total"].detach()] + [out[t].detach() for t in stack.terms])
             steps += 1
@@ -259,11 +299,12 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
             [torch.isfinite(p.detach()).flatten(1).all(1) for p in stack.params]).all(0).cpu()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        elapsed += time.perf_counter() - t0
+        epoch_seconds = time.perf_counter() - t0
+        elapsed += epoch_seconds
         evaluate = Xt is not None and ((epoch + 1) % first.eval_every == 0 or epoch + 1 == first.epochs)
         test = _test_metrics(stack, Xt) if evaluate else None
         for r, orig in enumerate(alive):
-            row = {"epoch": epoch + 1, "total": float(means[0, r])}
+            row = {"epoch": epoch + 1, "total": float(means[0, r]), "seconds": epoch_seconds}
             row.update({t: float(means[i + 1, r]) for i, t in enumerate(stack.terms)})
             if test is not None and finite[r]:
                 row.update(test[r])

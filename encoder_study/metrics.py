@@ -140,3 +140,30 @@ def linear_probe_accuracy(A_train, y_train, A_test, y_test, max_iter: int = 5000
 
 def uniform_entropy(k: int) -> float:
     return math.log(k)
+
+
+NEVER_FIRES = 0.001  # firing-frequency rule: a unit active on < 0.1% of samples is dead
+
+
+@torch.no_grad()
+def activation_summary(A, W) -> dict:
+    """The per-run numbers every notebook reports, from test-set activations A and weights W.
+
+    ``dead_units`` is the paper's variance rule; ``dead_by_firing`` counts units active on fewer
+    than 0.1% of samples, a rule that does not depend on the activations' scale.
+    """
+    freq = firing_frequency(A)
+    return {"dead_units": dead_units(A), "dead_by_firing": int((freq < NEVER_FIRES).sum()),
+            "redundancy": redundancy_score(A), "weight_redundancy": weight_redundancy(W),
+            "effective_rank": effective_rank(W), "responsibility_entropy": responsibility_entropy(A),
+            "l0": l0(A), "mean_activation": float(_as64(A).mean()), "mean_firing_frequency": float(freq.mean())}
+
+
+def plateau_epoch(losses, tol: float = 1e-3) -> int:
+    """The epoch (1-based) after which the loss never again improves on its best by more than
+    ``tol`` x its total improvement: where training stops learning, by a scale-free rule."""
+    losses = np.asarray(losses, dtype=np.float64)
+    span = max(abs(losses[0] - losses.min()), 1e-12)
+    best_after = np.minimum.accumulate(losses[::-1])[::-1]  # the best loss from each epoch on
+    still = np.nonzero(losses - best_after > tol * span)[0]
+    return int(still[-1] + 2) if len(still) else 1

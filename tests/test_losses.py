@@ -140,3 +140,11 @@ def test_lse_backward_against_finite_differences_and_autograd():
     (mine,) = torch.autograd.grad(lse_loss(a)[0], a)
     (plain,) = torch.autograd.grad(-torch.logsumexp(-a, dim=1).sum(), a)  # torch's own derivation
     assert torch.allclose(mine, plain, atol=1e-14)
+
+
+def test_correlation_gradient_is_finite_with_a_silent_unit():
+    a = torch.rand(16, 3, dtype=torch.float64)
+    a[:, 1] = 0.0  # a ReLU unit that fires on no sample of the batch
+    a.requires_grad_(True)
+    (g,) = torch.autograd.grad(correlation_loss(a) + variance_loss(a), a)
+    assert torch.isfinite(g).all()

@@ -77,3 +77,10 @@ def test_metrics_need_no_gradient():
 def test_metric_input_shape_error():
     with pytest.raises(ValueError, match="shape"):
         M.dead_units(torch.zeros(3))
+
+
+def test_plateau_epoch_hand_cases():
+    assert M.plateau_epoch([5, 4, 3, 3, 3, 3]) == 3  # no improvement after epoch 3
+    assert M.plateau_epoch([1, 1, 1]) == 1
+    assert M.plateau_epoch([10, 5, 2, 1, 0.5, 0.2]) == 6  # still improving at the end
+    assert M.plateau_epoch([10, 0, 0.0001, 0]) == 2  # a 0.001% wiggle does not count

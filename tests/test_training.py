@@ -45,18 +45,41 @@ def _max_diff(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def test_engine_matches_plain_loop_encoder_float64(mnist):
+@pytest.mark.parametrize("with_wr", [False, True], ids=["hand-derived gradient", "autograd (weight redundancy)"])
+def test_engine_matches_plain_loop_encoder_float64(mnist, with_wr):
     # The LSE + InfoMax objective amplifies rounding (about 10% a step early on), so the
-    # comparison runs in float64, where 200 steps stay far inside the tolerance.
+    # comparison runs in float64, where 200 steps stay far inside the tolerance. Without the
+    # weight-redundancy term the engine uses its hand-derived gradient, with it autograd; the
+    # plain loop always uses autograd through combined_loss.
     X = mnist["train_x"][:128 * 40].double()
     runs = [RunConfig(seed=1, epochs=5, device="cpu"),
-            RunConfig(seed=2, epochs=5, device="cpu", lr=3e-3, loss=LossConfig(tc=0.0, wr=0.5)),
-            RunConfig(seed=3, epochs=5, device="cpu", optimizer="adam", loss=LossConfig(lse=0.0))]
+            RunConfig(seed=2, epochs=5, device="cpu", lr=3e-3, loss=LossConfig(tc=0.0, wr=0.5 if with_wr else 0.0)),
+            RunConfig(seed=3, epochs=5, device="cpu", optimizer="adam", loss=LossConfig(lse=0.0, var=2.0))]
     together = train_group(runs, X, progress=False)
     for cfg, res in zip(runs, together):
         model, hist = train_run(cfg, X)
         assert _max_diff(model.state_dict(), res.state) < 1e-6  # weights are ~0.1; fp32 drifts to ~1e-2
         assert [h["total"] for h in hist] == pytest.approx([h["total"] for h in res.history], rel=1e-9)
+
+
+def test_hand_derived_gradient_equals_autograd():
+    from encoder_study.losses import combined_loss, combined_loss_and_grad
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.relu(torch.randn(3, 32, 8, generator=g, dtype=torch.float64) * 2)
+    a[1, :, 4] = 0.0  # a unit silent on the whole batch
+    w = {"lse": torch.tensor([1.0, 0.0, 0.5]), "var": torch.tensor([1.0, 1.0, 2.0]),
+         "tc": torch.tensor([1.0, 1.0, 0.0]), "wr": torch.zeros(3)}
+    w = {k: v.double() for k, v in w.items()}
+    for reduction in ("sum", "mean"):
+        leaf = a.clone().requires_grad_(True)
+        ref = combined_loss(leaf, torch.zeros(3, 8, 5, dtype=torch.float64), LossConfig(reduction=reduction), weights=w)
+        (g_ref,) = torch.autograd.grad(ref["total"].sum(), leaf)
+        out, grad = combined_loss_and_grad(a, w, reduction)
+        for t in ("lse", "var", "tc", "total"):
+            assert torch.allclose(out[t], ref[t], rtol=1e-12, atol=1e-9), t
+        assert torch.isfinite(g_ref).all() and torch.isfinite(grad).all()
+        assert torch.allclose(grad, g_ref, atol=1e-12)
 
 
 def test_engine_matches_plain_loop_sae_and_sgd_float32(mnist):

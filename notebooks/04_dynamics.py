@@ -1,0 +1,125 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4. Optimizer dynamics: does a lower loss mean better features?
+#
+# **Question.** If gradient descent on this objective is implicit EM, the optimizer changes how
+# fast and how far the objective falls, not what a good solution is. The paper reports that Adam
+# reaches a much lower loss than SGD but no better probe accuracy, and that SGD's probe accuracy
+# stays within about 92-94% across a 1000x range of learning rates. Does that hold here?
+#
+# **Method.** SGD (no momentum) and Adam, learning rates 1e-4, 1e-3, 1e-2, 1e-1, seeds 1-3, the
+# full objective (LSE + variance + decorrelation), otherwise the ablation's settings. All 24 runs
+# train as two stacked programs (one per optimizer). Per run: the final training loss (mean over
+# the last epoch), the loss curve, linear-probe accuracy, and the epoch at which the loss stops
+# improving: the first epoch after which it never again improves on its best by more than 0.1% of
+# its total improvement (`encoder_study.metrics.plateau_epoch`). A run whose loss turns non-finite
+# is stopped and reported as diverged.
+
+# %%
+from encoder_study.book import ParameterGuard
+
+guard = ParameterGuard(globals())
+
+# %% tags=["parameters"]
+epochs: int = 100
+seeds: list[int] = [1, 2, 3]
+optimizers: list[str] = ["sgd", "adam"]
+learning_rates: list[float] = [1e-4, 1e-3, 1e-2, 1e-1]
+n_train: int = 60000
+n_test: int = 10000
+probe_max_iter: int = 5000
+results_dir: str = "executed/04_dynamics"
+figures_dir: str = "figures"
+
+# %%
+params = guard.check(globals())
+
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.data import mnist_tensors
+from encoder_study.metrics import activation_summary, features, linear_probe_accuracy, plateau_epoch
+from encoder_study.runs import run_experiments
+from encoder_study.training import RunConfig
+
+use_style()
+record = Record(repo_path(results_dir), params)
+data = mnist_tensors(n_train=n_train, n_test=n_test)
+runs = [RunConfig(optimizer=o, lr=float(lr), seed=s, epochs=epochs) for o in optimizers
+        for lr in learning_rates for s in seeds]
+start = time.perf_counter()
+results = run_experiments(runs, data["train_x"], data["test_x"])
+record.duration("training (or loading from the run cache)", time.perf_counter() - start)
+
+# %%
+rows, curves = [], []
+for cfg, res in tqdm(list(zip(runs, results)), desc="probes"):
+    losses = [h["total"] for h in res.history]
+    finite = res.diverged_epoch is None
+    model = res.model()
+    A_tr, A_te = features(model, data["train_x"]), features(model, data["test_x"])
+    summary = activation_summary(A_te, model.W) if finite else {}
+    rows.append({"optimizer": cfg.optimizer, "lr": cfg.lr, "seed": cfg.seed,
+                 "final_loss": losses[-1] if finite else np.nan,
+                 "probe_accuracy": linear_probe_accuracy(A_tr, data["train_y"], A_te, data["test_y"],
+                                                         max_iter=probe_max_iter) if finite else np.nan,
+                 "converged_epoch": plateau_epoch(losses) if finite else np.nan,
+                 "diverged_epoch": res.diverged_epoch, "dead_units": summary.get("dead_units"),
+                 "l0": summary.get("l0"), "redundancy": summary.get("redundancy"), "train_seconds": res.seconds})
+    curves += [{"optimizer": cfg.optimizer, "lr": cfg.lr, "seed": cfg.seed, **h} for h in res.history]
+metrics = pd.DataFrame(rows)
+curves = pd.DataFrame(curves)
+record.table("metrics", metrics)
+record.table("loss_curves", curves)
+table = metrics.groupby(["optimizer", "lr"])[["final_loss", "probe_accuracy", "converged_epoch", "dead_units", "l0"]]
+table.mean().round(4)
+
+# %% [markdown]
+# ## Figure 5: loss curves, and probe accuracy against final loss
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.1))
+shades = {lr: 0.35 + 0.65 * i / max(len(learning_rates) - 1, 1) for i, lr in enumerate(sorted(learning_rates))}
+for ax, opt in zip(axes[:2], optimizers):
+    for lr in learning_rates:
+        c = curves[(curves.optimizer == opt) & (curves.lr == lr)].groupby("epoch").total.mean()
+        ax.plot(c.index, c.values, color=COLORS[opt], alpha=shades[lr], lw=1.3, label=f"lr {lr:g}")
+    ax.set_title(f"{opt.upper()}: training loss, mean over seeds"), ax.set_xlabel("epoch")
+    ax.set_ylabel("objective (epoch mean)"), ax.legend()
+ax = axes[2]
+for opt in optimizers:
+    m = metrics[metrics.optimizer == opt]
+    ax.scatter(m.final_loss, m.probe_accuracy * 100, color=COLORS[opt], alpha=[shades[lr] for lr in m.lr], label=opt.upper())
+ax.set_xlabel("final training loss"), ax.set_ylabel("linear-probe test accuracy (%)")
+ax.set_title("lower loss, better features?"), ax.legend()
+paths = save_figure(fig, "fig5_dynamics", repo_path(figures_dir))
+plt.show()
+
+# %%
+ok = metrics.dropna(subset=["final_loss", "probe_accuracy"])
+rho = ok[["final_loss", "probe_accuracy"]].corr(method="spearman").iloc[0, 1] if len(ok) > 2 else np.nan
+by_opt = ok.groupby("optimizer").agg(best_final_loss=("final_loss", "min"), mean_final_loss=("final_loss", "mean"),
+                                     min_probe=("probe_accuracy", "min"), max_probe=("probe_accuracy", "max"),
+                                     mean_probe=("probe_accuracy", "mean"))
+record.table("by_optimizer", by_opt.reset_index())
+record.close(figures=[p.name for p in paths], spearman_loss_vs_probe=rho,
+             diverged_runs=int(metrics.diverged_epoch.notna().sum()))
+print(f"Spearman correlation of final loss with probe accuracy over {len(ok)} finished runs: {rho:.3f}")
+by_opt
