@@ -15,7 +15,6 @@ A group can checkpoint itself and resume.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import defaultdict
@@ -29,12 +28,12 @@ from .data import epoch_permutation
 from .losses import TERMS, LossConfig, combined_loss, combined_loss_and_grad, sae_loss
 from .metrics import dead_units, l0, redundancy_score
 from .model import ACTIVATIONS, build_model
-from .training import ADAM_BETAS, ADAM_EPS, RunConfig, resolve_device
+from .training import ADAM_BETAS, ADAM_EPS, RunConfig, flush_denormals, resolve_device
 
 SAE_TERMS = ("mse", "l1")
 # dL/dz from dL/da for each activation a = f(z), for the engine's hand-derived backward pass
 ACTIVATION_GRADS = {
-    "relu": lambda z, g: g * (z > 0),
+    "relu": lambda z, g: torch.where(z > 0, g, 0.0),
     "identity": lambda z, g: g,
     "softplus": lambda z, g: g * torch.sigmoid(z),
 }
@@ -145,7 +144,8 @@ class RunStack:
         self.seeds = [c.seed for c in configs]
         self.lambdas = {t: as_tensor([getattr(c.loss, t) for c in configs]) for t in TERMS}
         self.l1 = as_tensor([c.l1 for c in configs])
-        self.loss_config = LossConfig(reduction=first.loss.reduction)
+        self._set_terms_in_use()
+        self.reduction = first.loss.reduction
         self.terms = TERMS if self.kind == "encoder" else SAE_TERMS
 
     def __len__(self) -> int:
@@ -171,7 +171,7 @@ class RunStack:
     def analytic(self) -> bool:
         """Whether a hand-derived gradient applies: the SAE, or the encoder without weight
         redundancy. Both equal autograd's (tested); they skip its graph and many small ops."""
-        return self.kind == "sae" or not bool(self.lambdas["wr"].ne(0).any())
+        return self.kind == "sae" or self.loss_config.wr == 0
 
     def loss_and_grads(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """Per-run loss terms and the gradient of their sum with respect to each parameter."""
@@ -183,7 +183,7 @@ class RunStack:
                 return self._sae_loss_and_grads(x)
             Wt, b = self.params
             z = torch.baddbmm(b.unsqueeze(1), x, Wt)
-            out, grad_a = combined_loss_and_grad(self.act(z), self.lambdas, self.loss_config.reduction)
+            out, grad_a = combined_loss_and_grad(self.act(z), self.lambdas, self.reduction)
             grad_z = ACTIVATION_GRADS[self.activation](z, grad_a)
             return out, [torch.bmm(x.transpose(1, 2), grad_z), grad_z.sum(1)]
 
@@ -199,7 +199,7 @@ class RunStack:
         out = {"total": mse + self.l1 * sparsity, "mse": mse, "l1": sparsity}
         g_xhat = diff.mul_(2.0 / (B * D))
         g_a = torch.bmm(g_xhat, Wd_t.transpose(1, 2)).add_(torch.sign(a) * (self.l1 / a[0].numel()).view(R, 1, 1))
-        g_z = g_a * (z > 0)
+        g_z = torch.where(z > 0, g_a, 0.0)
         return out, [torch.bmm(x.transpose(1, 2), g_z), g_z.sum(1), torch.bmm(a.transpose(1, 2), g_xhat), g_xhat.sum(1)]
 
     def keep(self, idx: list[int]) -> None:
@@ -210,6 +210,12 @@ class RunStack:
         self.params = [p.detach()[t].requires_grad_(True) for p in self.params]
         self.l1 = self.l1[t]
         self.lambdas = {k: v[t] for k, v in self.lambdas.items()}
+        self._set_terms_in_use()
+
+    def _set_terms_in_use(self) -> None:
+        """A LossConfig whose lambda is 1 for each term some run uses, 0 otherwise (host-side)."""
+        used = {t: float(any(getattr(c.loss, t) != 0 for c in self.configs)) for t in TERMS}
+        self.loss_config = LossConfig(**used, reduction=self.configs[0].loss.reduction)
 
     def state_of(self, r: int) -> dict[str, torch.Tensor]:
         return {n: (p[r].T if p.dim() == 3 else p[r]).detach().cpu().contiguous().clone()
@@ -287,13 +293,14 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
         orders = _epoch_orders(stack.seeds, epoch, n, device)
         sums = torch.zeros(len(stack.terms) + 1, len(stack), device=device, dtype=dtype)
         steps = 0
-        for s in range(0, n, B):
-            idx = orders[:, s:s + B]
-            xb = X.index_select(0, idx.reshape(-1)).view(idx.shape[0], idx.shape[1], -1)
-            out, grads = stack.loss_and_grads(xb)
-            opt.step(grads)
-            sums += torch.stack([out["total"].detach()] + [out[t].detach() for t in stack.terms])
-            steps += 1
+        with flush_denormals():
+            for s in range(0, n, B):
+                idx = orders[:, s:s + B]
+                xb = X.index_select(0, idx.reshape(-1)).view(idx.shape[0], idx.shape[1], -1)
+                out, grads = stack.loss_and_grads(xb)
+                opt.step(grads)
+                sums += torch.stack([out["total"].detach()] + [out[t].detach() for t in stack.terms])
+                steps += 1
         means = (sums / steps).cpu()  # the one host sync of the epoch
         finite = torch.isfinite(means).all(0) & torch.stack(
             [torch.isfinite(p.detach()).flatten(1).all(1) for p in stack.params]).all(0).cpu()

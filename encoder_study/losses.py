@@ -147,14 +147,14 @@ def combined_loss(
 ) -> dict[str, torch.Tensor]:
     """Total objective and its terms: dict(total, lse, var, tc, wr, responsibilities).
 
-    A term whose lambda is 0 is not computed (its entry is 0). ``weights`` optionally gives
-    per-run lambdas as tensors broadcastable to the leading shape, for stacked runs; a term is
-    then computed when any run uses it, and each run's total uses its own lambdas.
+    A term whose lambda is 0 in ``config`` is not computed (its entry is 0). For stacked runs,
+    ``weights`` gives per-run lambdas as tensors broadcastable to the leading shape; ``config``
+    then only says which terms any run uses (decided on the host: no device sync per step).
     """
     if not isinstance(config, LossConfig):
         raise TypeError(f"config must be a LossConfig, got {type(config).__name__}")
+    used = {t: getattr(config, t) != 0 for t in TERMS}
     lam = {t: getattr(config, t) for t in TERMS} if weights is None else weights
-    used = {t: bool(torch.as_tensor(lam[t]).ne(0).any()) for t in TERMS}
     zero = a.new_zeros(a.shape[:-2])
     cov = covariance(a) if used["var"] and used["tc"] else None  # one covariance serves both terms
     compute = {"lse": lambda: lse_loss(a, config.reduction)[0], "var": lambda: variance_loss(a, cov=cov),

