@@ -40,7 +40,7 @@ bench: setup
 	$(PY) benchmarks/training_speed.py
 
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --allow-root notebooks/
 
 html: setup
 	$(PY) scripts/render_html.py

@@ -81,9 +81,9 @@ def variance_loss(a: torch.Tensor, eps: float = VARIANCE_EPS, cov: torch.Tensor 
 
     ``cov``, if given, is ``covariance(a)``: its diagonal is the variance (shared work).
     """
-    var = torch.diagonal(cov, dim1=-2, dim2=-1) if cov is not None else a.var(dim=-2, unbiased=True)
     if cov is None:
         _check_activations(a, min_batch=2)
+    var = torch.diagonal(cov, dim1=-2, dim2=-1) if cov is not None else a.var(dim=-2, unbiased=True)
     return -torch.log(var + eps).sum(-1)
 
 

@@ -103,22 +103,27 @@ def _free_port():
 def test_jupyterlab_opens_py_notebook_as_notebook(tmp_path):
     port = _free_port()
     jupyter = Path(sys.executable).parent / "jupyter"
-    proc = subprocess.Popen([str(jupyter), "server", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-                             "--IdentityProvider.token=testtoken", f"--ServerApp.root_dir={ROOT}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([str(jupyter), "server", "--no-browser", "--allow-root", f"--port={port}",
+                             "--ip=127.0.0.1", "--IdentityProvider.token=testtoken", f"--ServerApp.root_dir={ROOT}"],
+                            stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
     try:
         url = f"http://127.0.0.1:{port}/api/contents/notebooks/01_verify_theorem.py?type=notebook&content=1"
         req = urllib.request.Request(url, headers={"Authorization": "token testtoken"})
+        model = None
         for _ in range(120):
+            if proc.poll() is not None:
+                break
             try:
-                with urllib.request.urlopen(req, timeout=5) as r:
+                with opener.open(req, timeout=5) as r:
                     model = json.loads(r.read())
                 break
             except OSError:
                 time.sleep(0.5)
-        else:
-            pytest.fail("jupyter server did not answer")
+        if proc.poll() is not None or model is None:
+            pytest.fail("jupyter server did not answer:\n" + (tmp_path / "server.log").read_text()[-2000:])
         assert model["type"] == "notebook"
         cells = model["content"]["cells"]
         assert any("parameters" in c["metadata"].get("tags", []) for c in cells)
@@ -126,3 +131,4 @@ def test_jupyterlab_opens_py_notebook_as_notebook(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        log.close()
