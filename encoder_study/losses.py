@@ -32,7 +32,7 @@ def _check_activations(a: torch.Tensor, name: str = "a", min_batch: int = 1) -> 
 
 
 class _NegLogSumExp(torch.autograd.Function):
-    """Per sample -log sum_j exp(-a_j), with the analytic gradient r = softmax(-a).
+    """Per sample -log sum_j exp(-a_j) and r = softmax(-a); the gradient is r, by hand.
 
     Shifting by the smallest a_j keeps both the value and r accurate in float32 even for huge
     activations (autograd of torch.logsumexp goes through exp(x - lse), which loses about
@@ -41,15 +41,17 @@ class _NegLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         a_min = a.amin(dim=-1, keepdim=True)
         e = torch.exp(a_min - a)
         total = e.sum(dim=-1, keepdim=True)
-        ctx.save_for_backward(e / total)
-        return (a_min - torch.log(total)).squeeze(-1)
+        r = e / total
+        ctx.save_for_backward(r)
+        ctx.mark_non_differentiable(r)
+        return (a_min - torch.log(total)).squeeze(-1), r
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor, _grad_r: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         (r,) = ctx.saved_tensors
         return grad.unsqueeze(-1) * r
 
@@ -62,11 +64,9 @@ def lse_loss(a: torch.Tensor, reduction: str = "sum") -> tuple[torch.Tensor, tor
     """
     _check_activations(a)
     check_choice("reduction", reduction, REDUCTIONS)
-    per_sample = _NegLogSumExp.apply(a)
+    per_sample, r = _NegLogSumExp.apply(a)
     loss = per_sample.sum(-1) if reduction == "sum" else per_sample.mean(-1)
-    a_min = a.detach().amin(dim=-1, keepdim=True)
-    e = torch.exp(a_min - a.detach())
-    return loss, e / e.sum(dim=-1, keepdim=True)
+    return loss, r
 
 
 def covariance(a: torch.Tensor) -> torch.Tensor:
