@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .data import epoch_permutation
 from .losses import TERMS, LossConfig, combined_loss, combined_loss_and_grad, sae_loss

@@ -50,7 +50,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from encoder_study.book import COLORS, Record, mean_std, repo_path, save_figure, use_style
 from encoder_study.data import mnist_tensors
