@@ -31,6 +31,14 @@ def _check_activations(a: torch.Tensor, name: str = "a", min_batch: int = 1) -> 
         )
 
 
+def _neg_lse_and_softmax(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample -log sum_j exp(-a_j) and r = softmax(-a), both shifted by the smallest a_j."""
+    a_min = a.amin(dim=-1, keepdim=True)
+    e = torch.exp(a_min - a)
+    total = e.sum(dim=-1, keepdim=True)
+    return (a_min - torch.log(total)).squeeze(-1), e / total
+
+
 class _NegLogSumExp(torch.autograd.Function):
     """Per sample -log sum_j exp(-a_j) and r = softmax(-a); the gradient is r, by hand.
 
@@ -42,13 +50,10 @@ class _NegLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        a_min = a.amin(dim=-1, keepdim=True)
-        e = torch.exp(a_min - a)
-        total = e.sum(dim=-1, keepdim=True)
-        r = e / total
+        per_sample, r = _neg_lse_and_softmax(a)
         ctx.save_for_backward(r)
         ctx.mark_non_differentiable(r)
-        return (a_min - torch.log(total)).squeeze(-1), r
+        return per_sample, r
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _grad_r: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -222,11 +227,7 @@ def combined_loss_and_grad(a: torch.Tensor, weights: dict[str, torch.Tensor], re
     """
     R, B, K = a.shape
     lam = {t: weights[t].view(R, 1, 1) for t in ("lse", "var", "tc")}
-    a_min = a.amin(dim=-1, keepdim=True)
-    e = torch.exp(a_min - a)
-    total_e = e.sum(dim=-1, keepdim=True)
-    r = e / total_e
-    per_sample = (a_min - torch.log(total_e)).squeeze(-1)
+    per_sample, r = _neg_lse_and_softmax(a)
     scale = 1.0 if reduction == "sum" else 1.0 / B
     out = {"lse": per_sample.sum(-1) * scale, "responsibilities": r}
     grad = r * (lam["lse"] * scale)
