@@ -27,10 +27,13 @@ from tqdm import tqdm
 from .data import epoch_permutation
 from .losses import TERMS, LossConfig, combined_loss, combined_loss_and_grad, sae_loss
 from .metrics import dead_units, l0, redundancy_score
-from .model import ACTIVATIONS, build_model
+from .model import ACTIVATIONS, build_model, topk_relu
 from .training import ADAM_BETAS, ADAM_EPS, RunConfig, flush_denormals, resolve_device
 
 SAE_TERMS = ("mse", "l1")
+TOPK_TERMS = ("mse", "auxk")
+AUXK_COEF = 1 / 32  # Gao et al.'s weight of the AuxK loss
+AUXK_MAX = 256  # AuxK reconstructs the residual with the top min(256, hidden/2) dead latents
 # dL/dz from dL/da for each activation a = f(z), for the engine's hand-derived backward pass
 ACTIVATION_GRADS = {
     "relu": lambda z, g: torch.where(z > 0, g, 0.0),
@@ -53,7 +56,7 @@ class RunResult:
     def model(self) -> torch.nn.Module:
         """The trained model, rebuilt from the state."""
         input_dim = self.state["linear.weight" if self.config.model == "encoder" else "encoder.weight"].shape[1]
-        m = build_model(self.config.model, input_dim, self.config.hidden_dim, self.config.activation)
+        m = build_model(self.config.model, input_dim, self.config.hidden_dim, self.config.activation, k=self.config.k)
         m.load_state_dict(self.state)
         return m.eval()
 
@@ -136,7 +139,8 @@ class RunStack:
         self.configs = list(configs)
         first = configs[0]
         self.kind, self.activation, self.act = first.model, first.activation, ACTIVATIONS[first.activation]
-        states = [build_model(c.model, input_dim, c.hidden_dim, c.activation, c.seed).state_dict() for c in configs]
+        states = [build_model(c.model, input_dim, c.hidden_dim, c.activation, c.seed, k=c.k).state_dict()
+                  for c in configs]
         self.names = list(states[0])
         self.params = [torch.stack([s[n].T if s[n].dim() == 2 else s[n] for s in states]).to(device, dtype)
                        .contiguous().requires_grad_(True) for n in self.names]
@@ -146,13 +150,24 @@ class RunStack:
         self.l1 = as_tensor([c.l1 for c in configs])
         self._set_terms_in_use()
         self.reduction = first.loss.reduction
-        self.terms = TERMS if self.kind == "encoder" else SAE_TERMS
+        self.terms = {"encoder": TERMS, "sae": SAE_TERMS, "topk": TOPK_TERMS}[self.kind]
+        # TopK: k, AuxK's k, and per latent the training samples seen since it last fired
+        self.k = torch.tensor([c.k for c in configs], device=device)
+        self.k_aux = max(1, min(AUXK_MAX, first.hidden_dim // 2))
+        self.idle = torch.zeros(len(configs), first.hidden_dim, dtype=torch.long, device=device)
+        self.dead_after = 0  # samples without firing after which a latent counts as dead (train_group sets it)
 
     def __len__(self) -> int:
         return len(self.configs)
 
+    @property
+    def named(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.params))
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Activations (R, B, K) for inputs (R, B, D), or for shared inputs (B, D)."""
+        if self.kind == "topk":
+            return self._topk_per_run(self._topk_pre_activations(x))
         Wt, b = self.params[0], self.params[1]
         if x.dim() == 2:
             return self.act(torch.matmul(x, Wt) + b.unsqueeze(1))
@@ -160,12 +175,41 @@ class RunStack:
 
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-run loss terms, each (R,), for per-run minibatches x (R, B, D)."""
+        if self.kind == "topk":
+            return self._topk_losses(x)[0]
         a = self.encode(x)
         if self.kind == "encoder":
             return combined_loss(a, self.params[0].transpose(1, 2), self.loss_config, weights=self.lambdas)
         Wd_t, bd = self.params[2], self.params[3]
         x_hat = torch.baddbmm(bd.unsqueeze(1), a, Wd_t)
         return sae_loss(x, x_hat, a, self.l1)
+
+    def _topk_pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        P = self.named
+        return torch.baddbmm(P["encoder.bias"].unsqueeze(1), x - P["pre_bias"].unsqueeze(1), P["encoder.weight"])
+
+    def _topk_per_run(self, z: torch.Tensor) -> torch.Tensor:
+        """topk_relu with each run's own k: the top max(k) per row, the ranks past run r's k zeroed."""
+        values, idx = z.topk(int(self.k.max()), dim=-1)
+        keep = torch.arange(values.shape[-1], device=z.device) < self.k.view(-1, 1, 1)
+        return torch.zeros_like(z).scatter(-1, idx, torch.where(keep, values.relu(), 0.0))
+
+    def _topk_losses(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """MSE (mean over all elements) + AUXK_COEF x AuxK, and the activations.
+
+        AuxK (Gao et al.): the dead latents' top-k_aux pre-activations reconstruct the main
+        reconstruction's residual (held fixed), so latents that stopped firing get a gradient.
+        With no dead latent it is a constant with no gradient.
+        """
+        P = self.named
+        z = self._topk_pre_activations(x)
+        a = self._topk_per_run(z)
+        x_hat = torch.baddbmm(P["pre_bias"].unsqueeze(1), a, P["decoder.weight"])
+        mse = (x_hat - x).square().mean((1, 2))
+        dead = self.idle >= self.dead_after if self.dead_after > 0 else torch.zeros_like(self.idle, dtype=torch.bool)
+        a_aux = topk_relu(z.masked_fill(~dead.unsqueeze(1), float("-inf")), self.k_aux)
+        auxk = (torch.bmm(a_aux, P["decoder.weight"]) - (x - x_hat).detach()).square().mean((1, 2))
+        return {"total": mse + AUXK_COEF * auxk, "mse": mse, "auxk": auxk}, a
 
     @property
     def analytic(self) -> bool:
@@ -175,6 +219,8 @@ class RunStack:
 
     def loss_and_grads(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """Per-run loss terms and the gradient of their sum with respect to each parameter."""
+        if self.kind == "topk":
+            return self._topk_loss_and_grads(x)
         if not self.analytic:
             out = self.losses(x)
             return out, list(torch.autograd.grad(out["total"].sum(), self.params))
@@ -202,9 +248,38 @@ class RunStack:
         g_z = torch.where(z > 0, g_a, 0.0)
         return out, [torch.bmm(x.transpose(1, 2), g_z), g_z.sum(1), torch.bmm(a.transpose(1, 2), g_xhat), g_xhat.sum(1)]
 
+    def _topk_loss_and_grads(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Autograd gradients, with each decoder column's component along itself removed (the
+        step then moves along the unit sphere, to first order); updates the idle counts."""
+        out, a = self._topk_losses(x)
+        grads = list(torch.autograd.grad(out["total"].sum(), self.params))
+        with torch.no_grad():
+            i = self.names.index("decoder.weight")
+            w = self.params[i]
+            grads[i] = grads[i] - (grads[i] * w).sum(-1, keepdim=True) * w
+            fired = (a > 0).any(1)
+            self.idle = torch.where(fired, 0, self.idle + x.shape[1])
+        return out, grads
+
+    @torch.no_grad()
+    def prepare(self, train_x: torch.Tensor) -> None:
+        """Data-dependent initialisation before the first step: the TopK SAE's b_pre = the mean
+        of the training data, and its dead-latent horizon = one epoch of samples."""
+        if self.kind == "topk":
+            self.named["pre_bias"].copy_(train_x.mean(0).expand(len(self), -1))
+            self.dead_after = len(train_x)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Project back onto the constraint set: the TopK SAE's decoder columns to unit norm."""
+        if self.kind == "topk":
+            w = self.named["decoder.weight"]
+            w.div_(w.norm(dim=-1, keepdim=True))
+
     def keep(self, idx: list[int]) -> None:
         """Drop every run not in ``idx`` (a diverged run leaves the stack)."""
         t = torch.tensor(idx, device=self.l1.device)
+        self.idle, self.k = self.idle[t], self.k[t]
         self.configs = [self.configs[i] for i in idx]
         self.seeds = [self.seeds[i] for i in idx]
         self.params = [p.detach()[t].requires_grad_(True) for p in self.params]
@@ -266,6 +341,7 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
     Xt = None if test_x is None else test_x.to(device=device, dtype=dtype)
     n, B = len(X), first.batch_size
     stack = RunStack(configs, X.shape[1], device, dtype)
+    stack.prepare(X)
     opt = StackedOptimizer(first.optimizer, stack.params, [c.lr for c in configs])
     alive = list(range(len(configs)))  # original index of each run still in the stack
     histories: list[list[dict]] = [[] for _ in configs]
@@ -282,6 +358,7 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
                 for p, src in zip(stack.params, ck["params"]):
                     p.copy_(src)
             opt.load(ck["opt"])
+            stack.idle = ck["idle"].to(device)
             alive, histories, finished = ck["alive"], ck["histories"], ck["finished"]
             start_epoch, elapsed = ck["epoch"], ck["elapsed"]
             last_good = [stack.state_of(r) for r in range(len(stack))]
@@ -299,6 +376,7 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
                 xb = X.index_select(0, idx.reshape(-1)).view(idx.shape[0], idx.shape[1], -1)
                 out, grads = stack.loss_and_grads(xb)
                 opt.step(grads)
+                stack.after_step()
                 sums += torch.stack([out["total"].detach()] + [out[t].detach() for t in stack.terms])
                 steps += 1
         means = (sums / steps).cpu()  # the one host sync of the epoch
@@ -333,7 +411,7 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
         bar.set_postfix(loss=f"{float(means[0].mean()):.4g}")
         if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0) and epoch + 1 < first.epochs:
             _save_atomic({"configs": [c.as_dict() for c in configs], "alive": alive, "epoch": epoch + 1,
-                          "params": [p.detach() for p in stack.params], "opt": opt.state(),
+                          "params": [p.detach() for p in stack.params], "opt": opt.state(), "idle": stack.idle,
                           "histories": histories, "finished": finished, "elapsed": elapsed}, checkpoint)
     bar.close()
     for r, orig in enumerate(alive):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from .validation import check_choice, check_positive_int
 
 ACTIVATIONS = {"relu": F.relu, "identity": lambda z: z, "softplus": F.softplus}
-MODEL_KINDS = ("encoder", "sae")
+MODEL_KINDS = ("encoder", "sae", "topk")
 
 
 def _check_input(x: torch.Tensor, input_dim: int) -> None:
@@ -19,12 +19,34 @@ def _check_input(x: torch.Tensor, input_dim: int) -> None:
         raise ValueError(f"x must have shape (..., {input_dim}); got {tuple(x.shape)}")
 
 
-class Encoder(nn.Module):
+class _FirstLayer:
+    """W, b and get_weights() of a model's first linear layer (the features every notebook
+    shows): ``self.linear`` for the encoder, ``self.encoder`` for the SAEs."""
+
+    _first_layer = "encoder"
+
+    @property
+    def W(self) -> torch.Tensor:
+        """(hidden_dim, input_dim): row j is unit j's weight vector (for ours, component j's prototype)."""
+        return getattr(self, self._first_layer).weight
+
+    @property
+    def b(self) -> torch.Tensor:
+        return getattr(self, self._first_layer).bias
+
+    def get_weights(self) -> torch.Tensor:
+        """A detached copy of W."""
+        return self.W.detach().clone()
+
+
+class Encoder(_FirstLayer, nn.Module):
     """a = activation(W x + b): one linear layer, K mixture components, no decoder.
 
     The activation a_j acts as component j's energy (small = good fit); responsibilities are
     softmax(-a). PyTorch's default nn.Linear initialisation, bias on (PAPER.md).
     """
+
+    _first_layer = "linear"
 
     def __init__(self, input_dim: int = 784, hidden_dim: int = 64, activation: str = "relu") -> None:
         super().__init__()
@@ -43,21 +65,8 @@ class Encoder(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)[0]
 
-    @property
-    def W(self) -> torch.Tensor:
-        """Component weights, (hidden_dim, input_dim): row j is component j's prototype."""
-        return self.linear.weight
 
-    @property
-    def b(self) -> torch.Tensor:
-        return self.linear.bias
-
-    def get_weights(self) -> torch.Tensor:
-        """A detached copy of W."""
-        return self.W.detach().clone()
-
-
-class StandardSAE(nn.Module):
+class StandardSAE(_FirstLayer, nn.Module):
     """The paper's baseline: Linear + ReLU encoder, untied Linear decoder, MSE + L1 loss."""
 
     def __init__(self, input_dim: int = 784, hidden_dim: int = 64) -> None:
@@ -77,28 +86,69 @@ class StandardSAE(nn.Module):
         a = self.encode(x)
         return self.decoder(a), a
 
-    @property
-    def W(self) -> torch.Tensor:
-        """Encoder weights, (hidden_dim, input_dim), shown as the SAE's features."""
-        return self.encoder.weight
 
-    @property
-    def b(self) -> torch.Tensor:
-        return self.encoder.bias
+class TopKSAE(_FirstLayer, nn.Module):
+    """TopK sparse autoencoder (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
 
-    def get_weights(self) -> torch.Tensor:
-        return self.W.detach().clone()
+    a = ReLU(TopK_k(W_enc (x - b_pre) + b_enc)): exactly the k largest pre-activations survive
+    (fewer only where one of them is negative); x_hat = W_dec a + b_pre. The decoder's columns
+    (one per latent) have unit norm, and the decoder starts as the encoder's transpose. The
+    trainer (engine.py) keeps the norms at 1, sets b_pre to the data mean before the first step
+    (Gao et al. use the geometric median) and adds their AuxK loss for dead latents.
+    """
+
+    def __init__(self, input_dim: int = 784, hidden_dim: int = 64, k: int = 16) -> None:
+        super().__init__()
+        check_positive_int("input_dim", input_dim)
+        check_positive_int("hidden_dim", hidden_dim)
+        check_positive_int("k", k)
+        if k > hidden_dim:
+            raise ValueError(f"k={k} is not allowed with hidden_dim={hidden_dim}; need 1 <= k <= hidden_dim")
+        self.input_dim, self.hidden_dim, self.k = input_dim, hidden_dim, k
+        self.encoder = nn.Linear(input_dim, hidden_dim)
+        self.decoder = nn.Linear(hidden_dim, input_dim, bias=False)
+        self.pre_bias = nn.Parameter(torch.zeros(input_dim))
+        with torch.no_grad():
+            self.encoder.bias.zero_()
+            self.decoder.weight.copy_(self.encoder.weight.T)
+            self.normalize_decoder_()
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        self.decoder.weight.div_(self.decoder.weight.norm(dim=0, keepdim=True))
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.input_dim)
+        return self.encoder(x - self.pre_bias)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return topk_relu(self.pre_activations(x), self.k)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (reconstruction x_hat, activations a)."""
+        a = self.encode(x)
+        return self.decoder(a) + self.pre_bias, a
 
 
-def build_model(kind: str, input_dim: int, hidden_dim: int, activation: str = "relu", seed: int | None = None) -> nn.Module:
-    """Construct a model; with ``seed`` its initialisation is that seed's, whatever came before."""
+def topk_relu(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest entries of each row of z (the rest 0), then ReLU."""
+    values, idx = z.topk(k, dim=-1)
+    return torch.zeros_like(z).scatter(-1, idx, values.relu())
+
+
+def build_model(kind: str, input_dim: int, hidden_dim: int, activation: str = "relu", seed: int | None = None,
+                k: int = 0) -> nn.Module:
+    """Construct a model; with ``seed`` its initialisation is that seed's, whatever came before.
+    ``k`` is the TopK SAE's number of active latents (only for kind='topk')."""
     check_choice("model", kind, MODEL_KINDS)
+    if kind != "encoder" and activation != "relu":
+        raise ValueError(f"activation={activation!r} is not allowed for model={kind!r}; it uses 'relu'")
     if seed is not None:
         torch.manual_seed(seed)
     if kind == "encoder":
         return Encoder(input_dim, hidden_dim, activation)
-    if activation != "relu":
-        raise ValueError(f"activation={activation!r} is not allowed for model='sae'; the SAE uses 'relu'")
+    if kind == "topk":
+        return TopKSAE(input_dim, hidden_dim, k)
     return StandardSAE(input_dim, hidden_dim)
 
 

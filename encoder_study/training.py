@@ -30,11 +30,12 @@ ADAM_EPS = 1e-8
 class RunConfig:
     """Everything that defines one training run (PAPER.md's defaults)."""
 
-    model: str = "encoder"  # "encoder" (ours, decoder-free) or "sae" (standard SAE)
+    model: str = "encoder"  # "encoder" (ours, decoder-free), "sae" (standard SAE) or "topk" (TopK SAE)
     hidden_dim: int = 64
     activation: str = "relu"
     loss: LossConfig = field(default_factory=LossConfig)  # the encoder's lambdas
     l1: float = 0.01  # the SAE's sparsity weight
+    k: int = 0  # the TopK SAE's active latents per sample (model="topk" only)
     optimizer: str = "adam"
     lr: float = 1e-3
     epochs: int = 100
@@ -47,8 +48,14 @@ class RunConfig:
         check_choice("model", self.model, MODEL_KINDS)
         check_positive_int("hidden_dim", self.hidden_dim)
         check_choice("activation", self.activation, ACTIVATIONS)
-        if self.model == "sae" and self.activation != "relu":
-            raise ValueError(f"activation={self.activation!r} is not allowed for model='sae'; the SAE uses 'relu'")
+        if self.model != "encoder" and self.activation != "relu":
+            raise ValueError(f"activation={self.activation!r} is not allowed for model={self.model!r}; it uses 'relu'")
+        check_int("k", self.k)
+        if self.model == "topk" and not 1 <= self.k <= self.hidden_dim:
+            raise ValueError(f"k={self.k} is not allowed for model='topk' with hidden_dim={self.hidden_dim}; "
+                             f"need 1 <= k <= hidden_dim")
+        if self.model != "topk" and self.k != 0:
+            raise ValueError(f"k={self.k} is not allowed for model={self.model!r}; k is the TopK SAE's (leave it 0)")
         if isinstance(self.loss, dict):
             object.__setattr__(self, "loss", LossConfig(**self.loss))
         if not isinstance(self.loss, LossConfig):
@@ -161,12 +168,19 @@ def evaluate(model: torch.nn.Module, loader: TensorLoader, loss_fn: LossFn) -> d
     return metrics
 
 
+def _check_plain_loop(config: RunConfig) -> None:
+    if config.model == "topk":
+        raise ValueError("model='topk' is not allowed in the plain loop; the TopK SAE's decoder-norm constraint "
+                         "and dead-latent bookkeeping live in the engine (engine.train_group, runs.run_experiments)")
+
+
 def train(model: torch.nn.Module, train_loader: TensorLoader, test_loader: TensorLoader | None,
           config: RunConfig) -> list[dict]:
     """Train one model in place; return the per-epoch history (loss terms; test metrics every
     ``eval_every`` epochs). A non-finite loss stops the run and is recorded as ``diverged``."""
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
+    _check_plain_loop(config)
     expected = Encoder if config.model == "encoder" else StandardSAE
     if not isinstance(model, expected):
         raise TypeError(f"config.model={config.model!r} needs a {expected.__name__}, got {type(model).__name__}")
@@ -193,6 +207,7 @@ def train(model: torch.nn.Module, train_loader: TensorLoader, test_loader: Tenso
 def train_run(config: RunConfig, train_x: torch.Tensor, test_x: torch.Tensor | None = None
               ) -> tuple[torch.nn.Module, list[dict]]:
     """Build the run's model from its seed and train it with the plain loop."""
+    _check_plain_loop(config)
     model = build_model(config.model, train_x.shape[1], config.hidden_dim, config.activation, config.seed)
     model.to(train_x.dtype)
     train_loader = TensorLoader(train_x, None, config.batch_size, shuffle=True, seed=config.seed)

@@ -47,3 +47,33 @@ def test_bad_arguments_are_named():
         Encoder(784, 0)
     with pytest.raises(ValueError, match="model='vae'"):
         build_model("vae", 10, 4)
+
+
+def test_topk_sae_keeps_exactly_k_and_starts_tied():
+    from encoder_study.model import TopKSAE
+
+    m = build_model("topk", 20, 12, seed=3, k=4)
+    assert isinstance(m, TopKSAE)
+    x = torch.randn(50, 20)
+    x_hat, a = m(x)
+    z = (x - m.pre_bias) @ m.W.T + m.b
+    # the reference: the 4 largest of each row, by sorting, then ReLU
+    kth = z.sort(dim=1, descending=True).values[:, 3:4]
+    expected = torch.where(z >= kth, z.clamp_min(0), torch.zeros_like(z))
+    assert torch.equal(a, expected)
+    assert ((a > 0).sum(1) <= 4).all() and ((a > 0).sum(1) == 4).any()
+    assert torch.allclose(x_hat, a @ m.decoder.weight.T + m.pre_bias)
+    norms = m.decoder.weight.norm(dim=0)
+    assert torch.allclose(norms, torch.ones(12), atol=1e-6)
+    # decoder column j points along encoder row j at the start, and the encoder bias is 0
+    cos = torch.nn.functional.cosine_similarity(m.decoder.weight.T, m.W, dim=1)
+    assert torch.allclose(cos, torch.ones(12), atol=1e-6) and torch.equal(m.b, torch.zeros(12))
+
+
+def test_topk_bad_k_is_named():
+    from encoder_study.model import TopKSAE
+
+    with pytest.raises(ValueError, match="k=13 is not allowed with hidden_dim=12"):
+        TopKSAE(20, 12, 13)
+    with pytest.raises(ValueError, match="activation='identity' is not allowed for model='topk'"):
+        build_model("topk", 20, 12, "identity", k=2)

@@ -92,6 +92,86 @@ def test_engine_matches_plain_loop_sae_and_sgd_float32(mnist):
         assert hist[-1]["total"] == pytest.approx(res.history[-1]["total"], rel=1e-4)
 
 
+def _topk_reference(cfg: RunConfig, X: torch.Tensor) -> tuple[dict, list[float], int]:
+    """An independent float64 TopK SAE trainer (plain loop, torch's Adam, sort-based top-k):
+    Gao et al.'s recipe as the engine is meant to implement it. Returns the final state, the
+    per-epoch mean losses and the most latents AuxK ever saw dead at once."""
+    from encoder_study.data import epoch_permutation
+    from encoder_study.engine import AUXK_COEF, AUXK_MAX
+    from encoder_study.model import build_model
+
+    m = build_model("topk", X.shape[1], cfg.hidden_dim, seed=cfg.seed, k=cfg.k).double()
+    with torch.no_grad():
+        m.pre_bias.copy_(X.mean(0))
+    opt = torch.optim.Adam(m.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    k_aux = min(AUXK_MAX, cfg.hidden_dim // 2)
+    idle = torch.zeros(cfg.hidden_dim, dtype=torch.long)
+    n, losses, most_dead = len(X), [], 0
+
+    def keep_top(z, k):
+        kth = z.sort(dim=1, descending=True).values[:, k - 1:k]
+        return torch.where(z >= kth, z.clamp_min(0), torch.zeros_like(z))
+
+    for epoch in range(cfg.epochs):
+        total, steps = 0.0, 0
+        order = epoch_permutation(cfg.seed, epoch, n)
+        for i in range(0, n, cfg.batch_size):
+            x = X[order[i:i + cfg.batch_size]]
+            z = (x - m.pre_bias) @ m.encoder.weight.T + m.encoder.bias
+            a = keep_top(z, cfg.k)
+            x_hat = a @ m.decoder.weight.T + m.pre_bias
+            dead = idle >= n
+            most_dead = max(most_dead, int(dead.sum()))
+            a_aux = keep_top(torch.where(dead, z, torch.full_like(z, -torch.inf)), k_aux)
+            aux = ((a_aux @ m.decoder.weight.T - (x - x_hat).detach()) ** 2).mean()
+            loss = ((x_hat - x) ** 2).mean() + AUXK_COEF * aux
+            opt.zero_grad()
+            loss.backward()
+            with torch.no_grad():
+                w, g = m.decoder.weight, m.decoder.weight.grad
+                g -= (g * w).sum(0, keepdim=True) * w  # no step along a column's own direction
+            opt.step()
+            with torch.no_grad():
+                m.decoder.weight /= m.decoder.weight.norm(dim=0, keepdim=True)
+                idle = torch.where((a > 0).any(0), 0, idle + len(x))
+            total, steps = total + float(loss), steps + 1
+        losses.append(total / steps)
+    return m.state_dict(), losses, most_dead
+
+
+def test_engine_topk_matches_an_independent_reference_float64(mnist):
+    # Small k on a short epoch: some latents stop firing, so AuxK's dead-latent path is exercised.
+    X = mnist["train_x"][:64 * 20].double()
+    runs = [RunConfig(model="topk", hidden_dim=64, k=k, seed=s, epochs=6, batch_size=64, device="cpu", lr=lr)
+            for k, s, lr in ((2, 1, 3e-3), (5, 2, 1e-3))]  # each run its own k, in one stack
+    dead_seen = []
+    for cfg, res in zip(runs, train_group(runs, X, progress=False)):
+        state, losses, most_dead = _topk_reference(cfg, X)
+        dead_seen.append(most_dead)
+        assert _max_diff(state, res.state) < 1e-8
+        assert losses == pytest.approx([h["total"] for h in res.history], rel=1e-9)
+        assert torch.allclose(res.state["decoder.weight"].norm(dim=0), torch.ones(64, dtype=torch.float64))
+    assert max(dead_seen) > 0, "AuxK never engaged; the test would not cover it"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_engine_on_cuda_matches_cpu(mnist):
+    # float64 on both, so the only difference is the order of summation inside the kernels.
+    X = mnist["train_x"][:128 * 20].double()
+    base = [RunConfig(seed=1, epochs=3), RunConfig(seed=2, epochs=3, lr=3e-3, loss=LossConfig(tc=0.0)),
+            RunConfig(model="sae", seed=1, epochs=3), RunConfig(model="topk", hidden_dim=64, k=8, seed=1, epochs=3)]
+    cpu = train_many([c.with_(device="cpu") for c in base], X, progress=False)
+    gpu = train_many([c.with_(device="cuda") for c in base], X, progress=False)
+    for c, a, b in zip(base, cpu, gpu):
+        assert _max_diff(a.state, b.state) < 1e-8, c
+        assert [h["total"] for h in a.history] == pytest.approx([h["total"] for h in b.history], rel=1e-9)
+
+
+def test_topk_is_not_trained_by_the_plain_loop():
+    with pytest.raises(ValueError, match="model='topk' is not allowed in the plain loop"):
+        train_run(RunConfig(model="topk", k=4, epochs=1, device="cpu"), torch.zeros(10, 784))
+
+
 def test_diverging_run_is_stopped_without_spoiling_others(mnist):
     X = mnist["train_x"][:128 * 20]
     good = RunConfig(model="sae", seed=1, epochs=3, device="cpu", optimizer="sgd", lr=1e-2)
@@ -152,6 +232,9 @@ def test_run_cache_reuses_and_fresh_retrains(mnist, tmp_path):
     ({"device": "tpu"}, "device='tpu'"),
     ({"activation": "gelu"}, "activation='gelu'"),
     ({"l1": -0.1}, "l1=-0.1"),
+    ({"model": "topk", "k": 0}, "k=0 is not allowed for model='topk'"),
+    ({"model": "topk", "k": 65}, "k=65 is not allowed for model='topk' with hidden_dim=64"),
+    ({"model": "sae", "k": 8}, "k=8 is not allowed for model='sae'"),
     ({"loss": {"lse": -1.0}}, "lambda_lse=-1.0"),
     ({"loss": {"tc": "a lot"}}, "lambda_tc='a lot'"),
 ])
