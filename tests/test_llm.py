@@ -1,0 +1,142 @@
+"""The language-model side: text, the activation cache, the residual stream and the CE splice,
+checked against transformers' own outputs and hand-made inputs. Uses the packaged SmolLM2 (set
+up by `make setup`) on a tiny text, two blocks deep."""
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from encoder_study import llm
+from encoder_study.data import DataUnavailableError
+
+TINY = Path(__file__).parent / "data" / "tiny_text.txt"
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return llm.load_language_model(llm.PACKAGED_MODEL, "cpu")
+
+
+@pytest.fixture(scope="module")
+def tokens(lm):
+    _, tokenizer = lm
+    return llm.tokenize_contexts(tokenizer, llm.read_text(TINY), context=24)
+
+
+def test_packaged_model_is_smollm2(lm):
+    model, tokenizer = lm
+    assert model.config.hidden_size == 576 and len(llm.blocks(model)) == 30
+    assert tokenizer.bos_token_id is None or tokenizer("Hi", add_special_tokens=True)["input_ids"][0] != \
+        tokenizer.bos_token_id  # no BOS is prepended for this model
+    assert next(model.parameters()).dtype == torch.float32
+    assert llm.load_language_model() is llm.load_language_model(llm.PACKAGED_MODEL, "cpu")  # loaded once
+
+
+def test_read_text_skips_indexes_links_and_separators(tmp_path):
+    (tmp_path / "b").write_text("second\n%\nthird\n")
+    (tmp_path / "a").write_text("first\n%\n")
+    (tmp_path / "a.dat").write_bytes(b"\x00\x01binary index")
+    (tmp_path / "a.u8").symlink_to(tmp_path / "a")
+    assert llm.read_text(tmp_path) == "first\n\n\nsecond\n\nthird\n"
+    with pytest.raises(DataUnavailableError, match="text_path='/nowhere/text.txt' does not exist"):
+        llm.read_text("/nowhere/text.txt")
+
+
+def test_contexts_are_spread_over_the_whole_text():
+    class Counting:  # token i is i: the contexts' first tokens say where they came from
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": list(range(len(text)))}
+
+    contexts = llm.tokenize_contexts(Counting(), "x" * 1000, context=10, max_tokens=40)
+    assert contexts.shape == (4, 10)
+    assert contexts[:, 0].tolist() == [0, 250, 500, 750]
+    assert llm.tokenize_contexts(Counting(), "x" * 1005, context=10).shape == (100, 10)
+
+
+def test_residual_stream_equals_transformers_hidden_states(lm, tokens):
+    model, _ = lm
+    batch = tokens[:3]
+    with torch.no_grad():
+        reference = model(batch, output_hidden_states=True).hidden_states
+    for layer in (1, 2, 30):
+        ours = llm.residual_stream(model, batch, layer)
+        if layer < 30:  # the last entry of hidden_states is after the final norm
+            assert torch.equal(ours, reference[layer])
+    with pytest.raises(ValueError, match="layer=31 is not allowed; this model has blocks 1..30"):
+        llm.residual_stream(model, batch, 31)
+    with pytest.raises(ValueError, match="layer=0"):
+        llm.residual_stream(model, batch, 0)
+
+
+def test_next_token_loss_and_splices(lm, tokens):
+    model, _ = lm
+    batch = tokens[:4]
+    with torch.no_grad():
+        hf = float(model(batch, labels=batch).loss)  # transformers' own shifted mean CE
+    clean = llm.next_token_loss(model, batch, batch_size=4)
+    assert clean == pytest.approx(hf, rel=1e-5)
+    assert llm.next_token_loss(model, batch, batch_size=3) == pytest.approx(clean, rel=1e-6)  # batching
+    assert llm.next_token_loss(model, batch, 2, lambda h: h) == clean  # identity splice: exactly clean
+    zero = llm.next_token_loss(model, batch, 2, torch.zeros_like)
+    assert zero > clean + 1.0
+    noisy = llm.next_token_loss(model, batch, 2, lambda h: h + 0.3 * h.std() * torch.randn_like(h))
+    assert clean < noisy < zero
+    seen = []
+    llm.next_token_loss(model, batch, 2, lambda h: seen.append(h.shape) or h)
+    assert seen[0] == (4, 23, 576)  # position 0 is never handed to the splice
+
+
+def test_ce_loss_recovered_by_hand():
+    assert llm.ce_loss_recovered(2.0, 10.0, 4.0) == pytest.approx(0.75)
+    assert llm.ce_loss_recovered(2.0, 10.0, 2.0) == 1.0 and llm.ce_loss_recovered(2.0, 10.0, 10.0) == 0.0
+    with pytest.raises(ValueError, match="ce_zero=2.0 must exceed ce_clean=3.0"):
+        llm.ce_loss_recovered(3.0, 2.0, 2.5)
+
+
+def test_activation_cache_is_built_reused_and_rebuilt(lm, tmp_path, monkeypatch):
+    model, _ = lm
+    cache = tmp_path / "acts"
+    kwargs = dict(layer=2, cache_path=cache, text_path=TINY, context=24, test_fraction=0.25, batch_size=64,
+                  device="cpu", progress=False)
+    train, test = llm.get_llm_activations(**kwargs)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["model"] == llm.PACKAGED_MODEL and manifest["layer"] == 2 and manifest["dtype"] == "float16"
+    assert manifest["text_sha256"] == __import__("hashlib").sha256(llm.read_text(TINY).encode()).hexdigest()
+    n, c = manifest["n_contexts"], manifest["context"]
+    assert manifest["n_tokens"] == n * c and len(train.tokens) + len(test.tokens) == n
+    assert len(test.tokens) == n // 4 and train.x.shape == (len(train.tokens) * (c - 1), 576)
+    # the scale: train vectors' mean squared norm equals the width
+    assert float(train.x.double().square().sum(1).mean()) == pytest.approx(576, rel=1e-6)
+    # the cached vectors are the residual stream (float16-rounded), position 0 left out
+    direct = llm.residual_stream(model, test.tokens[:1], 2)[0, 1:] / test.scale
+    assert torch.allclose(test.x[: c - 1], direct, rtol=2e-3, atol=2e-3 * float(direct.abs().max()))
+    assert np.load(cache / "tokens.npy").shape == (n, c)
+
+    def no_extraction(*args, **kw):
+        raise AssertionError("the cache should have been reused")
+
+    monkeypatch.setattr(llm, "_extract", no_extraction)
+    again, _ = llm.get_llm_activations(**kwargs)
+    assert torch.equal(again.x, train.x)
+    monkeypatch.undo()
+    with warnings.catch_warnings(record=True) as caught:  # another layer into the same folder: rebuilt
+        warnings.simplefilter("always")
+        other, _ = llm.get_llm_activations(**{**kwargs, "layer": 1})
+    assert any("rebuilding" in str(w.message) for w in caught)
+    assert json.loads((cache / "manifest.json").read_text())["layer"] == 1
+    assert not torch.equal(other.x, train.x)
+
+
+def test_bad_requests_are_named(tmp_path):
+    with pytest.raises(ValueError, match="context=1 is not allowed"):
+        llm.get_llm_activations(context=1, text_path=TINY, cache_path=tmp_path)
+    with pytest.raises(ValueError, match="test_fraction=0.5 is not allowed"):
+        llm.get_llm_activations(test_fraction=0.5, text_path=TINY, cache_path=tmp_path)
+    with pytest.raises(ValueError, match="layer=99 is not allowed"):
+        llm.get_llm_activations(layer=99, text_path=TINY, cache_path=tmp_path)
+    with pytest.raises(DataUnavailableError, match="text_path="):
+        llm.get_llm_activations(text_path=tmp_path / "missing.txt", cache_path=tmp_path)
