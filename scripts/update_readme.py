@@ -69,11 +69,46 @@ def section() -> str:
                        f"{d.converged_epoch.mean():.0f} | {int(d.diverged_epoch.notna().sum())} |")
         info = json.loads((EXEC / "04_dynamics" / "run_info.json").read_text())
         out += ["", f"Spearman correlation of final loss with probe accuracy: {info.get('spearman_loss_vs_probe', float('nan')):.2f}.", ""]
+    t = EXEC / "05_llm_activations" / "metrics.csv"
+    if t.exists():
+        df = pd.read_csv(t)
+        info = json.loads((EXEC / "05_llm_activations" / "run_info.json").read_text())
+        p = info["parameters"]
+        refs = pd.read_csv(EXEC / "05_llm_activations" / "ce_references.csv").set_index("reference")
+        out += [f"**5. Beyond the paper: SmolLM2-135M residual stream** (after block {p['layer']}, width "
+                f"{int(df.input_dim.iloc[0])}, {info['manifest']['n_tokens']:,} tokens of Debian fortunes, "
+                f"{p['epochs']} epochs, seed {', '.join(map(str, p['seeds']))}; next-token CE on held-out text: clean "
+                f"{refs.loc['clean', 'ce']:.3f}, zero-ablated {refs.loc['zero ablation', 'ce']:.3f}, mean-ablated "
+                f"{refs.loc['mean ablation', 'ce']:.3f} = {refs.loc['mean ablation', 'ce_loss_recovered']:.3f} recovered)", "",
+                "| model | units | knob | L0 | FVU | CE loss recovered | dead (never active) |", "|---|---|---|---|---|---|---|"]
+        order = {"ours": 0, "topk": 1, "sae": 2}
+        df = df.assign(o=df.model.map(order)).sort_values(["hidden_dim", "o", "l0"])
+        if "lambda_lse" not in df:
+            df["lambda_lse"] = 1.0
+        for _, r in df.groupby(["model", "hidden_dim", "lambda_lse", "k", "l1"], dropna=False, sort=False) \
+                .mean(numeric_only=True).reset_index().sort_values(["hidden_dim", "o", "l0"]).iterrows():
+            knob = {"ours": f"λ_lse = {r.lambda_lse:g}", "topk": f"k = {r.k:.0f}", "sae": f"l1 = {r.l1:g}"}[r.model]
+            out.append(f"| {r.model} | {r.hidden_dim:.0f} | {knob} | {r.l0:.1f} | {r.fvu:.3f} | "
+                       f"{r.ce_loss_recovered:.3f} | {r.dead_fraction:.1%} |")
+        out.append("")
+    t = EXEC / "06_mnist_frontier" / "metrics.csv"
+    if t.exists():
+        df = pd.read_csv(t)
+        info = json.loads((EXEC / "06_mnist_frontier" / "run_info.json").read_text())
+        out += [f"**6. MNIST sparsity frontier** (64 units, {info['parameters']['epochs']} epochs, seed "
+                f"{', '.join(map(str, info['parameters']['seeds']))}; each model's sparsity knob swept)", "",
+                "| model | knob | L0 | probe accuracy (%) | FVU |", "|---|---|---|---|---|"]
+        mean = df.groupby(["model", "knob", "knob_value"], as_index=False, sort=False).mean(numeric_only=True)
+        for _, r in mean.iterrows():
+            out.append(f"| {r.model} | {r.knob} = {r.knob_value:g} | {r.l0:.1f} | {r.probe_accuracy * 100:.2f} | "
+                       f"{r.fvu:.3f} |")
+        out.append("")
     t = EXEC / "book_timings.csv"
     if t.exists():
         rows = list(csv.DictReader(t.open()))
         total = sum(float(r["seconds"]) for r in rows)
-        out += ["**Time to run the book here** (2 cores, empty run cache, `make book FRESH=1`): "
+        out += ["**Time to run the book here** (2 cores, empty run cache, `make book FRESH=1`; notebook 05 with "
+                "its activation cache warm): "
                 + ", ".join(f"{r['notebook']} {float(r['seconds']) / 60:.1f} min" for r in rows)
                 + f"; total {total / 60:.1f} min.", ""]
     figs = sorted(p.name for p in (ROOT / "figures").glob("*.pdf"))

@@ -23,9 +23,13 @@ CONTRACT = {
                     "responsibility_entropy", "l0"],
     "03_benchmark": ["model", "seed", "probe_accuracy", "l0", "n_params", "fvu", "train_seconds"],
     "04_dynamics": ["optimizer", "lr", "seed", "final_loss", "probe_accuracy", "converged_epoch"],
+    "05_llm_activations": ["model", "hidden_dim", "input_dim", "seed", "l0", "fvu", "dead_fraction",
+                           "ce_loss_recovered"],
+    "06_mnist_frontier": ["model", "knob", "knob_value", "seed", "probe_accuracy", "l0", "fvu"],
 }
 FIGURES = {"01_verify_theorem": ["fig1_theorem"], "02_ablation": ["fig2_ablation"],
-           "03_benchmark": ["fig3_benchmark", "fig4_features"], "04_dynamics": ["fig5_dynamics"]}
+           "03_benchmark": ["fig3_benchmark", "fig4_features"], "04_dynamics": ["fig5_dynamics"],
+           "05_llm_activations": ["fig6_llm_frontier"], "06_mnist_frontier": ["fig7_mnist_frontier"]}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +71,17 @@ def test_theorem_numbers_in_smoke(smoke_book):
     df = pd.read_csv(smoke_book / "01_verify_theorem" / "metrics.csv").set_index("dtype")
     assert df.loc["float64", "max_abs_error"] < 1e-12 and df.loc["float32", "max_abs_error"] < 1e-6
     assert df.loc["float32", "correlation"] > 0.9999
+
+
+def test_llm_smoke_matches_topk_to_ours_sparsity(smoke_book):
+    df = pd.read_csv(smoke_book / "05_llm_activations" / "metrics.csv")
+    assert {"ours", "topk", "sae"} <= set(df.model) and (df.hidden_dim > df.input_dim).any()  # one overcomplete
+    for h, g in df.groupby("hidden_dim"):
+        ours_l0 = g[(g.model == "ours") & (g.lambda_lse == 1.0)].l0.mean()  # the paper's lambdas
+        assert round(ours_l0) in set(g[g.model == "topk"].k), (h, ours_l0)
+    assert df.ce_loss_recovered.between(-5, 1.0).all()
+    refs = pd.read_csv(smoke_book / "05_llm_activations" / "ce_references.csv").set_index("reference")
+    assert refs.loc["zero ablation", "ce"] > refs.loc["clean", "ce"]
 
 
 def _run(name, tmp_path, params):
