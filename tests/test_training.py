@@ -134,7 +134,7 @@ def _topk_reference(cfg: RunConfig, X: torch.Tensor) -> tuple[dict, list[float],
             with torch.no_grad():
                 m.decoder.weight /= m.decoder.weight.norm(dim=0, keepdim=True)
                 idle = torch.where((a > 0).any(0), 0, idle + len(x))
-            total, steps = total + float(loss), steps + 1
+            total, steps = total + float(loss.detach()), steps + 1
         losses.append(total / steps)
     return m.state_dict(), losses, most_dead
 
