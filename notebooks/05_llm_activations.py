@@ -278,9 +278,16 @@ summary.round(4)
 #   244 to 170 over the 5 epochs), and at L0 170 ours (FVU 0.20, 96.4%) is behind both a TopK SAE
 #   with k = 32, five times sparser (FVU 0.19, 97.1%), and the L1 SAE at l1 = 3 (L0 99, FVU
 #   0.19, 96.0%). So the balance between LSE and InfoMax sets the sparsity, and with more units
-#   than input dimensions it sits far on the dense side at the paper's weights; the batch here
-#   (1024, not 128) also makes the summed LSE term 8x weightier than on MNIST, which this
-#   notebook does not separate out. Longer training and larger LSE weights are the next runs.
+#   than input dimensions it sits far on the dense side at the paper's weights.
+#   An exploratory run outside this record, on a lent GPU (`benchmarks/llm_lse_sweep.py` on a
+#   40,000-vector subset of these activations, results in `benchmarks/cuda/llm_lse_sweep.csv`;
+#   no CE splice there), took the sweep further at 1152 units: lambda_lse = 30, 100 and 300 give
+#   L0 of about 39, 15 and 9 (3%, 1.3%, 0.8% active) after 4,800 steps, still with no dead unit,
+#   at readout FVU 0.27, 0.30 and 0.33, against 0.21 for a TopK SAE with k = 32 on the same
+#   data. So the overcomplete code does become sparse once the LSE weight is raised 30-100x, and
+#   a TopK SAE still reconstructs better at that sparsity. The batch size (1024 here, where the
+#   summed LSE term weighs 8x more than at the paper's 128) is not what keeps the code dense: at
+#   batch 128 and lambda 1 the same run is as dense (L0 about 620).
 # - **The SAEs' own trouble.** The L1 SAE buys sparsity with dead units (26-43% at l1 >= 3);
 #   the TopK SAE, with AuxK, has none. The `readout_fvu` column is huge for the sparser L1 SAEs:
 #   units that fire on a handful of the 65,536 fitting vectors get enormous least-squares
@@ -290,5 +297,6 @@ summary.round(4)
 #   sparsity one weight controls, and at high sparsity it beats the plain L1 SAE the paper
 #   compared against. It is not a replacement for a modern SAE: at matched sparsity a TopK SAE
 #   reconstructs better and preserves more of the model's behaviour, and in the overcomplete
-#   regime, the one interpretability work needs, it stays far denser than a TopK SAE at the
-#   weights tried here.
+#   regime, the one interpretability work needs, the paper's weights leave it dense: it needs
+#   an LSE weight 30-100x the paper's to become sparse, and then still reconstructs worse than
+#   a TopK SAE.
