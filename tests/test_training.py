@@ -184,9 +184,13 @@ def test_diverging_run_is_stopped_without_spoiling_others(mnist):
     assert _max_diff(alone.state, pair[0].state) < 1e-6
 
 
-def test_interrupted_group_resumes_to_the_same_numbers(mnist, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["encoder", "topk"])
+def test_interrupted_group_resumes_to_the_same_numbers(mnist, tmp_path, monkeypatch, kind):
+    # TopK: small k on short epochs, so latents die and AuxK's dead-latent counts must resume too
     X = mnist["train_x"][:128 * 10]
-    runs = [RunConfig(seed=s, epochs=6, device="cpu") for s in (1, 2)]
+    runs = [RunConfig(seed=s, epochs=6, device="cpu") for s in (1, 2)] if kind == "encoder" else \
+        [RunConfig(model="topk", hidden_dim=64, k=2, seed=s, epochs=6, batch_size=64, lr=3e-3, device="cpu")
+         for s in (1, 2)]
     straight = train_group(runs, X, progress=False)
     import encoder_study.engine as E
 
