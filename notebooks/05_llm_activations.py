@@ -35,11 +35,13 @@
 #   objective unchanged; LSE summed over the batch), and with the LSE weight raised to each
 #   further value in `ours_lse` (notebook 6 finds it to be ours' sparsity knob on MNIST).
 # - **topk**: TopK SAE, k set to the measured L0 of ours at the paper's lambdas and the same
-#   size (matched sparsity), and at
-#   each k in `topk_extra_k` (the sparsity such SAEs are normally trained at).
+#   size (matched sparsity), and at each k in `topk_extra_k` (the sparsity such SAEs are
+#   normally trained at).
 # - **sae**: the paper's ReLU SAE (MSE + l1 * mean |a|) at each weight in `sae_l1`.
 #
-# All with Adam `lr`, batch `batch_size`, `epochs` epochs. Reconstruction is judged by FVU on the
+# All with Adam `lr`, batch `batch_size` (1024 rather than the paper's 128: the decorrelation
+# term needs more samples per batch than units to be estimable), `epochs` epochs, one seed.
+# Reconstruction is judged by FVU on the
 # held-out vectors: the SAEs through their decoders, ours through the least-squares affine
 # readout fitted on `readout_tokens` train vectors (it has no decoder). The field's downstream
 # measure splices each reconstruction back into the residual stream on `ce_contexts` held-out
