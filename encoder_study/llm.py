@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import warnings
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager, nullcontext, redirect_stderr
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
@@ -203,11 +203,8 @@ def next_token_loss(model: torch.nn.Module, tokens: torch.Tensor, layer: int | N
     total, count = 0.0, 0
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i:i + batch_size].to(model.device)
-        if splice is None:
+        with _hook(model, layer, replace) if splice is not None else nullcontext():
             logits = model(batch).logits
-        else:
-            with _hook(model, layer, replace):
-                logits = model(batch).logits
         total += float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(),
                                        reduction="sum"))
         count += batch[:, 1:].numel()

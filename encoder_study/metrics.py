@@ -120,12 +120,17 @@ def fit_linear_readout(A_train, X_train) -> torch.Tensor:
 
 
 @torch.no_grad()
+def apply_linear_readout(A, M: torch.Tensor) -> torch.Tensor:
+    """The inputs a fitted readout ``M`` (from fit_linear_readout) rebuilds from features A (float64)."""
+    A = _as64(A)
+    return torch.cat([A, torch.ones(len(A), 1, dtype=A.dtype)], dim=1) @ M
+
+
+@torch.no_grad()
 def readout_fvu(A_train, X_train, A_test, X_test) -> float:
     """FVU on test of a least-squares linear readout fitted on train features: a fair
     reconstruction score for a model without a decoder (and, beside its decoder, for an SAE)."""
-    M = fit_linear_readout(A_train, X_train)
-    A = _as64(A_test)
-    return fvu(X_test, torch.cat([A, torch.ones(len(A), 1, dtype=A.dtype)], dim=1) @ M)
+    return fvu(X_test, apply_linear_readout(A_test, fit_linear_readout(A_train, X_train)))
 
 
 def linear_probe_accuracy(A_train, y_train, A_test, y_test, max_iter: int = 5000) -> float:

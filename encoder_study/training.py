@@ -168,19 +168,15 @@ def evaluate(model: torch.nn.Module, loader: TensorLoader, loss_fn: LossFn) -> d
     return metrics
 
 
-def _check_plain_loop(config: RunConfig) -> None:
-    if config.model == "topk":
-        raise ValueError("model='topk' is not allowed in the plain loop; the TopK SAE's decoder-norm constraint "
-                         "and dead-latent bookkeeping live in the engine (engine.train_group, runs.run_experiments)")
-
-
 def train(model: torch.nn.Module, train_loader: TensorLoader, test_loader: TensorLoader | None,
           config: RunConfig) -> list[dict]:
     """Train one model in place; return the per-epoch history (loss terms; test metrics every
     ``eval_every`` epochs). A non-finite loss stops the run and is recorded as ``diverged``."""
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
-    _check_plain_loop(config)
+    if config.model == "topk":
+        raise ValueError("model='topk' is not allowed in the plain loop; the TopK SAE's decoder-norm constraint "
+                         "and dead-latent bookkeeping live in the engine (engine.train_group, runs.run_experiments)")
     expected = Encoder if config.model == "encoder" else StandardSAE
     if not isinstance(model, expected):
         raise TypeError(f"config.model={config.model!r} needs a {expected.__name__}, got {type(model).__name__}")
@@ -207,8 +203,7 @@ def train(model: torch.nn.Module, train_loader: TensorLoader, test_loader: Tenso
 def train_run(config: RunConfig, train_x: torch.Tensor, test_x: torch.Tensor | None = None
               ) -> tuple[torch.nn.Module, list[dict]]:
     """Build the run's model from its seed and train it with the plain loop."""
-    _check_plain_loop(config)
-    model = build_model(config.model, train_x.shape[1], config.hidden_dim, config.activation, config.seed)
+    model = build_model(config.model, train_x.shape[1], config.hidden_dim, config.activation, config.seed, k=config.k)
     model.to(train_x.dtype)
     train_loader = TensorLoader(train_x, None, config.batch_size, shuffle=True, seed=config.seed)
     test_loader = None if test_x is None else TensorLoader(test_x, None, 8192)

@@ -83,8 +83,6 @@ def section() -> str:
                 "| model | units | knob | L0 | FVU | CE loss recovered | dead (never active) |", "|---|---|---|---|---|---|---|"]
         order = {"ours": 0, "topk": 1, "sae": 2}
         df = df.assign(o=df.model.map(order)).sort_values(["hidden_dim", "o", "l0"])
-        if "lambda_lse" not in df:
-            df["lambda_lse"] = 1.0
         for _, r in df.groupby(["model", "hidden_dim", "lambda_lse", "k", "l1"], dropna=False, sort=False) \
                 .mean(numeric_only=True).reset_index().sort_values(["hidden_dim", "o", "l0"]).iterrows():
             knob = {"ours": f"λ_lse = {r.lambda_lse:g}", "topk": f"k = {r.k:.0f}", "sae": f"l1 = {r.l1:g}"}[r.model]
