@@ -85,7 +85,8 @@ from tqdm import tqdm
 from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
 from encoder_study.losses import LossConfig
 from encoder_study.llm import ce_loss_recovered, get_llm_activations, load_language_model, next_token_loss
-from encoder_study.metrics import features, firing_frequency, fit_linear_readout, fvu, l0, redundancy_score
+from encoder_study.metrics import (apply_linear_readout, features, firing_frequency, fit_linear_readout, fvu, l0,
+                                   redundancy_score)
 from encoder_study.model import count_parameters
 from encoder_study.runs import run_experiments
 from encoder_study.training import RunConfig
@@ -160,8 +161,7 @@ def reconstructor(name: str, model: torch.nn.Module, readout: torch.Tensor | Non
     def rebuild(h: torch.Tensor) -> torch.Tensor:
         x = h.reshape(-1, h.shape[-1]).float() / train.scale
         if name == "ours":
-            a = model.encode(x).double()
-            x_hat = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], 1) @ readout
+            x_hat = apply_linear_readout(model.encode(x), readout)
         else:
             x_hat = model(x)[0]
         return (x_hat.float() * train.scale).reshape(h.shape)
@@ -174,8 +174,7 @@ for (name, cfg), res in tqdm(list(zip(runs, results)), desc="metrics and splices
     with torch.no_grad():
         A_te, A_fit = features(model, Xt), features(model, X[readout_rows])
         readout = fit_linear_readout(A_fit, X[readout_rows])
-        design = torch.cat([A_te.double(), torch.ones(len(A_te), 1, dtype=torch.float64)], 1)
-        readout_fvu = fvu(Xt, design @ readout)
+        readout_fvu = fvu(Xt, apply_linear_readout(A_te, readout))
         decoder_fvu = fvu(Xt, model(Xt)[0]) if name != "ours" else np.nan
         ce = next_token_loss(lm, ce_tokens, layer, reconstructor(name, model, readout))
     red = redundancy_score(A_te)
