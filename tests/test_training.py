@@ -1,6 +1,7 @@
 """Training: the theory's predictions on synthetic data, the engine against the plain loop,
 divergence, resuming, and bad input."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -253,3 +254,17 @@ def test_wrong_data_shape_is_named():
         model(torch.zeros(2, 5))
     with pytest.raises(ValueError, match="configs is empty"):
         run_experiments([], torch.zeros(4, 3))
+
+
+def test_flush_denormals_reaches_every_cpu_thread():
+    # A parallel op splits this tensor between the threads: each half must be flushed inside the
+    # context (torch.set_flush_denormal alone sets only the calling thread) and kept outside it.
+    from encoder_study.training import flush_denormals
+
+    tiny = torch.from_numpy(np.full(1 << 18, 1e-39, dtype=np.float32))
+    assert (tiny != 0).all()
+    with flush_denormals():
+        inside = tiny * 1.0
+    outside = tiny * 1.0
+    assert (inside == 0).all(), f"{int((inside != 0).sum())} of {len(inside)} denormals survived"
+    assert (outside == tiny).all()
