@@ -4,9 +4,10 @@ The paper's experiments are dozens of small runs (784 -> 64, batch 128). Trained
 step is a handful of tiny GEMMs drowned in Python and framework overhead. Here the runs of a group
 (same model kind, optimizer and shapes) are stacked: weights (R, K, D), one batched GEMM per layer
 per step for all R runs, one optimizer update over the stack, per-run learning rates and lambdas
-as tensors. Each run still sees exactly what it would alone: its own initialisation (its seed),
-its own minibatch order (``epoch_permutation(seed, epoch)``), its own loss; the losses are summed
-only to call backward once, and the sum's gradient with respect to run r's weights is run r's own.
+as tensors. Runs on one seed share each minibatch: it is gathered once and their first layers are
+one GEMM. Each run still sees exactly what it would alone: its own initialisation (its seed), its
+own minibatch order (``epoch_permutation(seed, epoch)``), its own loss, and the gradient of its own
+loss (by hand where derived and tested, else autograd of the per-run losses' sum).
 
 No host synchronisation inside an epoch; one per epoch to read the losses and catch a run that
 diverged, which is then dropped from the stack (its last finite state kept) while the others go on.
@@ -15,6 +16,7 @@ A group can checkpoint itself and resume.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import defaultdict
@@ -32,11 +34,12 @@ from .training import ADAM_BETAS, ADAM_EPS, RunConfig, flush_denormals, resolve_
 
 SAE_TERMS = ("mse", "l1")
 TOPK_TERMS = ("mse", "auxk")
+CHECKPOINT_FORMAT = 2  # 2: parameters stacked in their modules' own layout
 AUXK_COEF = 1 / 32  # Gao et al.'s weight of the AuxK loss
 AUXK_MAX = 256  # AuxK reconstructs the residual with the top min(256, hidden/2) dead latents
 # dL/dz from dL/da for each activation a = f(z), for the engine's hand-derived backward pass
 ACTIVATION_GRADS = {
-    "relu": lambda z, g: torch.where(z > 0, g, 0.0),
+    "relu": lambda z, g: torch.ops.aten.threshold_backward(g, z, 0.0),  # g where z > 0, else 0
     "identity": lambda z, g: g,
     "softplus": lambda z, g: g * torch.sigmoid(z),
 }
@@ -74,41 +77,48 @@ def group_key(config: RunConfig) -> tuple:
 class StackedOptimizer:
     """Adam or SGD over stacked parameters (leading dim = run) with a learning rate per run.
 
-    Runs with equal learning rates sit next to each other (``train_group`` orders them so), and
-    each such slice gets one call of torch's fused Adam kernel: the same arithmetic as
-    ``torch.optim.Adam(fused=True)`` in the plain loop, one memory pass per tensor.
+    The runs of each learning rate form a bucket, and each bucket gets one call of torch's fused
+    Adam kernel: the same arithmetic as ``torch.optim.Adam(fused=True)`` in the plain loop, one
+    memory pass per tensor. A bucket whose runs sit side by side is one slice of each parameter;
+    otherwise (runs of one seed kept together, see ``RunStack``) it is a list of per-run views.
     """
 
     def __init__(self, kind: str, params: list[torch.Tensor], lrs: list[float]) -> None:
-        self.kind, self.params, self.lrs = kind, params, list(lrs)
+        self.kind, self.lrs = kind, list(lrs)
         self.m = [torch.zeros_like(p) for p in params] if kind == "adam" else []
         self.v = [torch.zeros_like(p) for p in params] if kind == "adam" else []
         self.step_count = torch.zeros((), dtype=torch.float32, device=params[0].device)
+        self._set_params(params)
 
-    def _buckets(self) -> list[tuple[int, int, float]]:
-        out, start = [], 0
-        for i in range(1, len(self.lrs) + 1):
-            if i == len(self.lrs) or self.lrs[i] != self.lrs[start]:
-                out.append((start, i, self.lrs[start]))
-                start = i
-        return out
+    def _set_params(self, params: list[torch.Tensor]) -> None:
+        self.params = params
+        runs: dict[float, list[int]] = defaultdict(list)
+        for r, lr in enumerate(self.lrs):
+            runs[lr].append(r)
+
+        def views(ts: list[torch.Tensor], idx: list[int]) -> list[torch.Tensor]:
+            if idx == list(range(idx[0], idx[-1] + 1)):
+                return [t[idx[0]:idx[-1] + 1] for t in ts]
+            return [t[r] for t in ts for r in idx]
+
+        self._buckets = [(lr, lambda ts, idx=idx: views(ts, idx)) for lr, idx in runs.items()]
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
         params = [p.detach() for p in self.params]
         grads = [g.contiguous() for g in grads]  # the fused kernel needs dense grads (a no-op here)
         if self.kind == "sgd":
-            for s, e, lr in self._buckets():
-                for p, g in zip(params, grads):
-                    p[s:e].add_(g[s:e], alpha=-lr)
+            for lr, views in self._buckets:
+                for p, g in zip(views(params), views(grads)):
+                    p.add_(g, alpha=-lr)
             return
         self.step_count += 1  # fused Adam reads the step from a tensor; no host sync
         b1, b2 = ADAM_BETAS
-        for s, e, lr in self._buckets():
-            sl = lambda ts: [t[s:e] for t in ts]  # noqa: E731
-            torch._fused_adam_(sl(params), sl(grads), sl(self.m), sl(self.v), [],
-                               [self.step_count] * len(params), lr=lr, beta1=b1, beta2=b2,
-                               weight_decay=0.0, eps=ADAM_EPS, amsgrad=False, maximize=False)
+        for lr, views in self._buckets:
+            ps = views(params)
+            torch._fused_adam_(ps, views(grads), views(self.m), views(self.v), [], [self.step_count] * len(ps),
+                               lr=lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=ADAM_EPS, amsgrad=False,
+                               maximize=False)
 
     def state(self) -> dict:
         return {"step": self.step_count.clone(), "m": self.m, "v": self.v}
@@ -120,18 +130,21 @@ class StackedOptimizer:
 
     def keep(self, idx: list[int], params: list[torch.Tensor]) -> None:
         """Follow the stack after runs left it: new parameter tensors, their rows of the state."""
-        self.params = params
         self.lrs = [self.lrs[i] for i in idx]
         self.m = [m[idx] for m in self.m]
         self.v = [v[idx] for v in self.v]
+        self._set_params(params)
 
 
 class RunStack:
     """The parameters of R runs of one group, stacked, and their batched forward pass.
 
-    Weight matrices are held transposed, (R, in, out), so that x @ W^T is a plain batched GEMM
-    and its weight gradient x^T @ dz comes out dense (the fused optimizer needs that, and a
-    transposed gradient would cost a copy of every weight each step).
+    Each parameter is stacked in its module's own layout: an encoder weight is (R, K, D). Runs on
+    one seed draw the same minibatches, so when every seed has the same number m of runs (kept
+    side by side: ``train_group`` orders the stack by seed) a minibatch is gathered once per
+    seed and the first layer of those m runs is one GEMM against their weights laid end to end,
+    (m*K, D): a view, no copy. Inputs arrive as (S, B, D), one minibatch per seed; with unequal
+    counts m = 1 and every run gets its own row (S = R).
     """
 
     def __init__(self, configs: list[RunConfig], input_dim: int, device: torch.device,
@@ -142,10 +155,11 @@ class RunStack:
         states = [build_model(c.model, input_dim, c.hidden_dim, c.activation, c.seed, k=c.k).state_dict()
                   for c in configs]
         self.names = list(states[0])
-        self.params = [torch.stack([s[n].T if s[n].dim() == 2 else s[n] for s in states]).to(device, dtype)
-                       .contiguous().requires_grad_(True) for n in self.names]
+        self.params = [torch.stack([s[n] for s in states]).to(device, dtype).contiguous().requires_grad_(True)
+                       for n in self.names]
         as_tensor = lambda vals: torch.tensor(vals, dtype=dtype, device=device)  # noqa: E731
         self.seeds = [c.seed for c in configs]
+        self._set_data_orders()
         self.lambdas = {t: as_tensor([getattr(c.loss, t) for c in configs]) for t in TERMS}
         self.l1 = as_tensor([c.l1 for c in configs])
         self._set_terms_in_use()
@@ -164,29 +178,66 @@ class RunStack:
     def named(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.params))
 
+    def _set_data_orders(self) -> None:
+        """``data_seeds``: the seed of each minibatch row (S of them); ``per_seed``: m = R / S."""
+        m = self.seeds.count(self.seeds[0])
+        data_seeds = self.seeds[::m]
+        shared = len(set(data_seeds)) == len(data_seeds) and self.seeds == [s for s in data_seeds for _ in range(m)]
+        self.per_seed, self.data_seeds = (m, data_seeds) if shared else (1, list(self.seeds))
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        """(S, B, m*F) -> (R, B, F): each seed's row split into its m runs (a copy when m > 1)."""
+        if self.per_seed == 1:
+            return t
+        S, B, _ = t.shape
+        return t.view(S, B, self.per_seed, -1).transpose(1, 2).reshape(len(self), B, -1)
+
+    def _join(self, t: torch.Tensor) -> torch.Tensor:
+        """(R, B, F) -> (S, B, m*F), the inverse of ``_split``."""
+        if self.per_seed == 1:
+            return t
+        R, B, F = t.shape
+        return t.view(-1, self.per_seed, B, F).transpose(1, 2).reshape(-1, B, self.per_seed * F)
+
+    def run_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """(S, B, D) minibatches -> (R, B, D), each run's own (a copy when m > 1)."""
+        return x if self.per_seed == 1 else x.repeat_interleave(self.per_seed, dim=0)
+
+    def _first_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations (R, B, K) of the encoder or SAE for minibatches x (S, B, D): one GEMM per seed."""
+        W, b = self.params[0], self.params[1]
+        S, B, D = x.shape
+        return self._split(torch.baddbmm(b.view(S, 1, -1), x, W.view(S, -1, D).transpose(1, 2)))
+
+    def _first_layer_grad(self, grad_z: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+        """Gradients of W (R, K, D) and b (R, K) from dL/dz (R, B, K): again one GEMM per seed."""
+        S, B, D = x.shape
+        return [torch.bmm(self._join(grad_z).transpose(1, 2), x).view(len(self), -1, D), grad_z.sum(1)]
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Activations (R, B, K) for inputs (R, B, D), or for shared inputs (B, D)."""
+        """Activations (R, N, K) for inputs (N, D) shared by every run."""
         if self.kind == "topk":
-            return self._topk_per_run(self._topk_pre_activations(x))
-        Wt, b = self.params[0], self.params[1]
-        if x.dim() == 2:
-            return self.act(torch.matmul(x, Wt) + b.unsqueeze(1))
-        return self.act(torch.baddbmm(b.unsqueeze(1), x, Wt))
+            return self._topk_per_run(self._topk_pre_activations(x.expand(len(self), -1, -1)))
+        W, b = self.params[0], self.params[1]
+        R, K, D = W.shape
+        return self.act(torch.addmm(b.view(1, -1), x, W.view(-1, D).T).view(-1, R, K).transpose(0, 1))
 
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-run loss terms, each (R,), for per-run minibatches x (R, B, D)."""
+        """Per-run loss terms, each (R,), for minibatches x (S, B, D)."""
         if self.kind == "topk":
             return self._topk_losses(x)[0]
-        a = self.encode(x)
+        a = self.act(self._first_layer(x))
         if self.kind == "encoder":
-            return combined_loss(a, self.params[0].transpose(1, 2), self.loss_config, weights=self.lambdas)
-        Wd_t, bd = self.params[2], self.params[3]
-        x_hat = torch.baddbmm(bd.unsqueeze(1), a, Wd_t)
-        return sae_loss(x, x_hat, a, self.l1)
+            return combined_loss(a, self.params[0], self.loss_config, weights=self.lambdas)
+        Wd, bd = self.params[2], self.params[3]
+        x_hat = torch.baddbmm(bd.unsqueeze(1), a, Wd.transpose(1, 2))
+        return sae_loss(self.run_inputs(x), x_hat, a, self.l1)
 
     def _topk_pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """W_enc (x - b_pre) + b_enc for per-run inputs x (R, B, D)."""
         P = self.named
-        return torch.baddbmm(P["encoder.bias"].unsqueeze(1), x - P["pre_bias"].unsqueeze(1), P["encoder.weight"])
+        return torch.baddbmm(P["encoder.bias"].unsqueeze(1), x - P["pre_bias"].unsqueeze(1),
+                             P["encoder.weight"].transpose(1, 2))
 
     def _topk_per_run(self, z: torch.Tensor) -> torch.Tensor:
         """topk_relu with each run's own k: the top max(k) per row, the ranks past run r's k zeroed."""
@@ -202,13 +253,15 @@ class RunStack:
         With no dead latent it is a constant with no gradient.
         """
         P = self.named
+        x = self.run_inputs(x)
         z = self._topk_pre_activations(x)
         a = self._topk_per_run(z)
-        x_hat = torch.baddbmm(P["pre_bias"].unsqueeze(1), a, P["decoder.weight"])
+        Wd_t = P["decoder.weight"].transpose(1, 2)
+        x_hat = torch.baddbmm(P["pre_bias"].unsqueeze(1), a, Wd_t)
         mse = (x_hat - x).square().mean((1, 2))
         dead = self.idle >= self.dead_after if self.dead_after > 0 else torch.zeros_like(self.idle, dtype=torch.bool)
         a_aux = topk_relu(z.masked_fill(~dead.unsqueeze(1), float("-inf")), self.k_aux)
-        auxk = (torch.bmm(a_aux, P["decoder.weight"]) - (x - x_hat).detach()).square().mean((1, 2))
+        auxk = (torch.bmm(a_aux, Wd_t) - (x - x_hat).detach()).square().mean((1, 2))
         return {"total": mse + AUXK_COEF * auxk, "mse": mse, "auxk": auxk}, a
 
     @property
@@ -227,26 +280,27 @@ class RunStack:
         with torch.no_grad():
             if self.kind == "sae":
                 return self._sae_loss_and_grads(x)
-            Wt, b = self.params
-            z = torch.baddbmm(b.unsqueeze(1), x, Wt)
+            z = self._first_layer(x)
             out, grad_a = combined_loss_and_grad(self.act(z), self.lambdas, self.reduction)
-            grad_z = ACTIVATION_GRADS[self.activation](z, grad_a)
-            return out, [torch.bmm(x.transpose(1, 2), grad_z), grad_z.sum(1)]
+            return out, self._first_layer_grad(ACTIVATION_GRADS[self.activation](z, grad_a), x)
 
     def _sae_loss_and_grads(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """MSE (mean over all elements) + l1 * mean|a|, and its gradients, by hand."""
-        We_t, be, Wd_t, bd = self.params
-        R, B, D = x.shape
-        z = torch.baddbmm(be.unsqueeze(1), x, We_t)
+        Wd, bd = self.params[2], self.params[3]
+        R, (S, B, D) = len(self), x.shape
+        z = self._first_layer(x)
         a = torch.relu(z)
-        diff = torch.baddbmm(bd.unsqueeze(1), a, Wd_t).sub_(x)
-        mse = diff.square().sum((1, 2)) / (B * D)
+        # x_hat - x = a Wd^T + (bd - x): the GEMM accumulates onto bd - x, one pass fewer
+        bd_minus_x = (bd.view(S, -1, 1, D) - x.unsqueeze(1)).view(R, B, D)
+        diff = bd_minus_x.baddbmm_(a, Wd.transpose(1, 2))
+        mse = torch.linalg.vector_norm(diff, dim=(1, 2)).square() / (B * D)
         sparsity = a.sum((1, 2)) / a[0].numel()  # a >= 0, so mean |a| = mean a
         out = {"total": mse + self.l1 * sparsity, "mse": mse, "l1": sparsity}
         g_xhat = diff.mul_(2.0 / (B * D))
-        g_a = torch.bmm(g_xhat, Wd_t.transpose(1, 2)).add_(torch.sign(a) * (self.l1 / a[0].numel()).view(R, 1, 1))
-        g_z = torch.where(z > 0, g_a, 0.0)
-        return out, [torch.bmm(x.transpose(1, 2), g_z), g_z.sum(1), torch.bmm(a.transpose(1, 2), g_xhat), g_xhat.sum(1)]
+        # d(l1 mean|a|)/da = l1 sign(a) / (B K): on every unit with z > 0, the only ones that pass
+        g_a = torch.bmm(g_xhat, Wd).add_((self.l1 / a[0].numel()).view(R, 1, 1))
+        g_z = ACTIVATION_GRADS["relu"](z, g_a)
+        return out, self._first_layer_grad(g_z, x) + [torch.bmm(g_xhat.transpose(1, 2), a), g_xhat.sum(1)]
 
     def _topk_loss_and_grads(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """Autograd gradients, with each decoder column's component along itself removed (the
@@ -256,9 +310,9 @@ class RunStack:
         with torch.no_grad():
             i = self.names.index("decoder.weight")
             w = self.params[i]
-            grads[i] = grads[i] - (grads[i] * w).sum(-1, keepdim=True) * w
+            grads[i] = grads[i] - (grads[i] * w).sum(1, keepdim=True) * w
             fired = (a > 0).any(1)
-            self.idle = torch.where(fired, 0, self.idle + x.shape[1])
+            self.idle = torch.where(fired, 0, self.idle + a.shape[1])
         return out, grads
 
     @torch.no_grad()
@@ -274,7 +328,7 @@ class RunStack:
         """Project back onto the constraint set: the TopK SAE's decoder columns to unit norm."""
         if self.kind == "topk":
             w = self.named["decoder.weight"]
-            w.div_(w.norm(dim=-1, keepdim=True))
+            w.div_(w.norm(dim=1, keepdim=True))
 
     def keep(self, idx: list[int]) -> None:
         """Drop every run not in ``idx`` (a diverged run leaves the stack)."""
@@ -282,6 +336,7 @@ class RunStack:
         self.idle, self.k = self.idle[t], self.k[t]
         self.configs = [self.configs[i] for i in idx]
         self.seeds = [self.seeds[i] for i in idx]
+        self._set_data_orders()
         self.params = [p.detach()[t].requires_grad_(True) for p in self.params]
         self.l1 = self.l1[t]
         self.lambdas = {k: v[t] for k, v in self.lambdas.items()}
@@ -293,12 +348,11 @@ class RunStack:
         self.loss_config = LossConfig(**used, reduction=self.configs[0].loss.reduction)
 
     def state_of(self, r: int) -> dict[str, torch.Tensor]:
-        return {n: (p[r].T if p.dim() == 3 else p[r]).detach().cpu().contiguous().clone()
-                for n, p in zip(self.names, self.params)}
+        return {n: p[r].detach().cpu().clone() for n, p in zip(self.names, self.params)}
 
 
 def _epoch_orders(seeds: list[int], epoch: int, n: int, device: torch.device) -> torch.Tensor:
-    """(R, n) sample orders; runs with the same seed share one permutation."""
+    """(S, n) sample orders, one per seed in ``seeds`` (a stack's ``data_seeds``)."""
     cache: dict[int, torch.Tensor] = {}
     rows = [cache.setdefault(s, epoch_permutation(s, epoch, n)) for s in seeds]
     return torch.stack(rows).to(device)
@@ -324,9 +378,10 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
     keys = {group_key(c) for c in configs}
     if len(keys) != 1:
         raise ValueError(f"configs of one group must share model, shapes, optimizer and epochs; got {keys}")
-    # Runs with equal learning rates side by side (one fused optimizer call each); the order is
-    # canonical, so the same set of runs always forms the same stack and gives the same numbers.
-    order = sorted(range(len(configs)), key=lambda i: (configs[i].lr, configs[i].seed))
+    # Runs of one seed side by side (they share minibatches and a GEMM), then by learning rate; the
+    # order is canonical, so the same set of runs always forms the same stack and the same numbers.
+    order = sorted(range(len(configs)), key=lambda i: (configs[i].seed, configs[i].lr,
+                                                        json.dumps(configs[i].as_dict(), sort_keys=True)))
     if order != list(range(len(configs))):
         results = train_group([configs[i] for i in order], train_x, test_x, checkpoint, checkpoint_every,
                               progress, desc)
@@ -351,7 +406,7 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
 
     if checkpoint is not None and checkpoint.exists():
         ck = torch.load(checkpoint, weights_only=False)
-        if ck["configs"] == [c.as_dict() for c in configs]:
+        if ck.get("format") == CHECKPOINT_FORMAT and ck["configs"] == [c.as_dict() for c in configs]:
             stack.keep(ck["alive"])
             opt.keep(ck["alive"], stack.params)
             with torch.no_grad():
@@ -367,7 +422,7 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
                disable=not progress, initial=start_epoch, total=first.epochs, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
-        orders = _epoch_orders(stack.seeds, epoch, n, device)
+        orders = _epoch_orders(stack.data_seeds, epoch, n, device)
         sums = torch.zeros(len(stack.terms) + 1, len(stack), device=device, dtype=dtype)
         steps = 0
         with flush_denormals():
@@ -410,7 +465,8 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
         last_good = [stack.state_of(r) for r in range(len(stack))]
         bar.set_postfix(loss=f"{float(means[0].mean()):.4g}")
         if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0) and epoch + 1 < first.epochs:
-            _save_atomic({"configs": [c.as_dict() for c in configs], "alive": alive, "epoch": epoch + 1,
+            _save_atomic({"format": CHECKPOINT_FORMAT, "configs": [c.as_dict() for c in configs], "alive": alive,
+                          "epoch": epoch + 1,
                           "params": [p.detach() for p in stack.params], "opt": opt.state(), "idle": stack.idle,
                           "histories": histories, "finished": finished, "elapsed": elapsed}, checkpoint)
     bar.close()

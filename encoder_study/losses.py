@@ -220,38 +220,44 @@ def combined_loss_and_grad(a: torch.Tensor, weights: dict[str, torch.Tensor], re
     """The terms of ``combined_loss`` (without weight redundancy) and dL_total/da, by hand.
 
     The same numbers as autograd through ``combined_loss`` (tested to float64 precision), in a
-    fraction of the operations: the batched engine's fast path. ``a`` is (R, B, K); ``weights``
-    maps lse/var/tc to per-run lambdas of shape (R,). One difference on purpose: a unit that is
-    constant over the batch gets zero gradient from the correlation term, where plain autograd through
-    sqrt(0) would give NaN (``correlation_matrix`` guards the same way).
+    fraction of the operations: the batched engine's fast path. ``a`` is (R, B, K), any memory
+    layout (the engine passes a units-major view); the gradient comes back in ``a``'s layout.
+    ``weights`` maps lse/var/tc to per-run lambdas of shape (R,). One difference on purpose: a unit
+    constant over the batch gets zero gradient from the correlation term, where plain autograd
+    through sqrt(0) would give NaN (``correlation_matrix`` guards the same way).
     """
     R, B, K = a.shape
     lam = {t: weights[t].view(R, 1, 1) for t in ("lse", "var", "tc")}
-    per_sample, r = _neg_lse_and_softmax(a)
     scale = 1.0 if reduction == "sum" else 1.0 / B
-    out = {"lse": per_sample.sum(-1) * scale, "responsibilities": r}
-    grad = r * (lam["lse"] * scale)
+    # L_lse: per sample a_min - log sum_j exp(a_min - a_j); its gradient is lam * softmax(-a)
+    a_min = a.amin(dim=2, keepdim=True)
+    e = torch.sub(a_min, a).exp_()
+    total = e.sum(dim=2, keepdim=True)
+    out = {"lse": (a_min - total.log()).sum((1, 2)) * scale}
+    grad = e.mul_((lam["lse"] * scale) / total)
 
     centred = a - a.mean(dim=1, keepdim=True)
-    cov = torch.bmm(centred.transpose(1, 2), centred) / (B - 1)
-    var = torch.diagonal(cov, dim1=1, dim2=2)
-    out["var"] = -torch.log(var + VARIANCE_EPS).sum(-1)
-    # d/dA of -sum log(v + eps), v = diag(A_c^T A_c)/(B-1):  -2 A_c / ((B-1)(v + eps))
-    dcov = torch.diag_embed(-lam["var"].view(R, 1) / (var + VARIANCE_EPS))
-
-    root = var.clamp_min(0).sqrt()
-    std = root + CORRELATION_EPS
-    inv = 1.0 / std
-    corr = cov * inv.unsqueeze(2) * inv.unsqueeze(1)
-    off = corr - torch.diag_embed(torch.diagonal(corr, dim1=1, dim2=2))
-    out["tc"] = (off**2).sum((1, 2))
-    # L_tc = sum_{i != j} C_ij^2 with C = S / (s s^T), s = sqrt(diag S) + eps
-    g = 2.0 * off * lam["tc"]  # dL/dC
-    d_s = -2.0 * (g * corr).sum(2) * inv  # dL/ds_k
-    ds_dv = torch.where(root > 0, 0.5 / root.clamp_min(1e-30), torch.zeros_like(root))
-    dcov = dcov + g * inv.unsqueeze(2) * inv.unsqueeze(1) + torch.diag_embed(d_s * ds_dv)
-    # S = A_c^T A_c / (B-1) with dcov symmetric:  dL/dA = 2 A_c dcov / (B-1)
-    grad = grad + torch.bmm(centred, dcov) * (2.0 / (B - 1))
+    cov = torch.baddbmm(a.new_zeros(1, 1, 1), centred.transpose(1, 2), centred, beta=0.0, alpha=1.0 / (B - 1))
+    var = torch.diagonal(cov, dim1=1, dim2=2)  # sums of squares: never negative
+    var_eps = var + VARIANCE_EPS
+    out["var"] = -torch.log(var_eps).sum(-1)
+    # C = S / (s s^T) with s = sqrt(diag S) + eps; L_tc = sum_{i != j} C_ij^2
+    root = var.sqrt()
+    inv = (root + CORRELATION_EPS).reciprocal_()
+    outer = inv.unsqueeze(2) * inv.unsqueeze(1)
+    off = cov * outer
+    off.diagonal(dim1=1, dim2=2).zero_()
+    off_sq_rows = off.square().sum(2)
+    out["tc"] = off_sq_rows.sum(1)
+    # dL/dS: off the diagonal 2 lam_tc C_ij / (s_i s_j); on it, through v = diag S, -lam_var / (v + eps)
+    # from L_var plus dL_tc/ds_k * ds_k/dv_k = (-4 lam_tc sum_j C_kj^2 / s_k) / (2 sqrt v_k), taken
+    # as 0 for a unit silent on the whole batch (v_k = 0)
+    tc_diag = torch.where(root > 0, off_sq_rows * inv / root, 0.0).mul_(-2.0 * lam["tc"].view(R, 1))
+    dcov = off.mul_(outer).mul_(2.0 * lam["tc"])
+    dcov.diagonal(dim1=1, dim2=2).copy_(tc_diag.sub_(lam["var"].view(R, 1) / var_eps))
+    # S = A_c^T A_c / (B-1) with dL/dS symmetric:  dL/dA = 2 A_c dL/dS / (B-1)
+    grad = grad.baddbmm_(centred, dcov, alpha=2.0 / (B - 1)) if grad.is_contiguous() else \
+        grad + torch.bmm(centred, dcov) * (2.0 / (B - 1))
     out["wr"] = a.new_zeros(R)
     out["total"] = sum(weights[t] * out[t] for t in ("lse", "var", "tc"))
     return out, grad
