@@ -2,9 +2,8 @@
 
 The paper's experiments are dozens of small runs (784 -> 64, batch 128). Trained one by one, each
 step is a handful of tiny GEMMs drowned in Python and framework overhead. Here the runs of a group
-(same model kind, optimizer and shapes) are stacked: weights (R, K, D), one batched GEMM per layer
-per step for all R runs, one optimizer update over the stack, per-run learning rates and lambdas
-as tensors. Runs on one seed share each minibatch: it is gathered once and their first layers are
+(same model kind and shapes) are stacked: weights (R, K, D), one batched GEMM per layer per step
+for all R runs, one optimizer update over the stack, per-run optimizers, learning rates and lambdas. Runs on one seed share each minibatch: it is gathered once and their first layers are
 one GEMM. Each run still sees exactly what it would alone: its own initialisation (its seed), its
 own minibatch order (``epoch_permutation(seed, epoch)``), its own loss, and the gradient of its own
 loss (by hand where derived and tested, else autograd of the per-run losses' sum).
@@ -69,52 +68,54 @@ class RunResult:
 
 
 def group_key(config: RunConfig) -> tuple:
-    """Runs that can share one stacked program: everything but seed, lr and the loss weights."""
-    return (config.model, config.hidden_dim, config.activation, config.optimizer, config.epochs,
+    """Runs that can share one stacked program: everything but seed, optimizer, lr and the loss weights."""
+    return (config.model, config.hidden_dim, config.activation, config.epochs,
             config.batch_size, config.device, config.loss.reduction, config.eval_every)
 
 
 class StackedOptimizer:
-    """Adam or SGD over stacked parameters (leading dim = run) with a learning rate per run.
+    """Adam or SGD over stacked parameters (leading dim = run), each run its own optimizer and lr.
 
-    The runs of each learning rate form a bucket, and each bucket gets one call of torch's fused
-    Adam kernel: the same arithmetic as ``torch.optim.Adam(fused=True)`` in the plain loop, one
-    memory pass per tensor. A bucket whose runs sit side by side is one slice of each parameter;
-    otherwise (runs of one seed kept together, see ``RunStack``) it is a list of per-run views.
+    The runs of one (optimizer, learning rate) form a bucket. An Adam bucket gets one call of
+    torch's fused Adam kernel: the same arithmetic as ``torch.optim.Adam(fused=True)`` in the plain
+    loop, one memory pass per tensor; an SGD bucket one ``add_`` per tensor, as ``torch.optim.SGD``.
+    A bucket whose runs sit side by side is one slice of each parameter; otherwise (runs of one
+    seed kept together, see ``RunStack``) it is a list of per-run views.
     """
 
-    def __init__(self, kind: str, params: list[torch.Tensor], lrs: list[float]) -> None:
-        self.kind, self.lrs = kind, list(lrs)
-        self.m = [torch.zeros_like(p) for p in params] if kind == "adam" else []
-        self.v = [torch.zeros_like(p) for p in params] if kind == "adam" else []
+    def __init__(self, params: list[torch.Tensor], rules: list[tuple[str, float]]) -> None:
+        self.rules = list(rules)  # (optimizer, lr) of each run
+        adam = any(kind == "adam" for kind, _ in self.rules)
+        self.m = [torch.zeros_like(p) for p in params] if adam else []
+        self.v = [torch.zeros_like(p) for p in params] if adam else []
         self.step_count = torch.zeros((), dtype=torch.float32, device=params[0].device)
         self._set_params(params)
 
     def _set_params(self, params: list[torch.Tensor]) -> None:
         self.params = params
-        runs: dict[float, list[int]] = defaultdict(list)
-        for r, lr in enumerate(self.lrs):
-            runs[lr].append(r)
+        runs: dict[tuple[str, float], list[int]] = defaultdict(list)
+        for r, rule in enumerate(self.rules):
+            runs[rule].append(r)
 
         def views(ts: list[torch.Tensor], idx: list[int]) -> list[torch.Tensor]:
             if idx == list(range(idx[0], idx[-1] + 1)):
                 return [t[idx[0]:idx[-1] + 1] for t in ts]
             return [t[r] for t in ts for r in idx]
 
-        self._buckets = [(lr, lambda ts, idx=idx: views(ts, idx)) for lr, idx in runs.items()]
+        self._buckets = [(kind, lr, lambda ts, idx=idx: views(ts, idx)) for (kind, lr), idx in runs.items()]
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
         params = [p.detach() for p in self.params]
         grads = [g.contiguous() for g in grads]  # the fused kernel needs dense grads (a no-op here)
-        if self.kind == "sgd":
-            for lr, views in self._buckets:
+        if self.m:
+            self.step_count += 1  # fused Adam reads the step from a tensor; no host sync
+        b1, b2 = ADAM_BETAS
+        for kind, lr, views in self._buckets:
+            if kind == "sgd":
                 for p, g in zip(views(params), views(grads)):
                     p.add_(g, alpha=-lr)
-            return
-        self.step_count += 1  # fused Adam reads the step from a tensor; no host sync
-        b1, b2 = ADAM_BETAS
-        for lr, views in self._buckets:
+                continue
             ps = views(params)
             torch._fused_adam_(ps, views(grads), views(self.m), views(self.v), [], [self.step_count] * len(ps),
                                lr=lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=ADAM_EPS, amsgrad=False,
@@ -130,7 +131,7 @@ class StackedOptimizer:
 
     def keep(self, idx: list[int], params: list[torch.Tensor]) -> None:
         """Follow the stack after runs left it: new parameter tensors, their rows of the state."""
-        self.lrs = [self.lrs[i] for i in idx]
+        self.rules = [self.rules[i] for i in idx]
         self.m = [m[idx] for m in self.m]
         self.v = [v[idx] for v in self.v]
         self._set_params(params)
@@ -377,7 +378,7 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
     """Train runs that share a ``group_key`` as one stacked program; results in input order."""
     keys = {group_key(c) for c in configs}
     if len(keys) != 1:
-        raise ValueError(f"configs of one group must share model, shapes, optimizer and epochs; got {keys}")
+        raise ValueError(f"configs of one group must share model, shapes and epochs; got {keys}")
     # Runs of one seed side by side (they share minibatches and a GEMM), then by learning rate; the
     # order is canonical, so the same set of runs always forms the same stack and the same numbers.
     order = sorted(range(len(configs)), key=lambda i: (configs[i].seed, configs[i].lr,
@@ -397,7 +398,7 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
     n, B = len(X), first.batch_size
     stack = RunStack(configs, X.shape[1], device, dtype)
     stack.prepare(X)
-    opt = StackedOptimizer(first.optimizer, stack.params, [c.lr for c in configs])
+    opt = StackedOptimizer(stack.params, [(c.optimizer, c.lr) for c in configs])
     alive = list(range(len(configs)))  # original index of each run still in the stack
     histories: list[list[dict]] = [[] for _ in configs]
     finished: dict[int, RunResult] = {}
