@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import resource
 import sys
 import time
 import typing
@@ -109,6 +110,11 @@ def environment() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "packages": versions}
 
 
+def peak_memory_gib() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 class Record:
     """A notebook's results folder: tidy CSV tables plus run_info.json (parameters, seeds,
     versions, durations). Opened at the top of a notebook, written as results arrive."""
@@ -128,7 +134,8 @@ class Record:
 
     def close(self, **extra) -> Path:
         info = {"parameters": self.params, "environment": environment(), "durations_s": self.durations,
-                "notebook_seconds": round(time.perf_counter() - self.start, 1), **extra}
+                "notebook_seconds": round(time.perf_counter() - self.start, 1),
+                "peak_memory_gib": round(peak_memory_gib(), 2), **extra}
         path = self.dir / "run_info.json"
         path.write_text(json.dumps(info, indent=1, default=str))
         return path

@@ -7,6 +7,7 @@ and the baseline the speed benchmark compares against. ``RunConfig`` defines a r
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import time
 from contextlib import contextmanager
@@ -87,6 +88,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+@functools.cache
 def _openmp_runtime() -> ctypes.CDLL | None:
     """The GNU OpenMP runtime torch runs its CPU threads on, if it is that one (Linux wheels)."""
     libs = sorted(Path(torch.__file__).parent.joinpath("lib").glob("libgomp*.so*"))

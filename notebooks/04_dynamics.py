@@ -23,7 +23,8 @@
 #
 # **Method.** SGD (no momentum) and Adam, learning rates 1e-4, 1e-3, 1e-2, 1e-1, seeds 1-3, the
 # full objective (LSE + variance + decorrelation), otherwise the ablation's settings. All 24 runs
-# train as two stacked programs (one per optimizer). Per run: the final training loss (mean over
+# train together as one batched program, each with its own optimizer and learning rate; the eight
+# runs of a seed see the same minibatches, as they would alone. Per run: the final training loss (mean over
 # the last epoch), the loss curve, linear-probe accuracy, and the epoch at which the loss stops
 # improving: the first epoch after which it never again improves on its best by more than 0.1% of
 # its total improvement (`encoder_study.metrics.plateau_epoch`). A run whose loss turns non-finite

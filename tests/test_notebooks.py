@@ -61,6 +61,7 @@ def test_smoke_notebook(smoke_book, name):
     assert len(finished) > 0 and finished[CONTRACT[name]].notna().all().all()
     info = json.loads((smoke_book / name / "run_info.json").read_text())
     assert {"parameters", "environment", "durations_s"} <= set(info)
+    assert 0.1 < info["peak_memory_gib"] < 8  # the kernel's own peak RSS, in GiB
     assert info["environment"]["packages"]["torch"].startswith("2.13.0")
     for fig in FIGURES[name]:
         for ext in ("pdf", "png"):
