@@ -136,8 +136,8 @@ by_opt
 #   plateau rule no run had stopped improving by epoch 100: every curve in the figure still
 #   slopes down, so "final loss" is where 100 epochs leave a run, not an optimum.
 # - **Lower loss does not buy better features once training has got somewhere.** SGD at 1e-2
-#   and 1e-1 gives probe accuracies as high as any Adam run (about 93.6%) at a loss hundreds of
-#   units higher, and the lowest-loss runs of all (Adam at 1e-1) are not the best probes. Within
+#   and 1e-1 gives probe accuracies as high as any Adam run or higher (93.5% and 93.8%) at a
+#   loss hundreds of units higher, and the lowest-loss runs of all (Adam at 1e-1) are not the best probes. Within
 #   Adam, accuracy is flat to within the seed spread from 1e-3 to 1e-1 while the loss keeps
 #   falling.
 # - **But the claim needs its qualifier.** Across all 24 runs, loss and probe accuracy are
@@ -147,6 +147,6 @@ by_opt
 #   past a modest level of training, further decreases of this objective do not improve the
 #   features, and which optimizer got there does not matter.
 # - **SGD is robust to its learning rate** in the sense the paper reports: across the 1000x
-#   range its mean probe accuracy stays between about 92% and 94% (92.1% at 1e-4, 93.6% at 1e-1).
+#   range its mean probe accuracy stays between about 92% and 94% (92.1% at 1e-4, 93.8% at 1e-1).
 #   This fits the implicit-EM reading, where the learning rate sets how far each EM-like step goes,
 #   not where it goes.
