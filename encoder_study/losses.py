@@ -220,9 +220,8 @@ def combined_loss_and_grad(a: torch.Tensor, weights: dict[str, torch.Tensor], re
     """The terms of ``combined_loss`` (without weight redundancy) and dL_total/da, by hand.
 
     The same numbers as autograd through ``combined_loss`` (tested to float64 precision), in a
-    fraction of the operations: the batched engine's fast path. ``a`` is (R, B, K), any memory
-    layout (the engine passes a units-major view); the gradient comes back in ``a``'s layout.
-    ``weights`` maps lse/var/tc to per-run lambdas of shape (R,). One difference on purpose: a unit
+    fraction of the operations: the batched engine's fast path. ``a`` is (R, B, K), in any memory
+    layout. ``weights`` maps lse/var/tc to per-run lambdas of shape (R,). One difference on purpose: a unit
     constant over the batch gets zero gradient from the correlation term, where plain autograd
     through sqrt(0) would give NaN (``correlation_matrix`` guards the same way).
     """
@@ -256,8 +255,7 @@ def combined_loss_and_grad(a: torch.Tensor, weights: dict[str, torch.Tensor], re
     dcov = off.mul_(outer).mul_(2.0 * lam["tc"])
     dcov.diagonal(dim1=1, dim2=2).copy_(tc_diag.sub_(lam["var"].view(R, 1) / var_eps))
     # S = A_c^T A_c / (B-1) with dL/dS symmetric:  dL/dA = 2 A_c dL/dS / (B-1)
-    grad = grad.baddbmm_(centred, dcov, alpha=2.0 / (B - 1)) if grad.is_contiguous() else \
-        grad + torch.bmm(centred, dcov) * (2.0 / (B - 1))
+    grad = grad.baddbmm_(centred, dcov, alpha=2.0 / (B - 1))
     out["wr"] = a.new_zeros(R)
     out["total"] = sum(weights[t] * out[t] for t in ("lse", "var", "tc"))
     return out, grad

@@ -107,11 +107,13 @@ def test_hand_derived_gradient_equals_autograd():
         leaf = a.clone().requires_grad_(True)
         ref = combined_loss(leaf, torch.zeros(3, 8, 5, dtype=torch.float64), LossConfig(reduction=reduction), weights=w)
         (g_ref,) = torch.autograd.grad(ref["total"].sum(), leaf)
-        out, grad = combined_loss_and_grad(a, w, reduction)
-        for t in ("lse", "var", "tc", "total"):
-            assert torch.allclose(out[t], ref[t], rtol=1e-12, atol=1e-9), t
-        assert torch.isfinite(g_ref).all() and torch.isfinite(grad).all()
-        assert torch.allclose(grad, g_ref, atol=1e-12)
+        units_major = a.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other memory layout
+        for inp in (a, units_major):
+            out, grad = combined_loss_and_grad(inp, w, reduction)
+            for t in ("lse", "var", "tc", "total"):
+                assert torch.allclose(out[t], ref[t], rtol=1e-12, atol=1e-9), t
+            assert torch.isfinite(g_ref).all() and torch.isfinite(grad).all()
+            assert torch.allclose(grad, g_ref, atol=1e-12)
 
 
 def test_engine_matches_plain_loop_sae_and_sgd_float32(mnist):
