@@ -3,7 +3,8 @@
 The paper's experiments are dozens of small runs (784 -> 64, batch 128). Trained one by one, each
 step is a handful of tiny GEMMs drowned in Python and framework overhead. Here the runs of a group
 (same model kind and shapes) are stacked: weights (R, K, D), one batched GEMM per layer per step
-for all R runs, one optimizer update over the stack, per-run optimizers, learning rates and lambdas. Runs on one seed share each minibatch: it is gathered once and their first layers are
+for all R runs, one optimizer update over the stack, per-run optimizers, learning rates and
+lambdas. Runs on one seed share each minibatch: it is gathered once and their first layers are
 one GEMM. Each run still sees exactly what it would alone: its own initialisation (its seed), its
 own minibatch order (``epoch_permutation(seed, epoch)``), its own loss, and the gradient of its own
 loss (by hand where derived and tested, else autograd of the per-run losses' sum).
@@ -93,16 +94,16 @@ class StackedOptimizer:
 
     def _set_params(self, params: list[torch.Tensor]) -> None:
         self.params = params
-        runs: dict[tuple[str, float], list[int]] = defaultdict(list)
+        self._buckets: dict[tuple[str, float], list[int]] = defaultdict(list)  # (optimizer, lr) -> runs
         for r, rule in enumerate(self.rules):
-            runs[rule].append(r)
+            self._buckets[rule].append(r)
 
-        def views(ts: list[torch.Tensor], idx: list[int]) -> list[torch.Tensor]:
-            if idx == list(range(idx[0], idx[-1] + 1)):
-                return [t[idx[0]:idx[-1] + 1] for t in ts]
-            return [t[r] for t in ts for r in idx]
-
-        self._buckets = [(kind, lr, lambda ts, idx=idx: views(ts, idx)) for (kind, lr), idx in runs.items()]
+    @staticmethod
+    def _views(ts: list[torch.Tensor], runs: list[int]) -> list[torch.Tensor]:
+        """The rows ``runs`` of each stacked tensor: one slice if they are adjacent, else one view per run."""
+        if runs == list(range(runs[0], runs[-1] + 1)):
+            return [t[runs[0]:runs[-1] + 1] for t in ts]
+        return [t[r] for t in ts for r in runs]
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
@@ -111,15 +112,15 @@ class StackedOptimizer:
         if self.m:
             self.step_count += 1  # fused Adam reads the step from a tensor; no host sync
         b1, b2 = ADAM_BETAS
-        for kind, lr, views in self._buckets:
+        for (kind, lr), runs in self._buckets.items():
+            ps, gs = self._views(params, runs), self._views(grads, runs)
             if kind == "sgd":
-                for p, g in zip(views(params), views(grads)):
+                for p, g in zip(ps, gs):
                     p.add_(g, alpha=-lr)
                 continue
-            ps = views(params)
-            torch._fused_adam_(ps, views(grads), views(self.m), views(self.v), [], [self.step_count] * len(ps),
-                               lr=lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=ADAM_EPS, amsgrad=False,
-                               maximize=False)
+            torch._fused_adam_(ps, gs, self._views(self.m, runs), self._views(self.v, runs), [],
+                               [self.step_count] * len(ps), lr=lr, beta1=b1, beta2=b2, weight_decay=0.0,
+                               eps=ADAM_EPS, amsgrad=False, maximize=False)
 
     def state(self) -> dict:
         return {"step": self.step_count.clone(), "m": self.m, "v": self.v}
@@ -221,8 +222,7 @@ class RunStack:
 
     def _first_layer_grad(self, grad_z: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
         """Gradients of W (R, K, D) and b (R, K) from dL/dz (R, B, K): again one GEMM per seed."""
-        S, B, D = x.shape
-        return [torch.bmm(self._join(grad_z).transpose(1, 2), x).view(len(self), -1, D), grad_z.sum(1)]
+        return [torch.bmm(self._join(grad_z).transpose(1, 2), x).view(len(self), -1, x.shape[-1]), grad_z.sum(1)]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Activations (R, N, K) for inputs (N, D) shared by every run."""

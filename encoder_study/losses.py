@@ -31,12 +31,19 @@ def _check_activations(a: torch.Tensor, name: str = "a", min_batch: int = 1) -> 
         )
 
 
+def _neg_lse_and_exp(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per sample -log sum_j exp(-a_j), and e = exp(a_min - a) with its row sums (softmax(-a) =
+    e / sums), all shifted by the smallest a_j."""
+    a_min = a.amin(dim=-1, keepdim=True)
+    e = torch.sub(a_min, a).exp_()
+    total = e.sum(dim=-1, keepdim=True)
+    return (a_min - torch.log(total)).squeeze(-1), e, total
+
+
 def _neg_lse_and_softmax(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample -log sum_j exp(-a_j) and r = softmax(-a), both shifted by the smallest a_j."""
-    a_min = a.amin(dim=-1, keepdim=True)
-    e = torch.exp(a_min - a)
-    total = e.sum(dim=-1, keepdim=True)
-    return (a_min - torch.log(total)).squeeze(-1), e / total
+    per_sample, e, total = _neg_lse_and_exp(a)
+    return per_sample, e.div_(total)
 
 
 class _NegLogSumExp(torch.autograd.Function):
@@ -221,18 +228,16 @@ def combined_loss_and_grad(a: torch.Tensor, weights: dict[str, torch.Tensor], re
 
     The same numbers as autograd through ``combined_loss`` (tested to float64 precision), in a
     fraction of the operations: the batched engine's fast path. ``a`` is (R, B, K), in any memory
-    layout. ``weights`` maps lse/var/tc to per-run lambdas of shape (R,). One difference on purpose: a unit
-    constant over the batch gets zero gradient from the correlation term, where plain autograd
+    layout. ``weights`` maps lse/var/tc to per-run lambdas of shape (R,). One difference on
+    purpose: a unit constant over the batch gets zero gradient from the correlation term, where plain autograd
     through sqrt(0) would give NaN (``correlation_matrix`` guards the same way).
     """
     R, B, K = a.shape
     lam = {t: weights[t].view(R, 1, 1) for t in ("lse", "var", "tc")}
     scale = 1.0 if reduction == "sum" else 1.0 / B
-    # L_lse: per sample a_min - log sum_j exp(a_min - a_j); its gradient is lam * softmax(-a)
-    a_min = a.amin(dim=2, keepdim=True)
-    e = torch.sub(a_min, a).exp_()
-    total = e.sum(dim=2, keepdim=True)
-    out = {"lse": (a_min - total.log()).sum((1, 2)) * scale}
+    # L_lse's gradient is lam * softmax(-a) = e * (lam / sums), one pass over e
+    per_sample, e, total = _neg_lse_and_exp(a)
+    out = {"lse": per_sample.sum(-1) * scale}
     grad = e.mul_((lam["lse"] * scale) / total)
 
     centred = a - a.mean(dim=1, keepdim=True)

@@ -136,13 +136,18 @@ def topk_relu(z: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(z).scatter(-1, idx, values.relu())
 
 
+def check_activation_for(kind: str, activation: str) -> None:
+    """Only the decoder-free encoder takes another activation than ReLU; the SAEs are defined with it."""
+    if kind != "encoder" and activation != "relu":
+        raise ValueError(f"activation={activation!r} is not allowed for model={kind!r}; it uses 'relu'")
+
+
 def build_model(kind: str, input_dim: int, hidden_dim: int, activation: str = "relu", seed: int | None = None,
                 k: int = 0) -> nn.Module:
     """Construct a model; with ``seed`` its initialisation is that seed's, whatever came before.
     ``k`` is the TopK SAE's number of active latents (only for kind='topk')."""
     check_choice("model", kind, MODEL_KINDS)
-    if kind != "encoder" and activation != "relu":
-        raise ValueError(f"activation={activation!r} is not allowed for model={kind!r}; it uses 'relu'")
+    check_activation_for(kind, activation)
     if seed is not None:
         torch.manual_seed(seed)
     if kind == "encoder":

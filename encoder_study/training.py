@@ -20,7 +20,7 @@ import torch
 from .data import TensorLoader
 from .losses import LossConfig, combined_loss, sae_loss
 from .metrics import dead_units, l0, redundancy_score
-from .model import ACTIVATIONS, MODEL_KINDS, Encoder, StandardSAE, build_model
+from .model import ACTIVATIONS, MODEL_KINDS, Encoder, StandardSAE, build_model, check_activation_for
 from .validation import check_choice, check_int, check_nonnegative, check_positive, check_positive_int
 
 OPTIMIZERS = ("adam", "sgd")
@@ -51,8 +51,7 @@ class RunConfig:
         check_choice("model", self.model, MODEL_KINDS)
         check_positive_int("hidden_dim", self.hidden_dim)
         check_choice("activation", self.activation, ACTIVATIONS)
-        if self.model != "encoder" and self.activation != "relu":
-            raise ValueError(f"activation={self.activation!r} is not allowed for model={self.model!r}; it uses 'relu'")
+        check_activation_for(self.model, self.activation)
         check_int("k", self.k)
         if self.model == "topk" and not 1 <= self.k <= self.hidden_dim:
             raise ValueError(f"k={self.k} is not allowed for model='topk' with hidden_dim={self.hidden_dim}; "
