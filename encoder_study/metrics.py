@@ -4,11 +4,12 @@ where sums over many samples are taken. ``A`` is a matrix of activations (sample
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
+import scipy.optimize
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from .losses import off_diagonal_sq_sum, weight_redundancy_loss
 
@@ -133,14 +134,62 @@ def readout_fvu(A_train, X_train, A_test, X_test) -> float:
     return fvu(X_test, apply_linear_readout(A_test, fit_linear_readout(A_train, X_train)))
 
 
+def _standardise(A_train, A_test) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre and scale each feature by its training mean and standard deviation (float64); a
+    feature constant up to rounding keeps scale 1 (sklearn's StandardScaler rule)."""
+    tr, te = _as64(A_train).cpu(), _as64(A_test).cpu()
+    mean, var = tr.mean(0), tr.var(0, correction=0)
+    n, eps = len(tr), torch.finfo(torch.float64).eps
+    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    std = torch.where(constant, 1.0, var.sqrt())
+    return (tr - mean) / std, (te - mean) / std
+
+
+def fit_logistic_regression(A: torch.Tensor, y: torch.Tensor, n_classes: int, max_iter: int = 5000,
+                            tol: float = 1e-4) -> torch.Tensor:
+    """Multinomial logistic regression with an unpenalised bias, ``(features + 1, classes)``.
+
+    The objective and solver are sklearn's ``LogisticRegression()`` (C = 1): mean cross-entropy
+    + ||W||^2 / (2 n), minimised from zero by scipy's L-BFGS-B with sklearn's options, so both
+    take the same iterates. Only the loss and gradient move to torch (float64), which here is
+    about 5x faster than sklearn's, and scipy's BLAS is held to one thread: its spinning OpenBLAS
+    threads fought torch's for the two cores (one probe 3.3 s, 0.6 s with one BLAS thread).
+    """
+    n, f = A.shape
+    A1 = torch.cat([A, torch.ones(n, 1, dtype=A.dtype)], 1)
+    onehot = torch.nn.functional.one_hot(y, n_classes).to(A.dtype)
+    l2 = 1.0 / n
+
+    def loss_and_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
+        Wb = torch.from_numpy(w).view(f + 1, n_classes)  # sklearn's F-ordered (classes, f + 1)
+        Z = A1 @ Wb
+        shift = Z.amax(1, keepdim=True)
+        E = (Z - shift).exp_()
+        total = E.sum(1, keepdim=True)
+        loss = (shift.sum() + total.log().sum() - (Z * onehot).sum()) / n
+        G = torch.mm(A1.T, E.div_(total).sub_(onehot)).div_(n)
+        W = Wb[:f]
+        G[:f].add_(W, alpha=l2)
+        return float(loss + 0.5 * l2 * W.square().sum()), G.reshape(-1).numpy()
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        res = scipy.optimize.minimize(loss_and_grad, np.zeros((f + 1) * n_classes), method="L-BFGS-B", jac=True,
+                                      options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
+                                               "ftol": 64 * np.finfo(float).eps})
+    if res.status == 1:
+        warnings.warn(f"logistic regression stopped at max_iter={max_iter} before converging", RuntimeWarning,
+                      stacklevel=2)
+    return torch.from_numpy(res.x).view(f + 1, n_classes)
+
+
 def linear_probe_accuracy(A_train, y_train, A_test, y_test, max_iter: int = 5000) -> float:
-    """Standardise (fit on train), multinomial logistic regression (lbfgs), accuracy on test."""
-    scaler = StandardScaler().fit(np.asarray(torch.as_tensor(A_train).detach().cpu(), dtype=np.float64))
-    tr = scaler.transform(np.asarray(torch.as_tensor(A_train).detach().cpu(), dtype=np.float64))
-    te = scaler.transform(np.asarray(torch.as_tensor(A_test).detach().cpu(), dtype=np.float64))
-    clf = LogisticRegression(solver="lbfgs", max_iter=max_iter)
-    clf.fit(tr, np.asarray(torch.as_tensor(y_train).cpu()))
-    return float((clf.predict(te) == np.asarray(torch.as_tensor(y_test).cpu())).mean())
+    """Test accuracy of a multinomial logistic regression fitted on standardised train features
+    (sklearn's default LogisticRegression, see ``fit_logistic_regression``)."""
+    tr, te = _standardise(A_train, A_test)
+    classes, y = torch.unique(torch.as_tensor(y_train).cpu(), return_inverse=True)
+    Wb = fit_logistic_regression(tr, y, len(classes), max_iter=max_iter)
+    pred = classes[(te @ Wb[:-1] + Wb[-1]).argmax(1)]
+    return float((pred == torch.as_tensor(y_test).cpu()).double().mean())
 
 
 def uniform_entropy(k: int) -> float:

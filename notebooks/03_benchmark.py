@@ -23,8 +23,10 @@
 #
 # **Method.** Ours: `Encoder(784, 64)` with all three terms (lambdas 1). SAE: `StandardSAE(784, 64)`,
 # MSE + 0.01 L1. Both with Adam 1e-3, batch 128, 100 epochs, the paper's seeds 1-5. The probe
-# standardises the features (fit on train) and fits multinomial logistic regression (lbfgs, up to
-# 5000 iterations) on the 60,000 training images; accuracy is on the 10,000 test images.
+# standardises the features (fit on train) and fits multinomial logistic regression (the objective
+# of sklearn's default `LogisticRegression`, C = 1, by scipy's L-BFGS-B from zero, up to 5000
+# iterations; `metrics.fit_logistic_regression`) on the 60,000 training images; accuracy is on the
+# 10,000 test images.
 
 # %%
 from encoder_study.book import ParameterGuard

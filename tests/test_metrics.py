@@ -68,6 +68,37 @@ def test_linear_probe_on_separable_and_random_labels():
     assert M.linear_probe_accuracy(A[:400], r[:400], A[400:], r[400:]) < 0.5
 
 
+def test_logistic_regression_matches_sklearn():
+    """Same objective, solver and start as sklearn's LogisticRegression(): the same optimum, and
+    the same predictions on held-out rows (sklearn is the independent reference here)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(4, (900,), generator=g)
+    A = centres[y] + 1.5 * torch.randn(900, 6, generator=g, dtype=torch.float64)
+    A[:, 2] = 7.0  # a constant feature: left unscaled, as StandardScaler does
+    labels = torch.tensor([3, 5, 8, 9])[y]  # arbitrary class labels
+    tr, te = M._standardise(A[:600], A[600:])
+    scaler = StandardScaler().fit(A[:600].numpy())
+    np.testing.assert_allclose(tr.numpy(), scaler.transform(A[:600].numpy()), atol=1e-12)
+    clf = LogisticRegression(max_iter=5000).fit(tr.numpy(), labels[:600].numpy())
+    Wb = M.fit_logistic_regression(tr, y[:600], 4)
+    np.testing.assert_allclose(Wb[:-1].T.numpy(), clf.coef_, atol=1e-5)
+    np.testing.assert_allclose(Wb[-1].numpy(), clf.intercept_, atol=1e-5)
+    expected = (clf.predict(te.numpy()) == labels[600:].numpy()).mean()
+    assert 0.5 < expected < 1.0  # a problem where the probe can err
+    assert M.linear_probe_accuracy(A[:600], labels[:600], A[600:], labels[600:]) == expected
+
+
+def test_logistic_regression_warns_when_stopped_early():
+    g = torch.Generator().manual_seed(4)
+    A, y = torch.randn(200, 5, generator=g, dtype=torch.float64), torch.randint(3, (200,), generator=g)
+    with pytest.warns(RuntimeWarning, match="max_iter=2"):
+        M.fit_logistic_regression(A, y, 3, max_iter=2)
+
+
 def test_metrics_need_no_gradient():
     A = torch.rand(20, 4, requires_grad=True)
     M.redundancy_score(A), M.dead_units(A), M.l0(A), M.responsibility_entropy(A)  # noqa: B018
