@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="run only notebooks whose names start with these")
     args = ap.parse_args()
     params_dir, out = (ROOT / args.params), (ROOT / args.out)
+    rel = lambda p: str(p.relative_to(ROOT)) if p.resolve().is_relative_to(ROOT) else str(p)  # noqa: E731
     record = out.resolve() == (ROOT / "executed").resolve()
     figures = ROOT / "figures" if record else out / "figures"
     out.mkdir(parents=True, exist_ok=True)
@@ -48,9 +49,8 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "jupytext", "--quiet", "--sync", str(py)], check=True, cwd=ROOT)
         pfile = params_dir / f"{name}.yaml"
         params = yaml.safe_load(pfile.read_text()) if pfile.exists() else {}
-        rel = lambda p: str(p.relative_to(ROOT)) if p.resolve().is_relative_to(ROOT) else str(p)  # noqa: E731
         params = {**(params or {}), "results_dir": rel(out / name), "figures_dir": rel(figures)}
-        print(f"== {name}  (parameters: {pfile.relative_to(ROOT) if pfile.exists() else 'defaults'})", flush=True)
+        print(f"== {name}  (parameters: {rel(pfile) if pfile.exists() else 'defaults'})", flush=True)
         start = time.perf_counter()
         pm.execute_notebook(str(py.with_suffix(".ipynb")), str(out / f"{name}.ipynb"), parameters=params,
                             cwd=str(ROOT), kernel_name="python3", progress_bar=True, request_save_on_cell_execute=True)
