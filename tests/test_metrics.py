@@ -59,6 +59,19 @@ def test_readout_fvu_exact_and_null():
     assert M.fvu(X, X.mean(0).expand_as(X)) == pytest.approx(1.0)
 
 
+def test_linear_readout_is_the_minimum_norm_least_squares_solution():
+    """A design with a dead unit and a duplicated unit (rank-deficient): numpy's SVD lstsq of
+    the whole design is the reference."""
+    g = torch.Generator().manual_seed(2)
+    A = torch.rand(500, 6, generator=g, dtype=torch.float64)
+    A[:, 0] = 0.0
+    A[:, 5] = 3 * A[:, 4]
+    X = torch.randn(500, 7, generator=g, dtype=torch.float64)
+    design = np.hstack([A.numpy(), np.ones((500, 1))])
+    expected = np.linalg.lstsq(design, X.numpy(), rcond=None)[0]
+    np.testing.assert_allclose(M.fit_linear_readout(A, X).numpy(), expected, atol=1e-10)
+
+
 def test_linear_probe_on_separable_and_random_labels():
     g = torch.Generator().manual_seed(1)
     y = torch.randint(3, (600,), generator=g)
