@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import csv
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from encoder_study.book import peak_memory_gib
 from encoder_study.data import mnist_tensors
 from encoder_study.engine import train_group
 from encoder_study.losses import LossConfig
@@ -87,8 +87,7 @@ def main() -> None:
         configs = [cfg.with_(seed=1 + i % orders, loss=LossConfig(lse=1.0 + i // orders)) for i in range(r)]
         results = train_group(configs, X, progress=False)
         rows.append(("engine", r, orders, r / statistics.median(h["seconds"] for h in results[0].history[1:])))
-    memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 if device.type == "cpu" else \
-        torch.cuda.max_memory_allocated() / 2**30
+    memory = peak_memory_gib() if device.type == "cpu" else torch.cuda.max_memory_allocated() / 2**30
 
     print(f"\n{'method':<8}{'runs':>6}{'seeds':>7}{'run-epochs/s':>15}{'x plain':>9}{'GEMM fraction':>15}")
     with open(args.out, "w", newline="") as f:

@@ -17,6 +17,11 @@ ACTIVE_THRESHOLD = 0.01  # L0 and firing frequency: a unit is active when a > 0.
 DEAD_VARIANCE = 0.01  # a unit is dead when its activation's variance over the test set < 0.01
 
 
+def _with_bias_column(A: torch.Tensor) -> torch.Tensor:
+    """[A, 1]: the design of an affine map, its bias as the last coefficient row."""
+    return torch.cat([A, torch.ones(len(A), 1, dtype=A.dtype, device=A.device)], dim=1)
+
+
 def _as64(A) -> torch.Tensor:
     A = torch.as_tensor(A)
     if A.dim() != 2:
@@ -120,8 +125,7 @@ def fit_linear_readout(A_train, X_train) -> torch.Tensor:
     QR of the tall design and an SVD solve of the small triangle with the tall problem's cutoff:
     the same solution as an SVD of the whole design (LAPACK gelsd) at a twentieth of the time.
     """
-    A, X = _as64(A_train), _as64(X_train)
-    design = torch.cat([A, torch.ones(len(A), 1, dtype=A.dtype)], dim=1)
+    design, X = _with_bias_column(_as64(A_train)), _as64(X_train)
     Q, R = torch.linalg.qr(design)
     cutoff = torch.finfo(torch.float64).eps * max(design.shape)
     return torch.linalg.lstsq(R, Q.T @ X, rcond=cutoff, driver="gelsd").solution
@@ -130,8 +134,7 @@ def fit_linear_readout(A_train, X_train) -> torch.Tensor:
 @torch.no_grad()
 def apply_linear_readout(A, M: torch.Tensor) -> torch.Tensor:
     """The inputs a fitted readout ``M`` (from fit_linear_readout) rebuilds from features A (float64)."""
-    A = _as64(A)
-    return torch.cat([A, torch.ones(len(A), 1, dtype=A.dtype)], dim=1) @ M
+    return _with_bias_column(_as64(A)) @ M
 
 
 @torch.no_grad()
@@ -163,7 +166,7 @@ def fit_logistic_regression(A: torch.Tensor, y: torch.Tensor, n_classes: int, ma
     threads fought torch's for the two cores (one probe 3.3 s, 0.6 s with one BLAS thread).
     """
     n, f = A.shape
-    A1 = torch.cat([A, torch.ones(n, 1, dtype=A.dtype)], 1)
+    A1 = _with_bias_column(A)
     onehot = torch.nn.functional.one_hot(y, n_classes).to(A.dtype)
     l2 = 1.0 / n
 
