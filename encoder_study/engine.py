@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from . import fused
 from .data import epoch_permutation
 from .losses import TERMS, LossConfig, combined_loss, combined_loss_and_grad, sae_loss
 from .metrics import dead_units, l0, redundancy_score
@@ -280,19 +281,41 @@ class RunStack:
         redundancy. Both equal autograd's (tested); they skip its graph and many small ops."""
         return self.kind == "sae" or self.loss_config.wr == 0
 
-    def loss_and_grads(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-        """Per-run loss terms and the gradient of their sum with respect to each parameter."""
+    def loss_and_grads(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Per-run loss terms, stacked (1 + len(terms), R) as ("total", *self.terms), and the
+        gradient of the runs' summed totals with respect to each parameter."""
+        if self.fused:
+            return self._fused_loss_and_grads(x)
         if self.kind == "topk":
-            return self._topk_loss_and_grads(x)
-        if not self.analytic:
+            out, grads = self._topk_loss_and_grads(x)
+        elif not self.analytic:
             out = self.losses(x)
-            return out, list(torch.autograd.grad(out["total"].sum(), self.params))
-        with torch.no_grad():
-            if self.kind == "sae":
-                return self._sae_loss_and_grads(x)
-            z = self._first_layer(x)
-            out, grad_a = combined_loss_and_grad(self.act(z), self.lambdas, self.reduction)
-            return out, self._first_layer_grad(ACTIVATION_GRADS[self.activation](z, grad_a), x)
+            grads = list(torch.autograd.grad(out["total"].sum(), self.params))
+        else:
+            with torch.no_grad():
+                if self.kind == "sae":
+                    out, grads = self._sae_loss_and_grads(x)
+                else:
+                    z = self._first_layer(x)
+                    out, grad_a = combined_loss_and_grad(self.act(z), self.lambdas, self.reduction)
+                    grads = self._first_layer_grad(ACTIVATION_GRADS[self.activation](z, grad_a), x)
+        return torch.stack([out["total"].detach()] + [out[t].detach() for t in self.terms]), grads
+
+    @torch.no_grad()
+    def _fused_loss_and_grads(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder's objective or the SAE's loss through ``fused`` (the same numbers as the
+        torch path below, in a few C passes). The encoder's first-layer output stays in its
+        per-seed layout (no split or join copies)."""
+        W, b = self.params[0], self.params[1]
+        S, B, D = x.shape
+        if self.kind == "sae":
+            terms, (grad_z, grad_b, grad_wd, grad_bd) = fused.sae_loss_and_grad(
+                self._first_layer(x), x, self.params[2], self.params[3], self.l1, self._workspace)
+            return terms, self._first_layer_grad(grad_z, x) + [grad_wd, grad_bd]
+        z = torch.baddbmm(b.view(S, 1, -1), x, W.view(S, -1, D).transpose(1, 2))
+        terms, grad_z, grad_b = fused.relu_infomax_loss_and_grad(z, self.per_seed, self.lambdas, self.reduction,
+                                                                 self._workspace)
+        return terms, [torch.bmm(grad_z.transpose(1, 2), x).view(len(self), -1, D), grad_b]
 
     def _sae_loss_and_grads(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """MSE (mean over all elements) + l1 * mean|a|, and its gradients, by hand."""
@@ -353,9 +376,15 @@ class RunStack:
         self._set_terms_in_use()
 
     def _set_terms_in_use(self) -> None:
-        """A LossConfig whose lambda is 1 for each term some run uses, 0 otherwise (host-side)."""
+        """A LossConfig whose lambda is 1 for each term some run uses, 0 otherwise (host-side), and
+        whether the fused C path (``fused.py``) computes this stack's objective."""
         used = {t: float(any(getattr(c.loss, t) != 0 for c in self.configs)) for t in TERMS}
         self.loss_config = LossConfig(**used, reduction=self.configs[0].loss.reduction)
+        p = self.params[0]
+        self.fused = ((self.kind == "sae" or (self.kind == "encoder" and self.activation == "relu"
+                                              and self.loss_config.wr == 0))
+                      and p.device.type == "cpu" and p.dtype in fused.PRECISIONS and fused.available())
+        self._workspace: dict[str, torch.Tensor] = {}
 
     def state_of(self, r: int) -> dict[str, torch.Tensor]:
         return {n: p[r].detach().cpu().clone() for n, p in zip(self.names, self.params)}
@@ -439,10 +468,10 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
             for s in range(0, n, B):
                 idx = orders[:, s:s + B]
                 xb = X.index_select(0, idx.reshape(-1)).view(idx.shape[0], idx.shape[1], -1)
-                out, grads = stack.loss_and_grads(xb)
+                terms, grads = stack.loss_and_grads(xb)
                 opt.step(grads)
                 stack.after_step()
-                sums += torch.stack([out["total"].detach()] + [out[t].detach() for t in stack.terms])
+                sums += terms
                 steps += 1
         means = (sums / steps).cpu()  # the one host sync of the epoch
         finite = torch.isfinite(means).all(0) & torch.stack(

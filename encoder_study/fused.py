@@ -1,0 +1,233 @@
+"""The engine's fast path for the encoder's objective: ReLU + L_lse + L_var + L_tc and dL/dz fused in C.
+
+``losses.combined_loss_and_grad`` computes the objective's gradient by hand in about fifty small
+torch operations; at the book's sizes (a few to 24 runs of 128 x 64 activations) each costs more
+in dispatch than in arithmetic, and together they were a quarter of a training step. Here the
+same formulas run as three C passes (``fused_infomax.c``) around the two small GEMMs, which stay
+in torch. The library is compiled once per machine with gcc (``make setup`` does it; the first
+use otherwise) into the run cache, keyed by the source, the compiler and the CPU. Where no
+compiler works, ``available()`` is False and the engine keeps the torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import torch
+
+from .data import cache_dir
+from .losses import CORRELATION_EPS, REDUCTIONS, VARIANCE_EPS
+from .validation import check_choice
+
+SOURCE = Path(__file__).with_name("fused.c")
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC", "-Wall"]
+
+
+PRECISIONS = {torch.float32: ("f32", []), torch.float64: ("f64", ["-DFUSED_DOUBLE"])}
+_LIBS: dict[torch.dtype, ctypes.CDLL] = {}
+_FAILED = False
+
+
+def _cpu_signature() -> str:
+    """The CPU model and instruction-set flags (the library is built with -march=native)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+@functools.cache
+def _build_key() -> str:
+    """A hash of everything that shapes the binaries: source, compiler and its flags, CPU."""
+    cc = os.environ.get("CC", "gcc")
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    except OSError:
+        version = ["no compiler"]
+    blob = SOURCE.read_bytes() + " ".join([cc, *CFLAGS, *version, _cpu_signature()]).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def library_path(dtype: torch.dtype = torch.float32) -> Path:
+    """Where this machine's build for ``dtype`` lives: the run cache's build folder."""
+    return cache_dir() / "build" / f"fused-{_build_key()}-{PRECISIONS[dtype][0]}.so"
+
+
+def build() -> list[Path]:
+    """Compile both precisions unless this machine's builds are already there; returns their paths."""
+    cc = os.environ.get("CC", "gcc")
+    if shutil.which(cc) is None:
+        raise RuntimeError(f"no C compiler: CC={cc!r} is not on PATH")
+    paths = []
+    for dtype, (_, defines) in PRECISIONS.items():
+        path = library_path(dtype)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            result = subprocess.run([cc, *CFLAGS, *defines, str(SOURCE), "-o", str(tmp), "-lm"],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"compiling {SOURCE.name} failed:\n{result.stderr.strip()[-2000:]}")
+            os.replace(tmp, path)  # atomic: a concurrent build never leaves half a library
+        paths.append(path)
+    return paths
+
+
+def _library(dtype: torch.dtype) -> ctypes.CDLL | None:
+    global _FAILED
+    if not _LIBS and not _FAILED:
+        try:
+            build()
+            for dt in PRECISIONS:
+                # torch (imported above) has loaded its own libgomp.so.1: the library's OpenMP
+                # resolves to it, so its parallel loops run on torch's threads, not a second team.
+                lib = ctypes.CDLL(str(library_path(dt)))
+                real = ctypes.c_float if dt == torch.float32 else ctypes.c_double
+                for name, argtypes in _SIGNATURES.items():
+                    getattr(lib, name).argtypes = [real if a is _REAL else a for a in argtypes]
+                _LIBS[dt] = lib
+        except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+            _FAILED = True
+            _LIBS.clear()
+            warnings.warn(f"fused loss unavailable, the engine uses the torch path: {err}", stacklevel=3)
+    return _LIBS.get(dtype)
+
+
+def available() -> bool:
+    """Whether the fused path can run here (the libraries built and loaded)."""
+    return _library(torch.float32) is not None
+
+
+def identity() -> str:
+    """Names the code that computes the training numbers (for the run cache's key)."""
+    return f"fused-{_build_key()}" if available() else "torch"
+
+
+_INT, _PTR, _REAL = ctypes.c_int, ctypes.c_void_p, object()  # _REAL: float or double, by the library
+_SIGNATURES = {
+    "lse_pass": [_INT, _INT, _INT, _INT, _PTR, _PTR, _REAL, _PTR, _PTR, _PTR, _PTR],
+    "infomax_pass": [_INT, _INT, _INT, _PTR, _PTR, _PTR, _PTR, _REAL, _REAL, _PTR, _PTR],
+    "relu_grad_pass": [_INT, _INT, _INT, _INT, _PTR, _PTR, _PTR, _PTR],
+    "sae_residual_pass": [_INT, _INT, _INT, _INT, _INT, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR],
+    "sae_relu_grad_pass": [_INT, _INT, _INT, _PTR, _PTR, _PTR, _PTR],
+}
+TERM_ROWS = ("total", "lse", "var", "tc", "wr")  # the rows of the encoder's (5, R) terms tensor
+SAE_TERM_ROWS = ("total", "mse", "l1")  # and of the SAE's (3, R)
+
+
+def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A scratch tensor, reused from ``workspace`` when it holds one of this shape (fresh pages
+    cost a page fault each on first touch: about 40 us a step at 24 runs, measured)."""
+    t = None if workspace is None else workspace.get(name)
+    if t is None or t.shape != shape:
+        t = torch.empty(shape, dtype=dtype)
+        if workspace is not None:
+            workspace[name] = t
+    return t
+
+
+@torch.no_grad()
+def relu_infomax_loss_and_grad(z: torch.Tensor, per_seed: int, weights: dict[str, torch.Tensor],
+                               reduction: str = "sum", workspace: dict | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-run terms of the encoder's objective on a = relu(z), dL/dz and dL/d(bias).
+
+    ``z`` is the first layer's output (S, B, per_seed*K): one row per data order, that order's
+    ``per_seed`` runs side by side (run r = s * per_seed + j). ``weights`` maps lse/var/tc to
+    per-run lambdas (R,), contiguous, z's dtype. Returns (terms, grad_z, grad_bias): terms (5, R),
+    its rows ``TERM_ROWS`` (total, lse, var, tc, wr = 0), the values ``combined_loss_and_grad``
+    gives; grad_z in z's layout; grad_bias (R, K). With a ``workspace`` dict the outputs live in
+    its buffers and the next call with the same shapes overwrites them.
+    """
+    if z.dtype not in PRECISIONS or z.device.type != "cpu" or z.dim() != 3 or not z.is_contiguous():
+        raise ValueError(f"z must be a contiguous float32 or float64 CPU tensor (S, B, m*K); got {z.dtype}, "
+                         f"{z.device}, shape {tuple(z.shape)}")
+    lib = _library(z.dtype)
+    if lib is None:
+        raise RuntimeError("the fused library is not available here; check fused.available() first")
+    S, B, mK = z.shape
+    if not isinstance(per_seed, int) or per_seed < 1 or mK % per_seed:
+        raise ValueError(f"per_seed={per_seed!r} must be a positive divisor of z's last dimension {mK}")
+    if B < 2:
+        raise ValueError(f"the batch must hold at least 2 samples for the covariance; got B={B}")
+    check_choice("reduction", reduction, REDUCTIONS)
+    R, K = S * per_seed, mK // per_seed
+    lam = [weights[t] for t in ("lse", "var", "tc")]
+    if any(v.shape != (R,) or v.dtype != z.dtype or not v.is_contiguous() or v.device != z.device for v in lam):
+        raise ValueError(f"weights lse/var/tc must be contiguous {z.dtype} CPU tensors of shape ({R},), as z; got "
+                         f"{[(tuple(v.shape), v.dtype) for v in lam]}")
+    scale = 1.0 if reduction == "sum" else 1.0 / B
+    lam_lse, lam_var, lam_tc = (v.data_ptr() for v in lam)
+    work = _buffer(workspace, "work", (2, R, B, K), z.dtype)  # dL/da, then the centred activations
+    g, centred = work[0], work[1]
+    terms = _buffer(workspace, "terms", (len(TERM_ROWS), R), z.dtype)
+    row_lse = _buffer(workspace, "row_lse", (R * B,), torch.float64)
+    lib.lse_pass(R, per_seed, B, K, z.data_ptr(), lam_lse, scale, g.data_ptr(), centred.data_ptr(),
+                 row_lse.data_ptr(), terms.data_ptr())
+    gram = torch.bmm(centred.transpose(1, 2), centred, out=_buffer(workspace, "gram", (R, K, K), z.dtype))
+    dcov = _buffer(workspace, "dcov", (R, K, K), z.dtype)
+    lib.infomax_pass(R, B, K, gram.data_ptr(), lam_lse, lam_var, lam_tc, VARIANCE_EPS, CORRELATION_EPS,
+                     dcov.data_ptr(), terms.data_ptr())
+    g.baddbmm_(centred, dcov)
+    grad_z = _buffer(workspace, "grad_z", tuple(z.shape), z.dtype)
+    grad_bias = _buffer(workspace, "grad_bias", (R, K), z.dtype)
+    lib.relu_grad_pass(R, per_seed, B, K, z.data_ptr(), g.data_ptr(), grad_z.data_ptr(), grad_bias.data_ptr())
+    return terms, grad_z, grad_bias
+
+
+def _check_stack(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    if t.shape != shape or t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous {dtype} CPU tensor of shape {shape}; got {t.dtype}, "
+                         f"{t.device}, shape {tuple(t.shape)}, contiguous={t.is_contiguous()}")
+
+
+@torch.no_grad()
+def sae_loss_and_grad(z: torch.Tensor, x: torch.Tensor, decoder_weight: torch.Tensor, decoder_bias: torch.Tensor,
+                      l1: torch.Tensor, workspace: dict | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The standard SAE's loss (MSE over all elements + l1 mean|a|, a = relu(z)) for a stack of runs.
+
+    ``z`` (R, B, K) are the encoder's pre-activations, ``x`` (S, B, D) the minibatches, run r
+    reading x[r // (R/S)]; decoder weights (R, D, K), biases (R, D), ``l1`` (R,). Returns (terms
+    (3, R), rows ``SAE_TERM_ROWS``; [dL/dz, dL/d(encoder bias), dL/d(decoder weight), dL/d(decoder
+    bias)]), the numbers of ``engine.RunStack``'s torch path. The two decoder GEMMs and the one
+    back through the decoder stay in torch; the elementwise work around them is two C passes.
+    """
+    if z.dim() != 3 or x.dim() != 3 or z.dtype not in PRECISIONS:
+        raise ValueError(f"z must be (R, B, K) and x (S, B, D), float32 or float64; got {tuple(z.shape)}, "
+                         f"{tuple(x.shape)}, {z.dtype}")
+    (R, B, K), (S, _, D) = z.shape, x.shape
+    if S < 1 or R % S:
+        raise ValueError(f"the runs R={R} must split evenly over the minibatches S={S}")
+    for name, t, shape in (("z", z, (R, B, K)), ("x", x, (S, B, D)), ("decoder_weight", decoder_weight, (R, D, K)),
+                           ("decoder_bias", decoder_bias, (R, D)), ("l1", l1, (R,))):
+        _check_stack(name, t, shape, z.dtype)
+    lib = _library(z.dtype)
+    if lib is None:
+        raise RuntimeError("the fused library is not available here; check fused.available() first")
+    a = torch.clamp_min(z, 0.0, out=_buffer(workspace, "a", (R, B, K), z.dtype))  # relu
+    diff = torch.bmm(a, decoder_weight.transpose(1, 2), out=_buffer(workspace, "diff", (R, B, D), z.dtype))
+    terms = _buffer(workspace, "terms", (len(SAE_TERM_ROWS), R), z.dtype)
+    grad_bd = _buffer(workspace, "grad_bd", (R, D), z.dtype)
+    row_sq = _buffer(workspace, "row_sq", (R * B,), torch.float64)
+    lib.sae_residual_pass(R, R // S, B, D, K, diff.data_ptr(), x.data_ptr(), decoder_bias.data_ptr(), a.data_ptr(),
+                          l1.data_ptr(), row_sq.data_ptr(), grad_bd.data_ptr(), terms.data_ptr())
+    g_xhat = diff  # now dMSE/dx_hat
+    grad_a = torch.bmm(g_xhat, decoder_weight, out=_buffer(workspace, "grad_a", (R, B, K), z.dtype))
+    grad_b = _buffer(workspace, "grad_b", (R, K), z.dtype)
+    lib.sae_relu_grad_pass(R, B, K, z.data_ptr(), grad_a.data_ptr(), l1.data_ptr(), grad_b.data_ptr())
+    grad_wd = torch.bmm(g_xhat.transpose(1, 2), a, out=_buffer(workspace, "grad_wd", (R, D, K), z.dtype))
+    return terms, [grad_a, grad_b, grad_wd, grad_bd]
+
+
+if __name__ == "__main__":  # `python -m encoder_study.fused`: build now (make setup), not at first use
+    print("fused loss libraries:", *map(str, build()))

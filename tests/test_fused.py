@@ -1,0 +1,186 @@
+"""The C passes (encoder_study/fused.c) against float64 autograd of the plain losses, known answers,
+the theorem on hard inputs, layouts, and bad input."""
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from encoder_study import fused
+from encoder_study.losses import VARIANCE_EPS, LossConfig, combined_loss, sae_loss
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the fused library")
+
+
+def test_library_builds_here():
+    # gcc is on every machine this project targets: the fused path must be the one that runs
+    assert fused.available(), "the fused library did not build or load"
+    assert all(p.exists() for p in fused.build())
+
+
+def _runs_layout(z: torch.Tensor, m: int) -> torch.Tensor:
+    """(S, B, m*K) -> (R, B, K): run r = s*m + j owns columns j*K..(j+1)*K-1 of row s."""
+    S, B, mK = z.shape
+    return z.view(S, B, m, mK // m).transpose(1, 2).reshape(S * m, B, mK // m)
+
+
+def _encoder_reference(z: torch.Tensor, m: int, lam: dict, reduction: str):
+    """Float64 autograd through losses.combined_loss on relu(z), per run."""
+    zr = _runs_layout(z.double(), m).requires_grad_(True)
+    R = zr.shape[0]
+    w = {t: lam[t].double() for t in ("lse", "var", "tc")} | {"wr": torch.zeros(R, dtype=torch.float64)}
+    ref = combined_loss(torch.relu(zr), torch.zeros(R, zr.shape[2], 3, dtype=torch.float64),
+                        LossConfig(reduction=reduction), weights=w)
+    (grad,) = torch.autograd.grad(ref["total"].sum(), zr)
+    return {t: ref[t].detach() for t in fused.TERM_ROWS}, grad
+
+
+def _encoder_case(dtype, m=3):
+    g = torch.Generator().manual_seed(1)
+    S, B, K = 2, 32, 8
+    z = torch.randn(S, B, m * K, generator=g, dtype=dtype) * 3
+    z[0, :, 4] = -1.0  # run 0's unit 4 silent on the whole batch: zero gradient from L_tc, not NaN
+    R = S * m
+    lam = {"lse": torch.linspace(0.0, 2.0, R, dtype=dtype), "var": torch.linspace(1.0, 0.0, R, dtype=dtype),
+           "tc": torch.tensor([0.0, 1.0, 2.0, 1.0, 0.5, 3.0], dtype=dtype)[:R]}
+    return z, lam
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("m", [1, 3])
+def test_encoder_pass_float64_equals_autograd(reduction, m):
+    z, lam = _encoder_case(torch.float64, m)
+    terms, grad_z, grad_bias = fused.relu_infomax_loss_and_grad(z, m, lam, reduction)
+    ref, grad = _encoder_reference(z, m, lam, reduction)
+    for i, t in enumerate(fused.TERM_ROWS):
+        assert torch.allclose(terms[i], ref[t], rtol=1e-12, atol=1e-10), t
+    assert torch.isfinite(grad_z).all()
+    assert torch.allclose(_runs_layout(grad_z, m), grad, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(grad_bias, grad.sum(1), rtol=1e-10, atol=1e-12)
+
+
+def test_encoder_pass_float32_is_float32_accurate():
+    z, lam = _encoder_case(torch.float32, 3)
+    terms, grad_z, grad_bias = fused.relu_infomax_loss_and_grad(z, 3, lam)
+    ref, grad = _encoder_reference(z, 3, lam, "sum")
+    for i, t in enumerate(fused.TERM_ROWS):
+        assert torch.allclose(terms[i].double(), ref[t], rtol=1e-5, atol=1e-4), t
+    scale = grad.abs().max()
+    assert (_runs_layout(grad_z, 3).double() - grad).abs().max() < 1e-5 * scale
+    assert (grad_bias.double() - grad.sum(1)).abs().max() < 1e-5 * grad.sum(1).abs().max()
+
+
+def test_encoder_pass_known_answer_all_silent():
+    # a = relu(z) = 0 everywhere: L_lse = -B ln K, L_var = -K ln(eps), L_tc = 0, and no gradient
+    # reaches z (ReLU's mask is closed), whatever the lambdas
+    B, K = 16, 5
+    z = -torch.rand(1, B, K) - 0.1
+    lam = {t: torch.ones(1) for t in ("lse", "var", "tc")}
+    terms, grad_z, grad_bias = fused.relu_infomax_loss_and_grad(z, 1, lam)
+    lse, var = -B * math.log(K), -K * math.log(VARIANCE_EPS)
+    expected = [lse + var, lse, var, 0.0, 0.0]
+    assert terms[:, 0].tolist() == pytest.approx(expected, rel=1e-6)
+    assert (grad_z == 0).all() and (grad_bias == 0).all()
+
+
+HARD_INPUTS = {  # non-negative activations, as after ReLU
+    "relu_like": lambda: torch.relu(torch.randn(128, 64) * 5),
+    "large": lambda: torch.rand(128, 64) * 1e4 + 1e-3,
+    "tiny": lambda: torch.rand(128, 64) * 1e-7 + 1e-9,
+    "all_equal": lambda: torch.full((128, 64), 2.5),
+    "one_winner": lambda: torch.cat([torch.full((128, 1), 1e-3), torch.full((128, 63), 800.0)], 1),
+    "spread": lambda: torch.linspace(1e-3, 120.0, 64).expand(128, 64).contiguous(),  # exp down to e^-120
+}
+
+
+@pytest.mark.parametrize("kind", HARD_INPUTS)
+def test_encoder_pass_lse_gradient_is_the_responsibility(kind):
+    # The theorem through the float32 C path (its own exp polynomial, underflow cut at e^-87):
+    # with only L_lse, dL/da_j = softmax(-a)_j for every sample, against numpy in float64
+    # (here z = a, so dL/dz is that where z > 0 and 0 elsewhere).
+    a = HARD_INPUTS[kind]()
+    lam = {"lse": torch.ones(1), "var": torch.zeros(1), "tc": torch.zeros(1)}
+    terms, grad_z, _ = fused.relu_infomax_loss_and_grad(a.unsqueeze(0), 1, lam)
+    x = -a.double().numpy()
+    shifted = x - x.max(axis=1, keepdims=True)
+    ref = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    ref = ref * (a.numpy() > 0)  # dL/dz: ReLU passes the responsibility where z > 0
+    assert np.abs(grad_z[0].double().numpy() - ref).max() < 1e-6
+    lse = -(x.max(axis=1) + np.log(np.exp(shifted).sum(axis=1))).sum()
+    assert float(terms[1, 0]) == pytest.approx(lse, rel=1e-6, abs=1e-3)
+
+
+def test_encoder_pass_nan_reaches_the_terms():
+    # the engine spots a diverged run by its loss: a NaN activation must not be hidden by ReLU
+    z, lam = _encoder_case(torch.float32, 1)
+    z[1, 3, 2] = float("nan")
+    terms, _, _ = fused.relu_infomax_loss_and_grad(z, 1, lam)
+    assert torch.isfinite(terms[:, 0]).all() and not torch.isfinite(terms[0, 1])
+
+
+def test_workspace_reuse_gives_the_same_numbers():
+    z, lam = _encoder_case(torch.float32, 3)
+    fresh = fused.relu_infomax_loss_and_grad(z, 3, lam)
+    ws: dict = {}
+    fused.relu_infomax_loss_and_grad(z * 2, 3, lam, workspace=ws)  # leaves other numbers in the buffers
+    again = fused.relu_infomax_loss_and_grad(z, 3, lam, workspace=ws)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, again))
+    assert again[1].data_ptr() == ws["grad_z"].data_ptr()
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_sae_pass_float64_equals_autograd(m):
+    g = torch.Generator().manual_seed(2)
+    S, B, D, K = 2, 16, 12, 6
+    R = S * m
+    x = torch.rand(S, B, D, generator=g, dtype=torch.float64)
+    z = torch.randn(R, B, K, generator=g, dtype=torch.float64)
+    z[1, :, 0] = -0.5  # a dead latent
+    Wd = torch.randn(R, D, K, generator=g, dtype=torch.float64) * 0.3
+    bd = torch.randn(R, D, generator=g, dtype=torch.float64) * 0.1
+    l1 = torch.tensor([0.01, 0.5, 0.0, 2.0], dtype=torch.float64)[:R]
+    terms, (g_z, g_b, g_wd, g_bd) = fused.sae_loss_and_grad(z, x, Wd, bd, l1)
+
+    leaves = [t.clone().requires_grad_(True) for t in (z, Wd, bd)]
+    a = torch.relu(leaves[0])
+    x_runs = x.repeat_interleave(m, dim=0)
+    ref = sae_loss(x_runs, a @ leaves[1].transpose(1, 2) + leaves[2].unsqueeze(1), a, l1)
+    grads = torch.autograd.grad(ref["total"].sum(), leaves)
+    for i, t in enumerate(fused.SAE_TERM_ROWS):
+        assert torch.allclose(terms[i], ref[t].detach(), rtol=1e-12, atol=1e-14), t
+    for mine, theirs in ((g_z, grads[0]), (g_b, grads[0].sum(1)), (g_wd, grads[1]), (g_bd, grads[2])):
+        assert torch.allclose(mine, theirs, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda z, lam: fused.relu_infomax_loss_and_grad(z, 5, lam), "per_seed=5"),
+    (lambda z, lam: fused.relu_infomax_loss_and_grad(z.double(), 3, lam), "weights lse/var/tc"),
+    (lambda z, lam: fused.relu_infomax_loss_and_grad(z.transpose(1, 2), 3, lam), "contiguous"),
+    (lambda z, lam: fused.relu_infomax_loss_and_grad(z[:, :1].contiguous(), 3, lam), "at least 2 samples"),
+    (lambda z, lam: fused.relu_infomax_loss_and_grad(z, 3, lam, "max"), "reduction"),
+    (lambda z, lam: fused.sae_loss_and_grad(z[:1, :, :8].contiguous(), z[:, :, :4].contiguous(), torch.zeros(1, 4, 8), torch.zeros(1, 4),
+                                            torch.zeros(1)), "runs R=1"),
+    (lambda z, lam: fused.sae_loss_and_grad(z[:2, :, :8].contiguous(), z[:2, :, :4].contiguous(), torch.zeros(2, 5, 8), torch.zeros(2, 4),
+                                            torch.zeros(2)), "decoder_weight"),
+])
+def test_bad_input_is_named(call, match):
+    z, lam = _encoder_case(torch.float32, 3)
+    with pytest.raises(ValueError, match=match):
+        call(z, lam)
+
+
+def test_engine_takes_the_fused_path_where_it_applies():
+    # so that the engine tests (float64, against the plain autograd loop at 1e-9) run through fused.c
+    from encoder_study.engine import RunStack
+    from encoder_study.training import RunConfig
+
+    cpu = torch.device("cpu")
+    stack = lambda cfgs, dtype=torch.float32: RunStack(cfgs, 20, cpu, dtype)  # noqa: E731
+    assert stack([RunConfig(seed=1), RunConfig(seed=1, loss=LossConfig(tc=0))]).fused
+    assert stack([RunConfig(seed=1)], torch.float64).fused
+    assert stack([RunConfig(model="sae", seed=2)], torch.float64).fused
+    assert not stack([RunConfig(seed=1, loss=LossConfig(wr=0.5))]).fused  # weight redundancy: autograd
+    assert not stack([RunConfig(seed=1, activation="softplus")]).fused
+    assert not stack([RunConfig(model="topk", k=4, seed=1)]).fused
