@@ -309,8 +309,9 @@ class RunStack:
         W, b = self.params[0], self.params[1]
         S, B, D = x.shape
         if self.kind == "sae":
+            # _split may return a strided view (one data order: S = 1); the C passes read dense rows
             terms, (grad_z, grad_b, grad_wd, grad_bd) = fused.sae_loss_and_grad(
-                self._first_layer(x), x, self.params[2], self.params[3], self.l1, self._workspace)
+                self._first_layer(x).contiguous(), x, self.params[2], self.params[3], self.l1, self._workspace)
             return terms, self._first_layer_grad(grad_z, x) + [grad_wd, grad_bd]
         z = torch.baddbmm(b.view(S, 1, -1), x, W.view(S, -1, D).transpose(1, 2))
         terms, grad_z, grad_b = fused.relu_infomax_loss_and_grad(z, self.per_seed, self.lambdas, self.reduction,
