@@ -7,7 +7,8 @@ for all R runs, one optimizer update over the stack, per-run optimizers, learnin
 lambdas. Runs on one seed share each minibatch: it is gathered once and their first layers are
 one GEMM. Each run still sees exactly what it would alone: its own initialisation (its seed), its
 own minibatch order (``epoch_permutation(seed, epoch)``), its own loss, and the gradient of its own
-loss (by hand where derived and tested, else autograd of the per-run losses' sum).
+loss (by hand where derived and tested, else autograd of the per-run losses' sum). On the CPU the
+by-hand gradients' elementwise work runs as C passes (``fused.py``) between torch's GEMMs.
 
 No host synchronisation inside an epoch; one per epoch to read the losses and catch a run that
 diverged, which is then dropped from the stack (its last finite state kept) while the others go on.

@@ -272,7 +272,7 @@ summary.round(4)
 #   with the L1 SAE only.)
 # - **Where it fails: an overcomplete dictionary.** At 1152 units (twice the width) the paper's
 #   objective gives no sparse code: about 608 units (53%) are active on the average token, flat
-#   from the second epoch on (540, 597, 613, 612, 608 in the per-epoch table). The dense code
+#   from the second epoch on (540, 597, 612, 612, 608 in the per-epoch table). The dense code
 #   reconstructs well (FVU 0.10, 98.8% of the loss kept), but so does any dense code: a TopK SAE
 #   allowed the same 608 units is almost lossless (FVU 0.004). Raising the LSE weight helps but
 #   does not get there in this budget: lambda_lse = 3 and 10 give L0 393 and 170 (still falling,

@@ -186,18 +186,24 @@ def test_engine_takes_the_fused_path_where_it_applies():
     assert not stack([RunConfig(model="topk", k=4, seed=1)]).fused
 
 
+@pytest.mark.parametrize("path", ["fused", "torch"])
 @pytest.mark.parametrize("kind", ["encoder", "sae"])
-def test_engine_fused_runs_on_one_seed_match_alone_float64(mnist, kind):
+def test_engine_runs_on_one_seed_match_alone_float64(mnist, kind, path, monkeypatch):
     # One data order for all runs (S = 1): the runs' first-layer outputs come as a strided view,
-    # which the fused path must read like any other (the paper-scale notebook 5 hit this).
-    from encoder_study.engine import train_group
+    # which the fused path must read like any other (the paper-scale notebook 5 hit this). The
+    # torch path (CUDA, or no compiler) must agree as well.
+    from encoder_study.engine import RunStack, train_group
     from encoder_study.training import RunConfig, train_run
+
+    if path == "torch":
+        monkeypatch.setattr(fused, "available", lambda: False)
 
     X = mnist["train_x"][:128 * 12].double()
     base = RunConfig(model=kind, epochs=2, device="cpu", seed=7)
     # (SGD at 1e-3 on the summed objective amplifies float64 rounding to ~1e-8 within 24 steps on
     # the torch path as well; 1e-4 keeps the comparison about the code, not the dynamics)
     group = [base, base.with_(lr=3e-3), base.with_(optimizer="sgd", lr=1e-4)]
+    assert RunStack(group, 784, torch.device("cpu"), torch.float64).fused == (path == "fused")
     for cfg, res in zip(group, train_group(group, X, progress=False)):
         model, hist = train_run(cfg, X)
         diff = max((model.state_dict()[k] - res.state[k]).abs().max().item() for k in res.state)
