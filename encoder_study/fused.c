@@ -5,7 +5,7 @@
  * elementwise work of each run done in one or two sweeps over its (batch x units) block instead
  * of about fifty small torch operations. The two small GEMMs between the passes (the covariance
  * A_c^T A_c and the correlation term's A_c dL/dS) stay in torch. encoder_study/fused.py compiles
- * this file with gcc and calls it through ctypes; OpenMP splits the runs over torch's own
+ * this file with gcc and calls it through ctypes; OpenMP splits the work over torch's own
  * threads (the library links the libgomp that torch has already loaded).
  *
  * Layout. The pre-activations z arrive as torch's first-layer GEMM leaves them: (S, B, m*K),

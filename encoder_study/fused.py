@@ -1,11 +1,12 @@
-"""The engine's fast path for the encoder's objective: ReLU + L_lse + L_var + L_tc and dL/dz fused in C.
+"""The engine's elementwise work in C: the encoder's objective and the SAE's loss, with gradients.
 
-``losses.combined_loss_and_grad`` computes the objective's gradient by hand in about fifty small
-torch operations; at the book's sizes (a few to 24 runs of 128 x 64 activations) each costs more
-in dispatch than in arithmetic, and together they were a quarter of a training step. Here the
-same formulas run as three C passes (``fused_infomax.c``) around the two small GEMMs, which stay
-in torch. The library is compiled once per machine with gcc (``make setup`` does it; the first
-use otherwise) into the run cache, keyed by the source, the compiler and the CPU. Where no
+``losses.combined_loss_and_grad`` computes the encoder objective's gradient by hand in about fifty
+small torch operations, and the SAE's gradient takes a dozen more; at the book's sizes (a few to 24
+runs of 128 x 64 activations) each costs more in dispatch than in arithmetic: together they were a
+quarter of a training step. Here the same formulas run as C passes (``fused.c``) around the GEMMs,
+which stay in torch. The library is compiled once per machine with gcc (``make setup`` does it;
+the first use otherwise) into the cache's build folder, named by a hash of the source, the
+compiler and the CPU, in float32 (training) and float64 (the tests' exact comparisons). Where no
 compiler works, ``available()`` is False and the engine keeps the torch path.
 """
 
@@ -29,8 +30,6 @@ from .validation import check_choice
 
 SOURCE = Path(__file__).with_name("fused.c")
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC", "-Wall"]
-
-
 PRECISIONS = {torch.float32: ("f32", []), torch.float64: ("f64", ["-DFUSED_DOUBLE"])}
 _LIBS: dict[torch.dtype, ctypes.CDLL] = {}
 _FAILED = False
@@ -126,10 +125,10 @@ SAE_TERM_ROWS = ("total", "mse", "l1")  # and of the SAE's (3, R)
 
 
 def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A scratch tensor, reused from ``workspace`` when it holds one of this shape (fresh pages
-    cost a page fault each on first touch: about 40 us a step at 24 runs, measured)."""
+    """A scratch tensor, reused from ``workspace`` when it holds one of this shape and dtype
+    (fresh buffers cost about 35 us a step at 24 runs, measured: first-touch page faults)."""
     t = None if workspace is None else workspace.get(name)
-    if t is None or t.shape != shape:
+    if t is None or t.shape != shape or t.dtype != dtype:
         t = torch.empty(shape, dtype=dtype)
         if workspace is not None:
             workspace[name] = t
