@@ -216,15 +216,23 @@ class RunStack:
         """(S, B, D) minibatches -> (R, B, D), each run's own (a copy when m > 1)."""
         return x if self.per_seed == 1 else x.repeat_interleave(self.per_seed, dim=0)
 
-    def _first_layer(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-activations (R, B, K) of the encoder or SAE for minibatches x (S, B, D): one GEMM per seed."""
+    def _first_layer_joined(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations for minibatches x (S, B, D) in the per-seed layout (S, B, m*K): one GEMM per seed."""
         W, b = self.params[0], self.params[1]
         S, B, D = x.shape
-        return self._split(torch.baddbmm(b.view(S, 1, -1), x, W.view(S, -1, D).transpose(1, 2)))
+        return torch.baddbmm(b.view(S, 1, -1), x, W.view(S, -1, D).transpose(1, 2))
+
+    def _first_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations (R, B, K) of the encoder or SAE for minibatches x (S, B, D)."""
+        return self._split(self._first_layer_joined(x))
+
+    def _weight_grad_joined(self, grad_z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Gradient of W (R, K, D) from dL/dz in the per-seed layout (S, B, m*K): again one GEMM per seed."""
+        return torch.bmm(grad_z.transpose(1, 2), x).view(len(self), -1, x.shape[-1])
 
     def _first_layer_grad(self, grad_z: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
-        """Gradients of W (R, K, D) and b (R, K) from dL/dz (R, B, K): again one GEMM per seed."""
-        return [torch.bmm(self._join(grad_z).transpose(1, 2), x).view(len(self), -1, x.shape[-1]), grad_z.sum(1)]
+        """Gradients of W (R, K, D) and b (R, K) from dL/dz (R, B, K)."""
+        return [self._weight_grad_joined(self._join(grad_z), x), grad_z.sum(1)]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Activations (R, N, K) for inputs (N, D) shared by every run."""
@@ -307,17 +315,14 @@ class RunStack:
         """The encoder's objective or the SAE's loss through ``fused`` (the same numbers as the
         torch path below, in a few C passes). The encoder's first-layer output stays in its
         per-seed layout (no split or join copies)."""
-        W, b = self.params[0], self.params[1]
-        S, B, D = x.shape
         if self.kind == "sae":
             # _split may return a strided view (one data order: S = 1); the C passes read dense rows
             terms, (grad_z, grad_b, grad_wd, grad_bd) = fused.sae_loss_and_grad(
                 self._first_layer(x).contiguous(), x, self.params[2], self.params[3], self.l1, self._workspace)
             return terms, self._first_layer_grad(grad_z, x) + [grad_wd, grad_bd]
-        z = torch.baddbmm(b.view(S, 1, -1), x, W.view(S, -1, D).transpose(1, 2))
-        terms, grad_z, grad_b = fused.relu_infomax_loss_and_grad(z, self.per_seed, self.lambdas, self.reduction,
-                                                                 self._workspace)
-        return terms, [torch.bmm(grad_z.transpose(1, 2), x).view(len(self), -1, D), grad_b]
+        terms, grad_z, grad_b = fused.relu_infomax_loss_and_grad(self._first_layer_joined(x), self.per_seed,
+                                                                 self.lambdas, self.reduction, self._workspace)
+        return terms, [self._weight_grad_joined(grad_z, x), grad_b]
 
     def _sae_loss_and_grads(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         """MSE (mean over all elements) + l1 * mean|a|, and its gradients, by hand."""

@@ -121,7 +121,7 @@ _SIGNATURES = {
     "sae_relu_grad_pass": [_INT, _INT, _INT, _PTR, _PTR, _PTR, _PTR],
 }
 TERM_ROWS = ("total", "lse", "var", "tc", "wr")  # the rows of the encoder's (5, R) terms tensor
-SAE_TERM_ROWS = ("total", "mse", "l1")  # and of the SAE's (3, R)
+SAE_TERM_ROWS = ("total", "mse", "l1")  # and of the SAE's (3, R); both as the engine's ("total", *terms)
 
 
 def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

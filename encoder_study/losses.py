@@ -228,10 +228,10 @@ def combined_loss_and_grad(a: torch.Tensor, weights: dict[str, torch.Tensor], re
 
     The same numbers as autograd through ``combined_loss`` (tested to float64 precision), in a
     fraction of the operations: the batched engine's path on CUDA and wherever the C passes of
-    ``fused.py`` (the same formulas, used on the CPU) are unavailable. ``a`` is (R, B, K), in any memory
-    layout. ``weights`` maps lse/var/tc to per-run lambdas of shape (R,). One difference on
-    purpose: a unit constant over the batch gets zero gradient from the correlation term, where plain autograd
-    through sqrt(0) would give NaN (``correlation_matrix`` guards the same way).
+    ``fused.py`` (the same formulas, used on the CPU) are unavailable. ``a`` is (R, B, K), in any
+    memory layout. ``weights`` maps lse/var/tc to per-run lambdas of shape (R,). One difference on
+    purpose: a unit constant over the batch gets zero gradient from the correlation term, where
+    plain autograd through sqrt(0) would give NaN (``correlation_matrix`` guards the same way).
     """
     R, B, K = a.shape
     lam = {t: weights[t].view(R, 1, 1) for t in ("lse", "var", "tc")}

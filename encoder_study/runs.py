@@ -33,8 +33,8 @@ def data_fingerprint(x: torch.Tensor) -> str:
 
 def group_cache_key(configs: list[RunConfig], fingerprint: str) -> str:
     blob = json.dumps({"configs": [c.as_dict() for c in configs], "data": fingerprint,
-                       "engine": ENGINE_VERSION, "loss_kernel": fused.identity(), "package": __version__, "torch": torch.__version__,
-                       "threads": torch.get_num_threads()}, sort_keys=True)
+                       "engine": ENGINE_VERSION, "loss_kernel": fused.identity(), "package": __version__,
+                       "torch": torch.__version__, "threads": torch.get_num_threads()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

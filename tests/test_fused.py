@@ -181,6 +181,9 @@ def test_engine_takes_the_fused_path_where_it_applies():
     assert stack([RunConfig(seed=1), RunConfig(seed=1, loss=LossConfig(tc=0))]).fused
     assert stack([RunConfig(seed=1)], torch.float64).fused
     assert stack([RunConfig(model="sae", seed=2)], torch.float64).fused
+    # the C passes fill their terms in the rows the engine sums: ("total", *terms)
+    assert fused.TERM_ROWS == ("total", *stack([RunConfig(seed=1)]).terms)
+    assert fused.SAE_TERM_ROWS == ("total", *stack([RunConfig(model="sae", seed=2)]).terms)
     assert not stack([RunConfig(seed=1, loss=LossConfig(wr=0.5))]).fused  # weight redundancy: autograd
     assert not stack([RunConfig(seed=1, activation="softplus")]).fused
     assert not stack([RunConfig(model="topk", k=4, seed=1)]).fused
