@@ -135,6 +135,12 @@ def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], dtype: to
     return t
 
 
+def _check_stack(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    if t.shape != shape or t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous {dtype} CPU tensor of shape {shape}; got {t.dtype}, "
+                         f"{t.device}, shape {tuple(t.shape)}, contiguous={t.is_contiguous()}")
+
+
 @torch.no_grad()
 def relu_infomax_loss_and_grad(z: torch.Tensor, per_seed: int, weights: dict[str, torch.Tensor],
                                reduction: str = "sum", workspace: dict | None = None
@@ -161,12 +167,10 @@ def relu_infomax_loss_and_grad(z: torch.Tensor, per_seed: int, weights: dict[str
         raise ValueError(f"the batch must hold at least 2 samples for the covariance; got B={B}")
     check_choice("reduction", reduction, REDUCTIONS)
     R, K = S * per_seed, mK // per_seed
-    lam = [weights[t] for t in ("lse", "var", "tc")]
-    if any(v.shape != (R,) or v.dtype != z.dtype or not v.is_contiguous() or v.device != z.device for v in lam):
-        raise ValueError(f"weights lse/var/tc must be contiguous {z.dtype} CPU tensors of shape ({R},), as z; got "
-                         f"{[(tuple(v.shape), v.dtype) for v in lam]}")
+    for t in ("lse", "var", "tc"):
+        _check_stack(f"weights[{t!r}]", weights[t], (R,), z.dtype)
     scale = 1.0 if reduction == "sum" else 1.0 / B
-    lam_lse, lam_var, lam_tc = (v.data_ptr() for v in lam)
+    lam_lse, lam_var, lam_tc = (weights[t].data_ptr() for t in ("lse", "var", "tc"))
     work = _buffer(workspace, "work", (2, R, B, K), z.dtype)  # dL/da, then the centred activations
     g, centred = work[0], work[1]
     terms = _buffer(workspace, "terms", (len(TERM_ROWS), R), z.dtype)
@@ -182,12 +186,6 @@ def relu_infomax_loss_and_grad(z: torch.Tensor, per_seed: int, weights: dict[str
     grad_bias = _buffer(workspace, "grad_bias", (R, K), z.dtype)
     lib.relu_grad_pass(R, per_seed, B, K, z.data_ptr(), g.data_ptr(), grad_z.data_ptr(), grad_bias.data_ptr())
     return terms, grad_z, grad_bias
-
-
-def _check_stack(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> None:
-    if t.shape != shape or t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous {dtype} CPU tensor of shape {shape}; got {t.dtype}, "
-                         f"{t.device}, shape {tuple(t.shape)}, contiguous={t.is_contiguous()}")
 
 
 @torch.no_grad()

@@ -156,14 +156,15 @@ def test_sae_pass_float64_equals_autograd(m):
 
 @pytest.mark.parametrize("call,match", [
     (lambda z, lam: fused.relu_infomax_loss_and_grad(z, 5, lam), "per_seed=5"),
-    (lambda z, lam: fused.relu_infomax_loss_and_grad(z.double(), 3, lam), "weights lse/var/tc"),
+    (lambda z, lam: fused.relu_infomax_loss_and_grad(z.double(), 3, lam),
+     r"weights\['lse'\] must be a contiguous torch.float64"),
     (lambda z, lam: fused.relu_infomax_loss_and_grad(z.transpose(1, 2), 3, lam), "contiguous"),
     (lambda z, lam: fused.relu_infomax_loss_and_grad(z[:, :1].contiguous(), 3, lam), "at least 2 samples"),
     (lambda z, lam: fused.relu_infomax_loss_and_grad(z, 3, lam, "max"), "reduction"),
-    (lambda z, lam: fused.sae_loss_and_grad(z[:1, :, :8].contiguous(), z[:, :, :4].contiguous(), torch.zeros(1, 4, 8), torch.zeros(1, 4),
-                                            torch.zeros(1)), "runs R=1"),
-    (lambda z, lam: fused.sae_loss_and_grad(z[:2, :, :8].contiguous(), z[:2, :, :4].contiguous(), torch.zeros(2, 5, 8), torch.zeros(2, 4),
-                                            torch.zeros(2)), "decoder_weight"),
+    (lambda z, lam: fused.sae_loss_and_grad(z[:1, :, :8].contiguous(), z[:, :, :4].contiguous(),
+                                            torch.zeros(1, 4, 8), torch.zeros(1, 4), torch.zeros(1)), "runs R=1"),
+    (lambda z, lam: fused.sae_loss_and_grad(z[:2, :, :8].contiguous(), z[:2, :, :4].contiguous(),
+                                            torch.zeros(2, 5, 8), torch.zeros(2, 4), torch.zeros(2)), "decoder_weight"),
 ])
 def test_bad_input_is_named(call, match):
     z, lam = _encoder_case(torch.float32, 3)
