@@ -290,11 +290,13 @@ class RunStack:
         redundancy. Both equal autograd's (tested); they skip its graph and many small ops."""
         return self.kind == "sae" or self.loss_config.wr == 0
 
-    def loss_and_grads(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def loss_and_grads(self, data: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Per-run loss terms, stacked (1 + len(terms), R) as ("total", *self.terms), and the
-        gradient of the runs' summed totals with respect to each parameter."""
+        gradient of the runs' summed totals with respect to each parameter, on the minibatches
+        data[idx]: idx (S, B) holds each data order's sample indices (rows of its epoch order)."""
         if self.fused:
-            return self._fused_loss_and_grads(x)
+            return self._fused_loss_and_grads(data, idx)
+        x = data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
         if self.kind == "topk":
             out, grads = self._topk_loss_and_grads(x)
         elif not self.analytic:
@@ -311,17 +313,28 @@ class RunStack:
         return torch.stack([out["total"].detach()] + [out[t].detach() for t in self.terms]), grads
 
     @torch.no_grad()
-    def _fused_loss_and_grads(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _fused_loss_and_grads(self, data: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The encoder's objective or the SAE's loss through ``fused`` (the same numbers as the
         torch path below, in a few C passes). The encoder's first-layer output stays in its
-        per-seed layout (no split or join copies)."""
+        per-seed layout (no split or join copies).
+
+        With one run per data order the first layer is C's too, the gather folded into it: 24
+        such runs spend about 0.9 ms of a 4.2 ms step gathering their minibatches from memory,
+        and their (128 x 784) x (784 x 64) GEMMs are too narrow for torch to hide it. With several
+        runs per order the gather is a few rows and torch's wider GEMM is the faster one (both
+        measured here: benchmarks/training_speed.py and the closing note of issue 4)."""
+        if self.per_seed == 1:
+            x, z = fused.first_layer(data, idx, self.params[0], self.params[1], self._workspace)
+        else:
+            x = data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
+            z = self._first_layer_joined(x)
         if self.kind == "sae":
             # _split may return a strided view (one data order: S = 1); the C passes read dense rows
             terms, (grad_z, grad_b, grad_wd, grad_bd) = fused.sae_loss_and_grad(
-                self._first_layer(x).contiguous(), x, self.params[2], self.params[3], self.l1, self._workspace)
+                self._split(z).contiguous(), x, self.params[2], self.params[3], self.l1, self._workspace)
             return terms, self._first_layer_grad(grad_z, x) + [grad_wd, grad_bd]
-        terms, grad_z, grad_b = fused.relu_infomax_loss_and_grad(self._first_layer_joined(x), self.per_seed,
-                                                                 self.lambdas, self.reduction, self._workspace)
+        terms, grad_z, grad_b = fused.relu_infomax_loss_and_grad(z, self.per_seed, self.lambdas, self.reduction,
+                                                                 self._workspace)
         return terms, [self._weight_grad_joined(grad_z, x), grad_b]
 
     def _sae_loss_and_grads(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
@@ -438,7 +451,7 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
     first = configs[0]
     device = resolve_device(first.device)
     dtype = train_x.dtype if train_x.dtype == torch.float64 else torch.float32  # float64 for exactness checks
-    X = train_x.to(device=device, dtype=dtype)
+    X = train_x.to(device=device, dtype=dtype).contiguous()  # the C first layer reads dense rows
     Xt = None if test_x is None else test_x.to(device=device, dtype=dtype)
     n, B = len(X), first.batch_size
     stack = RunStack(configs, X.shape[1], device, dtype)
@@ -473,9 +486,7 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
         steps = 0
         with flush_denormals():
             for s in range(0, n, B):
-                idx = orders[:, s:s + B]
-                xb = X.index_select(0, idx.reshape(-1)).view(idx.shape[0], idx.shape[1], -1)
-                terms, grads = stack.loss_and_grads(xb)
+                terms, grads = stack.loss_and_grads(X, orders[:, s:s + B])
                 opt.step(grads)
                 stack.after_step()
                 sums += terms

@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifdef FUSED_DOUBLE
 typedef double real;
@@ -265,4 +266,126 @@ void sae_relu_grad_pass(int R, int B, int K, const real *z, real *g_a, const rea
             }
         }
     }
+}
+
+/* The first layer with the minibatch gather folded in, for S data orders:
+ *   z[s,b,n] = bias[s,n] + sum_d X[idx[s,b], d] W[s,n,d]      (S, B, N), N = the row's m*K units
+ *   x[s,b,:] = X[idx[s,b], :]                                 (S, B, D), for the weight gradient
+ * W (S, N, D) and bias (S, N) are the stack's encoder weights and biases, the runs of one data
+ * order laid end to end. Each dataset row is read once, straight into the dot products; the copy
+ * to x is written on the way. Blocks of ROWS samples x UNITS units, one vector accumulator per
+ * (sample, unit) over D, so a block's ROWS*UNITS = VL accumulators fill 16 of the 32 vector
+ * registers. Returns 0, or -1 (nothing written) if an index is outside [0, n). */
+typedef real vec __attribute__((vector_size(64)));
+#define VL ((int)(64 / sizeof(real)))
+#define ROWS 4
+#define UNITS (VL / ROWS)
+
+static inline vec load_vec(const real *p) { vec v; memcpy(&v, p, sizeof v); return v; }
+static inline void store_vec(real *p, vec v) { memcpy(p, &v, sizeof v); }
+
+#ifdef FUSED_DOUBLE
+/* sums[i] = the sum of acc[i]'s lanes */
+static inline void lane_sums(const vec *acc, real *sums) {
+    for (int i = 0; i < VL; i++) {
+        real s = 0.0;
+        for (int l = 0; l < VL; l++) s += acc[i][l];
+        sums[i] = s;
+    }
+}
+#else
+typedef int32_t lanes __attribute__((vector_size(64)));
+static inline vec fold(vec a, vec b, lanes lo, lanes hi) {
+    return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);
+}
+/* sums[i] = the sum of acc[i]'s 16 lanes, as a tree of shuffles: each level halves the lanes per
+ * accumulator and pairs accumulators up, so 16 vectors become one (lane l holds accumulator
+ * bitreverse4(l)). */
+static inline void lane_sums(const vec *acc, real *sums) {
+    static const lanes lo1 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    static const lanes hi1 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    static const lanes lo2 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+    static const lanes hi2 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+    static const lanes lo3 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+    static const lanes hi3 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+    static const lanes lo4 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+    static const lanes hi4 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+    static const int source[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+    vec h[8], q[4], e[2];
+    for (int i = 0; i < 8; i++) h[i] = fold(acc[2 * i], acc[2 * i + 1], lo1, hi1);
+    for (int i = 0; i < 4; i++) q[i] = fold(h[2 * i], h[2 * i + 1], lo2, hi2);
+    for (int i = 0; i < 2; i++) e[i] = fold(q[2 * i], q[2 * i + 1], lo3, hi3);
+    vec all = fold(e[0], e[1], lo4, hi4);
+    for (int l = 0; l < 16; l++) sums[source[l]] = all[l];
+}
+#endif
+
+/* acc[i*UNITS + j] = lane-wise partial sums of in[i][d] w[j][d] over d < full; with ``copy``,
+ * each in[i] is also copied to copy[i] on the way; with ``ahead``, the rows ahead[i] are fetched
+ * towards the cache (the next block's samples). Inlined for each use, the branches folded away. */
+static inline __attribute__((always_inline)) void dot_block(const real *const *in, real *const *copy,
+                                                            const real *const *ahead, const real *const *w,
+                                                            int full, vec *acc) {
+    for (int a = 0; a < VL; a++) acc[a] = (vec){0};
+    for (int d = 0; d < full; d += VL) {
+        if (ahead)
+            for (int i = 0; i < ROWS; i++) __builtin_prefetch(ahead[i] + d, 0, 2);
+        vec xv[ROWS];
+        for (int i = 0; i < ROWS; i++) xv[i] = load_vec(in[i] + d);
+        if (copy)
+            for (int i = 0; i < ROWS; i++) store_vec(copy[i] + d, xv[i]);
+        for (int j = 0; j < UNITS; j++) {
+            vec wv = load_vec(w[j] + d);
+            for (int i = 0; i < ROWS; i++) acc[i * UNITS + j] += xv[i] * wv;
+        }
+    }
+}
+
+int first_layer_pass(int S, int B, int N, int D, const real *X, int64_t n, const int64_t *idx,
+                     int64_t idx_stride, const real *W, const real *bias, real *z, real *x) {
+    for (int s = 0; s < S; s++)
+        for (int b = 0; b < B; b++)
+            if (idx[s * idx_stride + b] < 0 || idx[s * idx_stride + b] >= n) return -1;
+    const int row_blocks = (B + ROWS - 1) / ROWS, full = D - D % VL;
+#pragma omp parallel for schedule(static) collapse(2)
+    for (int s = 0; s < S; s++) {
+        for (int blk = 0; blk < row_blocks; blk++) {
+            const real *src[ROWS];
+            real *copy[ROWS];
+            int rows = B - blk * ROWS < ROWS ? B - blk * ROWS : ROWS;
+            for (int i = 0; i < ROWS; i++) {  /* a short last block repeats its last sample */
+                int b = blk * ROWS + (i < rows ? i : rows - 1);
+                src[i] = X + idx[s * idx_stride + b] * D;
+                copy[i] = x + ((size_t)s * B + b) * D;
+            }
+            const real *next[ROWS] = {NULL};  /* the samples of this thread's next block, if any */
+            const int s_next = blk + 1 < row_blocks ? s : s + 1, b_next = blk + 1 < row_blocks ? (blk + 1) * ROWS : 0;
+            if (s_next < S)
+                for (int i = 0; i < ROWS; i++) next[i] = X + idx[s_next * idx_stride + (b_next + i < B ? b_next + i : B - 1)] * D;
+            for (int i = 0; i < rows; i++) memcpy(copy[i] + full, src[i] + full, (size_t)(D - full) * sizeof(real));
+            const real *Ws = W + (size_t)s * N * D, *bs = bias + (size_t)s * N;
+            real *zs = z + (size_t)s * B * N;
+            for (int n0 = 0; n0 < N; n0 += UNITS) {
+                const real *w[UNITS];
+                for (int j = 0; j < UNITS; j++) w[j] = Ws + (size_t)(n0 + j < N ? n0 + j : N - 1) * D;
+                vec acc[VL];
+                const real *const *cached = (const real *const *)copy;  /* after the first block */
+                if (n0 == 0)
+                    dot_block(src, copy, NULL, w, full, acc);
+                else if (n0 == UNITS && next[0])
+                    dot_block(cached, NULL, next, w, full, acc);
+                else
+                    dot_block(cached, NULL, NULL, w, full, acc);
+                real sums[VL];
+                lane_sums(acc, sums);
+                for (int i = 0; i < rows; i++)
+                    for (int j = 0; j < UNITS && n0 + j < N; j++) {
+                        real t = sums[i * UNITS + j];
+                        for (int d = full; d < D; d++) t += src[i][d] * w[j][d];
+                        zs[(size_t)(blk * ROWS + i) * N + n0 + j] = bs[n0 + j] + t;
+                    }
+            }
+        }
+    }
+    return 0;
 }

@@ -119,6 +119,7 @@ _SIGNATURES = {
     "relu_grad_pass": [_INT, _INT, _INT, _INT, _PTR, _PTR, _PTR, _PTR],
     "sae_residual_pass": [_INT, _INT, _INT, _INT, _INT, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR],
     "sae_relu_grad_pass": [_INT, _INT, _INT, _PTR, _PTR, _PTR, _PTR],
+    "first_layer_pass": [_INT, _INT, _INT, _INT, _PTR, ctypes.c_int64, _PTR, ctypes.c_int64, _PTR, _PTR, _PTR, _PTR],
 }
 TERM_ROWS = ("total", "lse", "var", "tc", "wr")  # the rows of the encoder's (5, R) terms tensor
 SAE_TERM_ROWS = ("total", "mse", "l1")  # and of the SAE's (3, R); both as the engine's ("total", *terms)
@@ -139,6 +140,44 @@ def _check_stack(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torc
     if t.shape != shape or t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous():
         raise ValueError(f"{name} must be a contiguous {dtype} CPU tensor of shape {shape}; got {t.dtype}, "
                          f"{t.device}, shape {tuple(t.shape)}, contiguous={t.is_contiguous()}")
+
+
+@torch.no_grad()
+def first_layer(data: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                workspace: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The minibatches x = data[idx] (S, B, D) and the first layer's pre-activations z (S, B, N)
+    in one pass: z[s] = x[s] W[s]^T + b[s], the stacked weight (R, K, D) and bias (R, K) read as S
+    rows of N = R/S*K units (the runs of one data order side by side, as the engine lays them out).
+
+    ``data`` (n, D) is the whole training set, ``idx`` (S, B) int64 sample indices with unit
+    stride along B (rows of an epoch's orders). The gather costs no pass of its own: each sample
+    is read once from ``data`` into the dot products and copied to x on the way (x feeds the
+    weight gradient). With a ``workspace`` the outputs live in its buffers.
+    """
+    if data.dim() != 2 or data.dtype not in PRECISIONS:
+        raise ValueError(f"data must be a float32 or float64 (n, D) tensor; got {data.dtype}, shape {tuple(data.shape)}")
+    n, D = data.shape
+    _check_stack("data", data, (n, D), data.dtype)
+    if idx.dim() != 2 or idx.dtype != torch.int64 or idx.device.type != "cpu" or idx.stride(1) != 1:
+        raise ValueError(f"idx must be an int64 CPU tensor (S, B) with unit stride along B; got {idx.dtype}, "
+                         f"{idx.device}, shape {tuple(idx.shape)}, strides {idx.stride()}")
+    if weight.dim() != 3:
+        raise ValueError(f"weight must be the stacked first-layer weight (R, K, D); got shape {tuple(weight.shape)}")
+    (S, B), (R, K, _) = idx.shape, weight.shape
+    if S < 1 or R % S:
+        raise ValueError(f"the runs R={R} must split evenly over the data orders S={S}")
+    _check_stack("weight", weight, (R, K, D), data.dtype)
+    _check_stack("bias", bias, (R, K), data.dtype)
+    lib = _library(data.dtype)
+    if lib is None:
+        raise RuntimeError("the fused library is not available here; check fused.available() first")
+    N = R // S * K
+    x = _buffer(workspace, "x", (S, B, D), data.dtype)
+    z = _buffer(workspace, "z", (S, B, N), data.dtype)
+    if lib.first_layer_pass(S, B, N, D, data.data_ptr(), n, idx.data_ptr(), idx.stride(0), weight.data_ptr(),
+                            bias.data_ptr(), z.data_ptr(), x.data_ptr()) != 0:
+        raise ValueError(f"idx must hold sample indices in [0, {n}); got min {int(idx.min())}, max {int(idx.max())}")
+    return x, z
 
 
 @torch.no_grad()

@@ -31,9 +31,9 @@ def _check_activations(a: torch.Tensor, name: str = "a", min_batch: int = 1) -> 
         )
 
 
-def _neg_lse_and_exp(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def neg_lse_and_exp(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per sample -log sum_j exp(-a_j), and e = exp(a_min - a) with its row sums (softmax(-a) =
-    e / sums), all shifted by the smallest a_j."""
+    e / sums), all shifted by the smallest a_j. (The probe's softmax cross-entropy is this on -logits.)"""
     a_min = a.amin(dim=-1, keepdim=True)
     e = torch.sub(a_min, a).exp_()
     total = e.sum(dim=-1, keepdim=True)
@@ -42,7 +42,7 @@ def _neg_lse_and_exp(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 
 def _neg_lse_and_softmax(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample -log sum_j exp(-a_j) and r = softmax(-a), both shifted by the smallest a_j."""
-    per_sample, e, total = _neg_lse_and_exp(a)
+    per_sample, e, total = neg_lse_and_exp(a)
     return per_sample, e.div_(total)
 
 
@@ -213,6 +213,7 @@ __all__ = [
     "correlation_matrix",
     "covariance",
     "lse_loss",
+    "neg_lse_and_exp",
     "off_diagonal_sq_sum",
     "sae_loss",
     "uniform_lse_value",
@@ -237,7 +238,7 @@ def combined_loss_and_grad(a: torch.Tensor, weights: dict[str, torch.Tensor], re
     lam = {t: weights[t].view(R, 1, 1) for t in ("lse", "var", "tc")}
     scale = 1.0 if reduction == "sum" else 1.0 / B
     # L_lse's gradient is lam * softmax(-a) = e * (lam / sums), one pass over e
-    per_sample, e, total = _neg_lse_and_exp(a)
+    per_sample, e, total = neg_lse_and_exp(a)
     out = {"lse": per_sample.sum(-1) * scale}
     grad = e.mul_((lam["lse"] * scale) / total)
 

@@ -11,7 +11,7 @@ import scipy.optimize
 import torch
 from threadpoolctl import threadpool_limits
 
-from .losses import off_diagonal_sq_sum, weight_redundancy_loss
+from .losses import neg_lse_and_exp, off_diagonal_sq_sum, weight_redundancy_loss
 
 ACTIVE_THRESHOLD = 0.01  # L0 and firing frequency: a unit is active when a > 0.01
 DEAD_VARIANCE = 0.01  # a unit is dead when its activation's variance over the test set < 0.01
@@ -173,10 +173,8 @@ def fit_logistic_regression(A: torch.Tensor, y: torch.Tensor, n_classes: int, ma
     def loss_and_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
         Wb = torch.from_numpy(w).view(f + 1, n_classes)  # sklearn's F-ordered (classes, f + 1)
         Z = A1 @ Wb
-        shift = Z.amax(1, keepdim=True)
-        E = (Z - shift).exp_()
-        total = E.sum(1, keepdim=True)
-        loss = (shift.sum() + total.log().sum() - (Z * onehot).sum()) / n
+        neg_lse, E, total = neg_lse_and_exp(-Z)  # log sum_c exp(Z_c) = -neg_lse, E / total = softmax(Z)
+        loss = -(neg_lse.sum() + (Z * onehot).sum()) / n
         G = torch.mm(A1.T, E.div_(total).sub_(onehot)).div_(n)
         W = Wb[:f]
         G[:f].add_(W, alpha=l2)

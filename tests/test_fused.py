@@ -130,6 +130,72 @@ def test_workspace_reuse_gives_the_same_numbers():
     assert again[1].data_ptr() == ws["grad_z"].data_ptr()
 
 
+def _first_layer_case(dtype, R, S, B, K, D, n=50):
+    g = torch.Generator().manual_seed(3)
+    data = torch.randn(n, D, generator=g, dtype=dtype)
+    orders = torch.stack([torch.randperm(n, generator=g) for _ in range(S)])
+    idx = orders[:, 5:5 + B]  # a slice of the epoch orders, as the engine passes it: row stride n
+    weight = torch.randn(R, K, D, generator=g, dtype=dtype) / D ** 0.5
+    bias = torch.randn(R, K, generator=g, dtype=dtype)
+    return data, idx, weight, bias
+
+
+def _first_layer_reference(data, idx, weight, bias):
+    """Float64 gather and batched matmul: x (S, B, D) and z (S, B, N), N = the row's runs' units."""
+    S, (R, K, D) = idx.shape[0], weight.shape
+    x = data.double()[idx]
+    z = bias.double().view(S, 1, -1) + x @ weight.double().view(S, R // S * K, D).transpose(1, 2)
+    return x, z
+
+
+# sizes off the C blocks (4 samples x 4 units in float32, x 2 in float64; vectors of 16 and 8)
+# and on them; one run per data order (the engine's case) and three per order
+@pytest.mark.parametrize("R, S, B, K, D", [(3, 3, 7, 5, 37), (6, 2, 9, 3, 16), (2, 2, 8, 8, 64), (1, 1, 1, 1, 1)])
+def test_first_layer_float64_equals_gather_and_matmul(R, S, B, K, D):
+    data, idx, weight, bias = _first_layer_case(torch.float64, R, S, B, K, D)
+    x, z = fused.first_layer(data, idx, weight, bias)
+    ref_x, ref_z = _first_layer_reference(data, idx, weight, bias)
+    assert torch.equal(x, ref_x)  # a copy: bit for bit
+    assert torch.allclose(z, ref_z, rtol=1e-13, atol=1e-13)
+
+
+def test_first_layer_float32_is_float32_accurate():
+    # the book's sizes: 24 runs on their own data orders, 128 x 784 -> 64
+    data, idx, weight, bias = _first_layer_case(torch.float32, 24, 24, 128, 64, 784, n=600)
+    x, z = fused.first_layer(data, idx, weight, bias)
+    ref_x, ref_z = _first_layer_reference(data, idx, weight, bias)
+    assert torch.equal(x.double(), ref_x)
+    scale = (ref_x.abs() @ weight.double().abs().transpose(1, 2)).max()  # bound of the sum's magnitude
+    assert (z.double() - ref_z).abs().max() < 1e-6 * scale
+
+
+def test_first_layer_workspace_and_bad_indices():
+    data, idx, weight, bias = _first_layer_case(torch.float32, 3, 3, 7, 5, 37)
+    ws: dict = {}
+    x, z = fused.first_layer(data, idx, weight, bias, ws)
+    assert z.data_ptr() == ws["z"].data_ptr() and x.data_ptr() == ws["x"].data_ptr()
+    bad = idx.clone()
+    bad[1, 3] = len(data)  # one past the end: refused before anything is read or written
+    with pytest.raises(ValueError, match=r"idx must hold sample indices in \[0, 50\); got min 0, max 50"):
+        fused.first_layer(data, bad, weight, bias, ws)
+    assert torch.equal(ws["z"], z)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda d, i, w, b: (d, i.int(), w, b), "idx must be an int64"),
+    (lambda d, i, w, b: (d, i.t(), w, b), "unit stride"),
+    (lambda d, i, w, b: (d[:, :30], i, w, b), "data must be a contiguous"),
+    (lambda d, i, w, b: (d, i, w[:, :, :30].contiguous(), b), r"weight must be a contiguous .* shape \(3, 5, 37\)"),
+    (lambda d, i, w, b: (d, i, w[0], b), r"weight must be the stacked first-layer weight \(R, K, D\)"),
+    (lambda d, i, w, b: (d, i[:2], w, b), "the runs R=3 must split evenly over the data orders S=2"),
+    (lambda d, i, w, b: (d, i, w, b[:, :4].contiguous()), "bias must be"),
+])
+def test_first_layer_bad_input_is_named(change, match):
+    args = change(*_first_layer_case(torch.float32, 3, 3, 7, 5, 37))
+    with pytest.raises(ValueError, match=match):
+        fused.first_layer(*args)
+
+
 @pytest.mark.parametrize("m", [1, 2])
 def test_sae_pass_float64_equals_autograd(m):
     g = torch.Generator().manual_seed(2)
@@ -188,6 +254,23 @@ def test_engine_takes_the_fused_path_where_it_applies():
     assert not stack([RunConfig(seed=1, loss=LossConfig(wr=0.5))]).fused  # weight redundancy: autograd
     assert not stack([RunConfig(seed=1, activation="softplus")]).fused
     assert not stack([RunConfig(model="topk", k=4, seed=1)]).fused
+
+
+@pytest.mark.parametrize("seeds", [(1, 2), (1, 1, 1, 1)])
+def test_engine_folds_the_gather_into_its_first_layer_with_one_run_per_data_order(seeds, monkeypatch):
+    from encoder_study.engine import RunStack
+    from encoder_study.training import RunConfig
+
+    calls = []
+    real = fused.first_layer
+    monkeypatch.setattr(fused, "first_layer", lambda *a, **k: calls.append(1) or real(*a, **k))
+    stack = RunStack([RunConfig(seed=s, lr=1e-3 * (i + 1)) for i, s in enumerate(seeds)], 20, torch.device("cpu"))
+    data = torch.randn(64, 20)
+    terms, grads = stack.loss_and_grads(data, torch.stack([torch.randperm(64)[:16] for _ in stack.data_seeds]))
+    if len(set(seeds)) == len(seeds):  # (one seed: its runs split over rows by the thread count)
+        assert stack.per_seed == 1
+    assert bool(calls) == (stack.per_seed == 1)
+    assert terms.shape == (5, len(seeds)) and torch.isfinite(terms).all() and grads[0].shape == (len(seeds), 64, 20)
 
 
 @pytest.mark.parametrize("path", ["fused", "torch"])
