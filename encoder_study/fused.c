@@ -324,12 +324,14 @@ static inline void lane_sums(const vec *acc, real *sums) {
  * each in[i] is also copied to copy[i] on the way; with ``ahead``, the rows ahead[i] are fetched
  * towards the cache (the next block's samples). Inlined for each use, the branches folded away. */
 static inline __attribute__((always_inline)) void dot_block(const real *const *in, real *const *copy,
-                                                            const real *const *ahead, const real *const *w,
-                                                            int full, vec *acc) {
+                                                            const real *const *ahead, int ahead_from, int D,
+                                                            const real *const *w, int full, vec *acc) {
     for (int a = 0; a < VL; a++) acc[a] = (vec){0};
     for (int d = 0; d < full; d += VL) {
-        if (ahead)
-            for (int i = 0; i < ROWS; i++) __builtin_prefetch(ahead[i] + d, 0, 2);
+        if (ahead) {  /* one cache line (VL values) per step, the rows in turn */
+            int line = ahead_from + d / VL;
+            if (line / ROWS * VL < D) __builtin_prefetch(ahead[line % ROWS] + line / ROWS * VL, 0, 2);
+        }
         vec xv[ROWS];
         for (int i = 0; i < ROWS; i++) xv[i] = load_vec(in[i] + d);
         if (copy)
@@ -370,12 +372,13 @@ int first_layer_pass(int S, int B, int N, int D, const real *X, int64_t n, const
                 for (int j = 0; j < UNITS; j++) w[j] = Ws + (size_t)(n0 + j < N ? n0 + j : N - 1) * D;
                 vec acc[VL];
                 const real *const *cached = (const real *const *)copy;  /* after the first block */
+                const int ahead_from = (n0 / UNITS - 1) * (full / VL);  /* lines of next[] fetched so far */
                 if (n0 == 0)
-                    dot_block(src, copy, NULL, w, full, acc);
-                else if (n0 == UNITS && next[0])
-                    dot_block(cached, NULL, next, w, full, acc);
+                    dot_block(src, copy, NULL, 0, D, w, full, acc);
+                else if (next[0] && ahead_from / ROWS * VL < D)
+                    dot_block(cached, NULL, next, ahead_from, D, w, full, acc);
                 else
-                    dot_block(cached, NULL, NULL, w, full, acc);
+                    dot_block(cached, NULL, NULL, 0, D, w, full, acc);
                 real sums[VL];
                 lane_sums(acc, sums);
                 for (int i = 0; i < rows; i++)
