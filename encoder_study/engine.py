@@ -8,7 +8,8 @@ lambdas. Runs on one seed share each minibatch: it is gathered once and their fi
 one GEMM. Each run still sees exactly what it would alone: its own initialisation (its seed), its
 own minibatch order (``epoch_permutation(seed, epoch)``), its own loss, and the gradient of its own
 loss (by hand where derived and tested, else autograd of the per-run losses' sum). On the CPU the
-by-hand gradients' elementwise work runs as C passes (``fused.py``) between torch's GEMMs.
+by-hand gradients' elementwise work runs as C passes (``fused.py``) between torch's GEMMs, and so
+does the first layer of runs that each have a data order of their own (the gather folded into it).
 
 No host synchronisation inside an epoch; one per epoch to read the losses and catch a run that
 diverged, which is then dropped from the stack (its last finite state kept) while the others go on.

@@ -1,5 +1,6 @@
 /* The engine's elementwise work fused in C: the encoder's objective and gradient for a stack of
- * runs in three passes, and the standard SAE's in two (at the end of the file).
+ * runs in three passes, the standard SAE's in two, and (at the end of the file) the first layer
+ * of runs that each have a data order of their own, with the minibatch gather folded in.
  *
  * The same arithmetic as losses.combined_loss_and_grad (ReLU, L_lse + L_var + L_tc), with the
  * elementwise work of each run done in one or two sweeps over its (batch x units) block instead

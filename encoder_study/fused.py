@@ -1,10 +1,13 @@
-"""The engine's elementwise work in C: the encoder's objective and the SAE's loss, with gradients.
+"""The engine's elementwise work in C: the encoder's objective and the SAE's loss, with gradients;
+and, for runs that each have a data order of their own, the first layer with the gather folded in.
 
 ``losses.combined_loss_and_grad`` computes the encoder objective's gradient by hand in about fifty
 small torch operations, and the SAE's gradient takes a dozen more; at the book's sizes (a few to 24
 runs of 128 x 64 activations) each costs more in dispatch than in arithmetic: together they were a
 quarter of a training step. Here the same formulas run as C passes (``fused.c``) around the GEMMs,
-which stay in torch. The library is compiled once per machine with gcc (``make setup`` does it;
+which stay in torch, but for one: with one run per data order, gathering the minibatches took a
+fifth of a step, so ``first_layer`` reads each sample once, straight into that run's dot products.
+The library is compiled once per machine with gcc (``make setup`` does it;
 the first use otherwise) into the cache's build folder, named by a hash of the source, the
 compiler and the CPU, in float32 (training) and float64 (the tests' exact comparisons). Where no
 compiler works, ``available()`` is False and the engine keeps the torch path.
@@ -108,8 +111,11 @@ def available() -> bool:
 
 
 def identity() -> str:
-    """Names the code that computes the training numbers (for the run cache's key)."""
-    return f"fused-{_build_key()}" if available() else "torch"
+    """Names the code that computes the training numbers (for the run cache's key): a hash of the
+    built libraries themselves, so that an edit to fused.c's comments keeps the finished runs."""
+    if not available():
+        return "torch"
+    return "fused-" + hashlib.sha256(b"".join(library_path(dt).read_bytes() for dt in PRECISIONS)).hexdigest()[:16]
 
 
 _INT, _PTR, _REAL = ctypes.c_int, ctypes.c_void_p, object()  # _REAL: float or double, by the library

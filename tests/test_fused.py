@@ -1,8 +1,10 @@
 """The C passes (encoder_study/fused.c) against float64 autograd of the plain losses, known answers,
 the theorem on hard inputs, layouts, and bad input."""
 
+import hashlib
 import math
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -296,3 +298,25 @@ def test_engine_runs_on_one_seed_match_alone_float64(mnist, kind, path, monkeypa
         diff = max((model.state_dict()[k] - res.state[k]).abs().max().item() for k in res.state)
         assert diff < 1e-9, cfg
         assert [h["total"] for h in hist] == pytest.approx([h["total"] for h in res.history], rel=1e-9)
+
+
+def test_run_cache_identity_names_the_binaries_not_the_comments(tmp_path):
+    # identity() keys the run cache by the built libraries, so that a comment edit to fused.c keeps
+    # the finished runs; that rests on gcc giving the same bytes for the same code (no -g, the same
+    # file name), and different bytes for different code
+    assert fused.identity() == "fused-" + hashlib.sha256(
+        b"".join(fused.library_path(dt).read_bytes() for dt in fused.PRECISIONS)).hexdigest()[:16]
+    source = fused.SOURCE.read_text()
+    variants = {"same": source, "commented": "/* a new first line */\n" + source.replace("Pass 3.", "Pass three."),
+                "changed": source.replace("#define ROWS 4", "#define ROWS 2")}
+    assert variants["changed"] != source
+    built = {}
+    for name, text in variants.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "fused.c").write_text(text)
+        subprocess.run(["gcc", *fused.CFLAGS, str(folder / "fused.c"), "-o", str(folder / "lib.so"), "-lm"],
+                       check=True, cwd=folder)
+        built[name] = (folder / "lib.so").read_bytes()
+    assert built["same"] == built["commented"]
+    assert built["same"] != built["changed"]
