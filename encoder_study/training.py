@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -107,6 +108,11 @@ def _set_flush_denormal_on_every_thread(on: bool) -> None:
     compilers emit for ``#pragma omp parallel``) runs the call on every thread of the pool that
     torch's parallel ops use. Without libgomp only the calling thread is set.
     """
+    if sys.is_finalizing():
+        # a flush_denormals() entered and never left, closed at interpreter exit: torch's worker
+        # threads are gone and an OpenMP region would wait for them forever (seen: a hang); the
+        # process is ending, so there is nothing to restore
+        return
     gomp = _openmp_runtime()
     if gomp is None or torch.get_num_threads() == 1:
         torch.set_flush_denormal(on)

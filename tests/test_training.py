@@ -1,6 +1,9 @@
 """Training: the theory's predictions on synthetic data, the engine against the plain loop,
 divergence, resuming, and bad input."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -301,3 +304,13 @@ def test_flush_denormals_reaches_every_cpu_thread():
     outside = tiny * 1.0
     assert (inside == 0).all(), f"{int((inside != 0).sum())} of {len(inside)} denormals survived"
     assert (outside == tiny).all()
+
+
+def test_flush_denormals_left_open_does_not_hang_the_exit():
+    # entered by hand and never left: Python closes it at exit, after torch's OpenMP threads are
+    # gone; an OpenMP region then waited for them forever (seen, before the guard)
+    script = ("import torch\nfrom encoder_study.training import flush_denormals\n"
+              "x = torch.randn(512, 512)\nx @ x\n"
+              "open_ctx = flush_denormals()\nopen_ctx.__enter__()\nx @ x\nprint('done')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]
