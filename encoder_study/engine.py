@@ -71,6 +71,11 @@ class RunResult:
         return self.history[-1] if self.history else {}
 
 
+def _gather(data: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The minibatches (S, B, D) of the sample indices idx (S, B), one per data order."""
+    return data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
+
+
 def group_key(config: RunConfig) -> tuple:
     """Runs that can share one stacked program: everything but seed, optimizer, lr and the loss weights."""
     return (config.model, config.hidden_dim, config.activation, config.epochs,
@@ -297,7 +302,7 @@ class RunStack:
         data[idx]: idx (S, B) holds each data order's sample indices (rows of its epoch order)."""
         if self.fused:
             return self._fused_loss_and_grads(data, idx)
-        x = data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
+        x = _gather(data, idx)
         if self.kind == "topk":
             out, grads = self._topk_loss_and_grads(x)
         elif not self.analytic:
@@ -327,7 +332,7 @@ class RunStack:
         if self.per_seed == 1:
             x, z = fused.first_layer(data, idx, self.params[0], self.params[1], self._workspace)
         else:
-            x = data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
+            x = _gather(data, idx)
             z = self._first_layer_joined(x)
         if self.kind == "sae":
             # _split may return a strided view (one data order: S = 1); the C passes read dense rows
