@@ -7,10 +7,10 @@ runs of 128 x 64 activations) each costs more in dispatch than in arithmetic: to
 quarter of a training step. Here the same formulas run as C passes (``fused.c``) around the GEMMs,
 which stay in torch, but for one: with one run per data order, gathering the minibatches took a
 fifth of a step, so ``first_layer`` reads each sample once, straight into that run's dot products.
-The library is compiled once per machine with gcc (``make setup`` does it;
-the first use otherwise) into the cache's build folder, named by a hash of the source, the
-compiler and the CPU, in float32 (training) and float64 (the tests' exact comparisons). Where no
-compiler works, ``available()`` is False and the engine keeps the torch path.
+The library is compiled once per machine with gcc (``make setup`` does it; the first use
+otherwise) into the cache's build folder, named by a hash of the source, the compiler and the
+CPU, in float32 (training) and float64 (the tests' exact comparisons). Where no compiler works,
+``available()`` is False and the engine keeps the torch path.
 """
 
 from __future__ import annotations
@@ -105,6 +105,14 @@ def _library(dtype: torch.dtype) -> ctypes.CDLL | None:
     return _LIBS.get(dtype)
 
 
+def _loaded(dtype: torch.dtype) -> ctypes.CDLL:
+    """The library for ``dtype``, or a RuntimeError where it could not be built or loaded."""
+    lib = _library(dtype)
+    if lib is None:
+        raise RuntimeError("the fused library is not available here; check fused.available() first")
+    return lib
+
+
 def available() -> bool:
     """Whether the fused path can run here (the libraries built and loaded)."""
     return _library(torch.float32) is not None
@@ -174,9 +182,7 @@ def first_layer(data: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bia
         raise ValueError(f"the runs R={R} must split evenly over the data orders S={S}")
     _check_stack("weight", weight, (R, K, D), data.dtype)
     _check_stack("bias", bias, (R, K), data.dtype)
-    lib = _library(data.dtype)
-    if lib is None:
-        raise RuntimeError("the fused library is not available here; check fused.available() first")
+    lib = _loaded(data.dtype)
     N = R // S * K
     x = _buffer(workspace, "x", (S, B, D), data.dtype)
     z = _buffer(workspace, "z", (S, B, N), data.dtype)
@@ -202,9 +208,7 @@ def relu_infomax_loss_and_grad(z: torch.Tensor, per_seed: int, weights: dict[str
     if z.dtype not in PRECISIONS or z.device.type != "cpu" or z.dim() != 3 or not z.is_contiguous():
         raise ValueError(f"z must be a contiguous float32 or float64 CPU tensor (S, B, m*K); got {z.dtype}, "
                          f"{z.device}, shape {tuple(z.shape)}")
-    lib = _library(z.dtype)
-    if lib is None:
-        raise RuntimeError("the fused library is not available here; check fused.available() first")
+    lib = _loaded(z.dtype)
     S, B, mK = z.shape
     if not isinstance(per_seed, int) or per_seed < 1 or mK % per_seed:
         raise ValueError(f"per_seed={per_seed!r} must be a positive divisor of z's last dimension {mK}")
@@ -253,9 +257,7 @@ def sae_loss_and_grad(z: torch.Tensor, x: torch.Tensor, decoder_weight: torch.Te
     for name, t, shape in (("z", z, (R, B, K)), ("x", x, (S, B, D)), ("decoder_weight", decoder_weight, (R, D, K)),
                            ("decoder_bias", decoder_bias, (R, D)), ("l1", l1, (R,))):
         _check_stack(name, t, shape, z.dtype)
-    lib = _library(z.dtype)
-    if lib is None:
-        raise RuntimeError("the fused library is not available here; check fused.available() first")
+    lib = _loaded(z.dtype)
     a = torch.clamp_min(z, 0.0, out=_buffer(workspace, "a", (R, B, K), z.dtype))  # relu
     diff = torch.bmm(a, decoder_weight.transpose(1, 2), out=_buffer(workspace, "diff", (R, B, D), z.dtype))
     terms = _buffer(workspace, "terms", (len(SAE_TERM_ROWS), R), z.dtype)
