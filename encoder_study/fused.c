@@ -19,6 +19,7 @@
  * layouts to the plain autograd loop at 1e-9 over hundreds of steps.
  */
 #include <math.h>
+#include <omp.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -273,75 +274,114 @@ void sae_relu_grad_pass(int R, int B, int K, const real *z, real *g_a, const rea
  *   z[s,b,n] = bias[s,n] + sum_d X[idx[s,b], d] W[s,n,d]      (S, B, N), N = the row's m*K units
  *   x[s,b,:] = X[idx[s,b], :]                                 (S, B, D), for the weight gradient
  * W (S, N, D) and bias (S, N) are the stack's encoder weights and biases, the runs of one data
- * order laid end to end. Each dataset row is read once, straight into the dot products; the copy
- * to x is written on the way. Blocks of ROWS samples x UNITS units, one vector accumulator per
- * (sample, unit) over D, so a block's ROWS*UNITS = VL accumulators fill 16 of the 32 vector
- * registers. Returns 0, or -1 (nothing written) if an index is outside [0, n). */
-typedef real vec __attribute__((vector_size(64)));
-#define VL ((int)(64 / sizeof(real)))
-#define ROWS 4
-#define UNITS (VL / ROWS)
-
-static inline vec load_vec(const real *p) { vec v; memcpy(&v, p, sizeof v); return v; }
-static inline void store_vec(real *p, vec v) { memcpy(p, &v, sizeof v); }
-
+ * order laid end to end. Blocked as a GEMM is: for each data order, for each slice of DEPTH inputs,
+ * the weights of (up to) PANEL_UNITS units are transposed into a panel that stays in L1, and tiles
+ * of TILE_ROWS samples x PANEL_UNITS units accumulate into z from it, one broadcast sample value
+ * times four vectors of the panel per step. The tiles read the samples straight from the dataset
+ * (no gather pass) and copy each slice to x after use; the lines the tile AHEAD tiles on will read
+ * and write are requested while this one computes. Each z is summed in input order, bias first,
+ * whatever the thread count. Returns 0, or -1 (nothing written) if an index is outside [0, n). */
 #ifdef FUSED_DOUBLE
-/* sums[i] = the sum of acc[i]'s lanes */
-static inline void lane_sums(const vec *acc, real *sums) {
-    for (int i = 0; i < VL; i++) {
-        real s = 0.0;
-        for (int l = 0; l < VL; l++) s += acc[i][l];
-        sums[i] = s;
-    }
-}
+typedef int64_t lane_index;
 #else
-typedef int32_t lanes __attribute__((vector_size(64)));
-static inline vec fold(vec a, vec b, lanes lo, lanes hi) {
-    return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);
-}
-/* sums[i] = the sum of acc[i]'s 16 lanes, as a tree of shuffles: each level halves the lanes per
- * accumulator and pairs accumulators up, so 16 vectors become one (lane l holds accumulator
- * bitreverse4(l)). */
-static inline void lane_sums(const vec *acc, real *sums) {
-    static const lanes lo1 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-    static const lanes hi1 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-    static const lanes lo2 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
-    static const lanes hi2 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
-    static const lanes lo3 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
-    static const lanes hi3 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
-    static const lanes lo4 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
-    static const lanes hi4 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
-    static const int source[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
-    vec h[8], q[4], e[2];
-    for (int i = 0; i < 8; i++) h[i] = fold(acc[2 * i], acc[2 * i + 1], lo1, hi1);
-    for (int i = 0; i < 4; i++) q[i] = fold(h[2 * i], h[2 * i + 1], lo2, hi2);
-    for (int i = 0; i < 2; i++) e[i] = fold(q[2 * i], q[2 * i + 1], lo3, hi3);
-    vec all = fold(e[0], e[1], lo4, hi4);
-    for (int l = 0; l < 16; l++) sums[source[l]] = all[l];
-}
+typedef int32_t lane_index;
 #endif
+typedef real vec __attribute__((vector_size(64)));
+typedef real unaligned_vec __attribute__((vector_size(64), aligned(sizeof(real)), may_alias));
+typedef lane_index lanes __attribute__((vector_size(64)));
+#define VL ((int)(64 / sizeof(real)))  /* values per vector and per cache line */
+#define TILE_ROWS 6                    /* 6 x 4 accumulators + 4 panel vectors: 28 of 32 registers */
+#define PANEL_UNITS (4 * VL)
+#define DEPTH 112                      /* a float32 panel of 112 x 64 is 28 KB (L1: 48 KB); measured best of 56-392 */
+#define AHEAD 1
+#define LINES_PER_TILE (TILE_ROWS * (DEPTH / VL + 2))
 
-/* acc[i*UNITS + j] = lane-wise partial sums of in[i][d] w[j][d] over d < full; with ``copy``,
- * each in[i] is also copied to copy[i] on the way; with ``ahead``, the rows ahead[i] are fetched
- * towards the cache (the next block's samples). Inlined for each use, the branches folded away. */
-static inline __attribute__((always_inline)) void dot_block(const real *const *in, real *const *copy,
-                                                            const real *const *ahead, int ahead_from, int D,
-                                                            const real *const *w, int full, vec *acc) {
-    for (int a = 0; a < VL; a++) acc[a] = (vec){0};
-    for (int d = 0; d < full; d += VL) {
-        if (ahead) {  /* one cache line (VL values) per step, the rows in turn */
-            int line = ahead_from + d / VL;
-            if (line / ROWS * VL < D) __builtin_prefetch(ahead[line % ROWS] + line / ROWS * VL, 0, 2);
-        }
-        vec xv[ROWS];
-        for (int i = 0; i < ROWS; i++) xv[i] = load_vec(in[i] + d);
-        if (copy)
-            for (int i = 0; i < ROWS; i++) store_vec(copy[i] + d, xv[i]);
-        for (int j = 0; j < UNITS; j++) {
-            vec wv = load_vec(w[j] + d);
-            for (int i = 0; i < ROWS; i++) acc[i * UNITS + j] += xv[i] * wv;
-        }
+static inline vec load_vec(const real *p) { return *(const unaligned_vec *)p; }
+static inline void store_vec(real *p, vec v) { *(unaligned_vec *)p = v; }
+static inline vec splat(real s) { return __builtin_shuffle((vec){s}, (lanes){0}); }  /* not 0 + s: an add */
+
+/* zt[i, 0:PANEL_UNITS] += sum_{d < depth} x[i][d] panel[d, :] for i < R, z rows zs apart; on the
+ * way, the cache lines fetch[k] (reads) and claim[k] (writes) are requested, one of each per step. */
+#define TILE(R)                                                                                          \
+    static __attribute__((noinline)) void tile##R(const real *const *x, const real *panel, int depth,   \
+                                                  real *zt, size_t zs, const real *const *fetch,         \
+                                                  real *const *claim, int lines) {                       \
+        vec acc[R][4];                                                                                   \
+        for (int i = 0; i < R; i++)                                                                      \
+            for (int j = 0; j < 4; j++) acc[i][j] = load_vec(zt + i * zs + j * VL);                      \
+        for (int d = 0; d < depth; d++) {                                                                \
+            if (d < lines) {                                                                             \
+                __builtin_prefetch(fetch[d], 0, 2);                                                      \
+                __builtin_prefetch(claim[d], 1, 2);                                                      \
+            }                                                                                            \
+            const real *w = panel + (size_t)d * PANEL_UNITS;                                             \
+            vec w0 = load_vec(w), w1 = load_vec(w + VL), w2 = load_vec(w + 2 * VL), w3 = load_vec(w + 3 * VL); \
+            for (int i = 0; i < R; i++) {                                                                \
+                vec xv = splat(x[i][d]);                                                                 \
+                acc[i][0] += xv * w0;                                                                    \
+                acc[i][1] += xv * w1;                                                                    \
+                acc[i][2] += xv * w2;                                                                    \
+                acc[i][3] += xv * w3;                                                                    \
+            }                                                                                            \
+        }                                                                                                \
+        for (int i = 0; i < R; i++)                                                                      \
+            for (int j = 0; j < 4; j++) store_vec(zt + i * zs + j * VL, acc[i][j]);                      \
+        for (int k = depth; k < lines; k++) {                                                            \
+            __builtin_prefetch(fetch[k], 0, 2);                                                          \
+            __builtin_prefetch(claim[k], 1, 2);                                                          \
+        }                                                                                                \
     }
+TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6)
+typedef void (*tile_fn)(const real *const *, const real *, int, real *, size_t, const real *const *, real *const *, int);
+static const tile_fn tiles[TILE_ROWS + 1] = {NULL, tile1, tile2, tile3, tile4, tile5, tile6};
+
+/* panel[d, u] = W[u, d] for u < units, d < depth (W's rows D apart), 0 for units <= u < PANEL_UNITS.
+ * VL x VL blocks are transposed in registers: log2(VL) rounds of two-vector shuffles, round k
+ * swapping the off-diagonal h x h blocks (h = VL / 2^(k+1)) of every 2h x 2h block. */
+static void pack_panel(const real *W, size_t D, int units, int depth, real *panel) {
+    enum { ROUNDS = VL == 16 ? 4 : 3 };
+    lanes lo[ROUNDS], hi[ROUNDS];
+    for (int k = 0, h = VL / 2; k < ROUNDS; k++, h /= 2)
+        for (int l = 0; l < VL; l++) {
+            lo[k][l] = (l & h) ? VL + l - h : l;
+            hi[k][l] = (l & h) ? VL + l : l + h;
+        }
+    int u = 0;
+    for (; u + VL <= units; u += VL) {
+        int d = 0;
+        for (; d + VL <= depth; d += VL) {
+            vec r[VL];
+#pragma GCC unroll 16
+            for (int i = 0; i < VL; i++) r[i] = load_vec(W + (u + i) * D + d);
+#pragma GCC unroll 4
+            for (int k = 0; k < ROUNDS; k++) {
+                const int h = VL >> (k + 1);
+#pragma GCC unroll 16
+                for (int a = 0; a < VL; a++)
+                    if (!(a & h)) {
+                        vec ra = r[a], rb = r[a | h];
+                        r[a] = __builtin_shuffle(ra, rb, lo[k]);
+                        r[a | h] = __builtin_shuffle(ra, rb, hi[k]);
+                    }
+            }
+#pragma GCC unroll 16
+            for (int i = 0; i < VL; i++) store_vec(panel + (size_t)(d + i) * PANEL_UNITS + u, r[i]);
+        }
+        for (; d < depth; d++)
+            for (int i = 0; i < VL; i++) panel[(size_t)d * PANEL_UNITS + u + i] = W[(u + i) * D + d];
+    }
+    for (; u < PANEL_UNITS; u++)
+        for (int d = 0; d < depth; d++) panel[(size_t)d * PANEL_UNITS + u] = u < units ? W[u * D + d] : 0;
+}
+
+/* A thread's share of the work: items are (data order, part of its rows); with fewer data
+ * orders than threads (or not a multiple of them) each order's rows are split over the threads. */
+typedef struct { int s, b_lo, b_hi; } item_rows;
+static item_rows rows_of(int item, int parts, int part_rows, int B) {
+    item_rows it = {item / parts, (item % parts) * part_rows, (item % parts + 1) * part_rows};
+    it.b_lo = it.b_lo < B ? it.b_lo : B;
+    it.b_hi = it.b_hi < B ? it.b_hi : B;
+    return it;
 }
 
 int first_layer_pass(int S, int B, int N, int D, const real *X, int64_t n, const int64_t *idx,
@@ -349,47 +389,75 @@ int first_layer_pass(int S, int B, int N, int D, const real *X, int64_t n, const
     for (int s = 0; s < S; s++)
         for (int b = 0; b < B; b++)
             if (idx[s * idx_stride + b] < 0 || idx[s * idx_stride + b] >= n) return -1;
-    const int row_blocks = (B + ROWS - 1) / ROWS, full = D - D % VL;
-#pragma omp parallel for schedule(static) collapse(2)
-    for (int s = 0; s < S; s++) {
-        for (int blk = 0; blk < row_blocks; blk++) {
-            const real *src[ROWS];
-            real *copy[ROWS];
-            int rows = B - blk * ROWS < ROWS ? B - blk * ROWS : ROWS;
-            for (int i = 0; i < ROWS; i++) {  /* a short last block repeats its last sample */
-                int b = blk * ROWS + (i < rows ? i : rows - 1);
-                src[i] = X + idx[s * idx_stride + b] * D;
-                copy[i] = x + ((size_t)s * B + b) * D;
-            }
-            const real *next[ROWS] = {NULL};  /* the samples of this thread's next block, if any */
-            const int s_next = blk + 1 < row_blocks ? s : s + 1, b_next = blk + 1 < row_blocks ? (blk + 1) * ROWS : 0;
-            if (s_next < S)
-                for (int i = 0; i < ROWS; i++) next[i] = X + idx[s_next * idx_stride + (b_next + i < B ? b_next + i : B - 1)] * D;
-            for (int i = 0; i < rows; i++) memcpy(copy[i] + full, src[i] + full, (size_t)(D - full) * sizeof(real));
-            const real *Ws = W + (size_t)s * N * D, *bs = bias + (size_t)s * N;
-            real *zs = z + (size_t)s * B * N;
-            for (int n0 = 0; n0 < N; n0 += UNITS) {
-                const real *w[UNITS];
-                for (int j = 0; j < UNITS; j++) w[j] = Ws + (size_t)(n0 + j < N ? n0 + j : N - 1) * D;
-                vec acc[VL];
-                const real *const *cached = (const real *const *)copy;  /* after the first block */
-                const int ahead_from = (n0 / UNITS - 1) * (full / VL);  /* lines of next[] fetched so far */
-                if (n0 == 0)
-                    dot_block(src, copy, NULL, 0, D, w, full, acc);
-                else if (next[0] && ahead_from / ROWS * VL < D)
-                    dot_block(cached, NULL, next, ahead_from, D, w, full, acc);
-                else
-                    dot_block(cached, NULL, NULL, 0, D, w, full, acc);
-                real sums[VL];
-                lane_sums(acc, sums);
-                for (int i = 0; i < rows; i++)
-                    for (int j = 0; j < UNITS && n0 + j < N; j++) {
-                        real t = sums[i * UNITS + j];
-                        for (int d = full; d < D; d++) t += src[i][d] * w[j][d];
-                        zs[(size_t)(blk * ROWS + i) * N + n0 + j] = bs[n0 + j] + t;
+    const int threads = omp_get_max_threads();
+    const int parts = S % threads == 0 || B < 2 * TILE_ROWS * threads ? 1 : threads;
+    const int part_rows = ((B + TILE_ROWS - 1) / TILE_ROWS + parts - 1) / parts * TILE_ROWS;
+    const int items = S * parts, depths = (D + DEPTH - 1) / DEPTH;
+#pragma omp parallel
+    {
+        real *panel = aligned_alloc(64, (size_t)DEPTH * PANEL_UNITS * sizeof(real));
+        real z_tail[TILE_ROWS * PANEL_UNITS];
+        const real *fetch[LINES_PER_TILE];
+        real *claim[LINES_PER_TILE];
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        const int first = (int)((int64_t)items * t / nt), last = (int)((int64_t)items * (t + 1) / nt);
+        for (int item = first; item < last; item++) {
+            const item_rows it = rows_of(item, parts, part_rows, B);
+            if (it.b_lo == it.b_hi) continue;
+            const int64_t *ids = idx + it.s * idx_stride;
+            real *xs = x + (size_t)it.s * B * D, *zs = z + (size_t)it.s * B * N;
+            const real *Ws = W + (size_t)it.s * N * D;
+            const int ntiles = (it.b_hi - it.b_lo + TILE_ROWS - 1) / TILE_ROWS;
+            for (int b = it.b_lo; b < it.b_hi; b++) memcpy(zs + (size_t)b * N, bias + (size_t)it.s * N, (size_t)N * sizeof(real));
+            for (int c0 = 0; c0 < N; c0 += PANEL_UNITS) {
+                const int units = N - c0 < PANEL_UNITS ? N - c0 : PANEL_UNITS;
+                for (int d0 = 0; d0 < D; d0 += DEPTH) {
+                    const int depth = D - d0 < DEPTH ? D - d0 : DEPTH;
+                    pack_panel(Ws + (size_t)c0 * D + d0, D, units, depth, panel);
+                    for (int b0 = it.b_lo; b0 < it.b_hi; b0 += TILE_ROWS) {
+                        const int rows = it.b_hi - b0 < TILE_ROWS ? it.b_hi - b0 : TILE_ROWS;
+                        const real *xt[TILE_ROWS];  /* the first units read the dataset, later ones x */
+                        for (int i = 0; i < rows; i++)
+                            xt[i] = c0 == 0 ? X + ids[b0 + i] * D + d0 : xs + (size_t)(b0 + i) * D + d0;
+                        int lines = 0;
+                        if (c0 == 0) {  /* the tile AHEAD on (depth-major), in this item or the next */
+                            int q = d0 / DEPTH * ntiles + (b0 - it.b_lo) / TILE_ROWS + AHEAD, q_tiles = ntiles;
+                            item_rows ahead = it;
+                            if (q >= depths * ntiles) {
+                                q -= depths * ntiles;
+                                ahead = item + 1 < last ? rows_of(item + 1, parts, part_rows, B) : (item_rows){0, 0, 0};
+                                q_tiles = (ahead.b_hi - ahead.b_lo + TILE_ROWS - 1) / TILE_ROWS;
+                            }
+                            if (q < depths * q_tiles) {
+                                const int qb = ahead.b_lo + q % q_tiles * TILE_ROWS, qd = q / q_tiles * DEPTH;
+                                const int q_rows = ahead.b_hi - qb < TILE_ROWS ? ahead.b_hi - qb : TILE_ROWS;
+                                const int q_depth = D - qd < DEPTH ? D - qd : DEPTH;
+                                for (int i = 0; i < q_rows; i++)
+                                    for (int l = 0; l < q_depth; l += VL, lines++) {
+                                        fetch[lines] = X + idx[ahead.s * idx_stride + qb + i] * D + qd + l;
+                                        claim[lines] = x + ((size_t)ahead.s * B + qb + i) * D + qd + l;
+                                    }
+                            }
+                        }
+                        real *zt = zs + (size_t)b0 * N + c0;
+                        if (units == PANEL_UNITS) {
+                            tiles[rows](xt, panel, depth, zt, N, fetch, claim, lines);
+                        } else {  /* the last units of a row, through a full-width buffer */
+                            for (int i = 0; i < rows; i++)
+                                for (int u = 0; u < PANEL_UNITS; u++)
+                                    z_tail[i * PANEL_UNITS + u] = u < units ? zt[(size_t)i * N + u] : 0;
+                            tiles[rows](xt, panel, depth, z_tail, PANEL_UNITS, fetch, claim, lines);
+                            for (int i = 0; i < rows; i++)
+                                memcpy(zt + (size_t)i * N, z_tail + i * PANEL_UNITS, (size_t)units * sizeof(real));
+                        }
+                        if (c0 == 0)
+                            for (int i = 0; i < rows; i++)
+                                memcpy(xs + (size_t)(b0 + i) * D + d0, xt[i], (size_t)depth * sizeof(real));
                     }
+                }
             }
         }
+        free(panel);
     }
     return 0;
 }

@@ -6,7 +6,7 @@ small torch operations, and the SAE's gradient takes a dozen more; at the book's
 runs of 128 x 64 activations) each costs more in dispatch than in arithmetic: together they were a
 quarter of a training step. Here the same formulas run as C passes (``fused.c``) around the GEMMs,
 which stay in torch, but for one: with one run per data order, gathering the minibatches took a
-fifth of a step, so ``first_layer`` reads each sample once, straight into that run's dot products.
+fifth of a step, so ``first_layer`` reads the samples straight from the dataset into a blocked GEMM.
 The library is compiled once per machine with gcc (``make setup`` does it; the first use
 otherwise) into the cache's build folder, named by a hash of the source, the compiler and the
 CPU, in float32 (training) and float64 (the tests' exact comparisons). Where no compiler works,
@@ -164,9 +164,12 @@ def first_layer(data: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bia
     rows of N = R/S*K units (the runs of one data order side by side, as the engine lays them out).
 
     ``data`` (n, D) is the whole training set, ``idx`` (S, B) int64 sample indices with unit
-    stride along B (rows of an epoch's orders). The gather costs no pass of its own: each sample
-    is read once from ``data`` into the dot products and copied to x on the way (x feeds the
-    weight gradient). With a ``workspace`` the outputs live in its buffers.
+    stride along B (rows of an epoch's orders). The gather costs no pass of its own: blocked as a
+    GEMM (per slice of 112 inputs, the weights of 64 units transposed into a panel that stays in
+    L1; tiles of 6 samples x 64 units), the tiles read the samples straight from ``data`` and copy
+    each slice to x after use (x feeds the weight gradient); the next tile's rows are requested
+    while one computes. Each output is summed in input order, bias first, whatever the thread
+    count. With a ``workspace`` the outputs live in its buffers.
     """
     if data.dim() != 2 or data.dtype not in PRECISIONS:
         raise ValueError(f"data must be a float32 or float64 (n, D) tensor; got {data.dtype}, shape {tuple(data.shape)}")

@@ -150,9 +150,11 @@ def _first_layer_reference(data, idx, weight, bias):
     return x, z
 
 
-# sizes off the C blocks (4 samples x 4 units in float32, x 2 in float64; vectors of 16 and 8)
-# and on them; one run per data order (the engine's case) and three per order
-@pytest.mark.parametrize("R, S, B, K, D", [(3, 3, 7, 5, 37), (6, 2, 9, 3, 16), (2, 2, 8, 8, 64), (1, 1, 1, 1, 1)])
+# sizes off the C blocks (tiles of 6 samples x 4 vectors of units, vectors of 8 in float64; slices of
+# 112 inputs; 8 x 8 transposes) and on them: several unit panels and input slices, short last tiles,
+# one data order split over the threads' rows; one run per data order (the engine's case) and three
+@pytest.mark.parametrize("R, S, B, K, D", [(3, 3, 7, 5, 37), (6, 2, 9, 3, 16), (2, 2, 8, 8, 64), (1, 1, 1, 1, 1),
+                                          (3, 1, 29, 25, 250), (2, 2, 13, 40, 130), (2, 2, 12, 32, 224)])
 def test_first_layer_float64_equals_gather_and_matmul(R, S, B, K, D):
     data, idx, weight, bias = _first_layer_case(torch.float64, R, S, B, K, D)
     x, z = fused.first_layer(data, idx, weight, bias)
@@ -169,6 +171,21 @@ def test_first_layer_float32_is_float32_accurate():
     assert torch.equal(x.double(), ref_x)
     scale = (ref_x.abs() @ weight.double().abs().transpose(1, 2)).max()  # bound of the sum's magnitude
     assert (z.double() - ref_z).abs().max() < 1e-6 * scale
+
+
+def test_first_layer_does_not_depend_on_the_thread_count():
+    # with 3 data orders on 2 threads each order's rows are split over the threads; on 1 thread not:
+    # every output is still summed in the same order, so the float32 results are bit for bit equal
+    data, idx, weight, bias = _first_layer_case(torch.float32, 3, 3, 40, 64, 300)
+    threads = torch.get_num_threads()
+    try:
+        out = {}
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            out[t] = fused.first_layer(data, idx, weight, bias)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out[1][0], out[2][0]) and torch.equal(out[1][1], out[2][1])
 
 
 def test_first_layer_workspace_and_bad_indices():
@@ -308,7 +325,7 @@ def test_run_cache_identity_names_the_binaries_not_the_comments(tmp_path):
         b"".join(fused.library_path(dt).read_bytes() for dt in fused.PRECISIONS)).hexdigest()[:16]
     source = fused.SOURCE.read_text()
     variants = {"same": source, "commented": "/* a new first line */\n" + source.replace("Pass 3.", "Pass three."),
-                "changed": source.replace("#define ROWS 4", "#define ROWS 2")}
+                "changed": source.replace("#define DEPTH 112", "#define DEPTH 96")}
     assert variants["changed"] != source
     built = {}
     for name, text in variants.items():
