@@ -9,7 +9,8 @@ one GEMM. Each run still sees exactly what it would alone: its own initialisatio
 own minibatch order (``epoch_permutation(seed, epoch)``), its own loss, and the gradient of its own
 loss (by hand where derived and tested, else autograd of the per-run losses' sum). On the CPU the
 by-hand gradients' elementwise work runs as C passes (``fused.py``) between torch's GEMMs, and so
-does the first layer of runs that each have a data order of their own (the gather folded into it).
+does the first layer of runs that each have a data order of their own (the gather folded into it);
+an encoder stack of such runs, as many per thread, takes its whole step in one C call, run by run.
 
 No host synchronisation inside an epoch; one per epoch to read the losses and catch a run that
 diverged, which is then dropped from the stack (its last finite state kept) while the others go on.
@@ -105,6 +106,16 @@ class StackedOptimizer:
         self._buckets: dict[tuple[str, float], list[int]] = defaultdict(list)  # (optimizer, lr) -> runs
         for r, rule in enumerate(self.rules):
             self._buckets[rule].append(r)
+        p = params[0]
+        self.adam = torch.tensor([kind == "adam" for kind, _ in self.rules], dtype=torch.int32, device=p.device)
+        self.lr = torch.tensor([lr for _, lr in self.rules], dtype=p.dtype, device=p.device)
+
+    def advance(self) -> int:
+        """Count a step taken outside ``step`` (the C step updates the parameters itself), as
+        ``step`` counts (Adam's step number; SGD keeps none); its number, at least 1."""
+        if self.m:
+            self.step_count += 1
+        return max(1, int(self.step_count))
 
     @staticmethod
     def _views(ts: list[torch.Tensor], runs: list[int]) -> list[torch.Tensor]:
@@ -318,6 +329,22 @@ class RunStack:
                     grads = self._first_layer_grad(ACTIVATION_GRADS[self.activation](z, grad_a), x)
         return torch.stack([out["total"].detach()] + [out[t].detach() for t in self.terms]), grads
 
+    def train_step(self, data: torch.Tensor, idx: torch.Tensor, opt: StackedOptimizer) -> torch.Tensor:
+        """One optimizer step on the minibatches data[idx]; returns the loss terms as ``loss_and_grads``.
+
+        Where every run has a data order of its own and the fused library computes the encoder's
+        objective, the whole step is one C call, run by run (``fused.relu_infomax_step``): each
+        run's minibatch and gradients stay in a core's caches between the stages instead of all
+        runs' passing through memory at each (measured: see benchmarks/training_speed.py)."""
+        if self.one_pass:
+            return fused.relu_infomax_step(data, idx, self.params[0].detach(), self.params[1].detach(), self.lambdas,
+                                           self.reduction, opt.adam, opt.lr, [opt.m[0], opt.v[0], opt.m[1], opt.v[1]] if opt.m else [],
+                                           opt.advance(), ADAM_BETAS, ADAM_EPS, self._workspace)
+        terms, grads = self.loss_and_grads(data, idx)
+        opt.step(grads)
+        self.after_step()
+        return terms
+
     @torch.no_grad()
     def _fused_loss_and_grads(self, data: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The encoder's objective or the SAE's loss through ``fused`` (the same numbers as the
@@ -410,6 +437,10 @@ class RunStack:
         self.fused = ((self.kind == "sae" or (self.kind == "encoder" and self.activation == "relu"
                                               and self.loss_config.wr == 0))
                       and p.device.type == "cpu" and p.dtype in fused.PRECISIONS and fused.available())
+        # the whole step in C: one run per data order, and the runs spread evenly over the threads
+        # (with fewer, a thread would sit idle; the stage-by-stage path splits rows instead)
+        self.one_pass = (self.fused and self.kind == "encoder" and self.per_seed == 1
+                         and len(self) % torch.get_num_threads() == 0)
         self._workspace: dict[str, torch.Tensor] = {}
 
     def state_of(self, r: int) -> dict[str, torch.Tensor]:
@@ -492,10 +523,7 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
         steps = 0
         with flush_denormals():
             for s in range(0, n, B):
-                terms, grads = stack.loss_and_grads(X, orders[:, s:s + B])
-                opt.step(grads)
-                stack.after_step()
-                sums += terms
+                sums += stack.train_step(X, orders[:, s:s + B], opt)
                 steps += 1
         means = (sums / steps).cpu()  # the one host sync of the epoch
         finite = torch.isfinite(means).all(0) & torch.stack(

@@ -1,6 +1,7 @@
 /* The engine's elementwise work fused in C: the encoder's objective and gradient for a stack of
- * runs in three passes, the standard SAE's in two, and (at the end of the file) the first layer
- * of runs that each have a data order of their own, with the minibatch gather folded in.
+ * runs in three passes, the standard SAE's in two; and (at the end of the file) for runs that each
+ * have a data order of their own, the first layer with the minibatch gather folded in, and the
+ * encoder's whole training step, run by run.
  *
  * The same arithmetic as losses.combined_loss_and_grad (ReLU, L_lse + L_var + L_tc), with the
  * elementwise work of each run done in one or two sweeps over its (batch x units) block instead
@@ -64,6 +65,43 @@ static inline const real *run_block(const real *z, int r, int m, int B, int K) {
     return z + (size_t)(r / m) * B * m * K + (size_t)(r % m) * K;
 }
 
+/* Pass 1, for one sample: a = relu(z) into a_out, g = lam_scale softmax(-a) (dL_lse/da, lam_scale =
+ * lambda_lse times 1 or 1/B), and the sample's term a_min - log sum_j exp(a_min - a_j) returned. */
+static double lse_row(int K, const real *zb, real lam_scale, real *gb, real *ab) {
+    real a_min = (real)INFINITY;
+#pragma omp simd reduction(min : a_min)
+    for (int k = 0; k < K; k++) {
+        ab[k] = relu(zb[k]);
+        a_min = ab[k] < a_min ? ab[k] : a_min;
+    }
+    real sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int k = 0; k < K; k++) {
+        gb[k] = EXP_NONPOSITIVE(a_min - ab[k]);
+        sum += gb[k];
+    }
+    const real f = lam_scale / sum;
+#pragma omp simd
+    for (int k = 0; k < K; k++) gb[k] *= f;
+    return (double)(a_min - LOG(sum));
+}
+
+/* a (B, K) of one run minus its mean over the batch, in place; mean: K scratch */
+static void centre_run(int B, int K, real *a, real *mean) {
+    for (int k = 0; k < K; k++) mean[k] = 0.0;
+    for (int b = 0; b < B; b++) {
+#pragma omp simd
+        for (int k = 0; k < K; k++) mean[k] += a[(size_t)b * K + k];
+    }
+    const real inv_b = 1.0 / (real)B;
+#pragma omp simd
+    for (int k = 0; k < K; k++) mean[k] *= inv_b;
+    for (int b = 0; b < B; b++) {
+#pragma omp simd
+        for (int k = 0; k < K; k++) a[(size_t)b * K + k] -= mean[k];
+    }
+}
+
 /* Pass 1. Per run r and sample b, with a = relu(z) and scale = 1 (sum over the batch) or 1/B (mean):
  *   terms[1,r]  = scale sum_b (a_min - log sum_j exp(a_min - a_j))   (L_lse = -sum_b log sum_j exp(-a_j))
  *   g[r,b,:]    = lam_lse[r] scale softmax(-a)                       (dL_lse/da)
@@ -78,42 +116,15 @@ void lse_pass(int R, int m, int B, int K, const real *z, const real *lam_lse, re
 #pragma omp for schedule(static)
         for (int rb = 0; rb < R * B; rb++) {
             const int r = rb / B, b = rb % B;
-            const real *zb = run_block(z, r, m, B, K) + b * stride;
-            real *gb = g + (size_t)rb * K, *ab = centred + (size_t)rb * K;
-            real a_min = (real)INFINITY;
-#pragma omp simd reduction(min : a_min)
-            for (int k = 0; k < K; k++) {
-                ab[k] = relu(zb[k]);
-                a_min = ab[k] < a_min ? ab[k] : a_min;
-            }
-            real sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-            for (int k = 0; k < K; k++) {
-                gb[k] = EXP_NONPOSITIVE(a_min - ab[k]);
-                sum += gb[k];
-            }
-            row_lse[rb] = (double)(a_min - LOG(sum));
-            const real f = lam_lse[r] * scale / sum;
-#pragma omp simd
-            for (int k = 0; k < K; k++) gb[k] *= f;
+            row_lse[rb] = lse_row(K, run_block(z, r, m, B, K) + b * stride, lam_lse[r] * scale,
+                                  g + (size_t)rb * K, centred + (size_t)rb * K);
         }
 #pragma omp for schedule(static)
         for (int r = 0; r < R; r++) {
-            real *cr = centred + (size_t)r * B * K;
-            real *mean = calloc((size_t)K, sizeof(real));
+            real *mean = malloc((size_t)K * sizeof(real));
             double total = 0.0;
-            for (int b = 0; b < B; b++) {
-                total += row_lse[(size_t)r * B + b];
-#pragma omp simd
-                for (int k = 0; k < K; k++) mean[k] += cr[(size_t)b * K + k];
-            }
-            const real inv_b = 1.0 / (real)B;
-#pragma omp simd
-            for (int k = 0; k < K; k++) mean[k] *= inv_b;
-            for (int b = 0; b < B; b++) {
-#pragma omp simd
-                for (int k = 0; k < K; k++) cr[(size_t)b * K + k] -= mean[k];
-            }
+            for (int b = 0; b < B; b++) total += row_lse[(size_t)r * B + b];
+            centre_run(B, K, centred + (size_t)r * B * K, mean);
             free(mean);
             terms[R + r] = (real)(total * scale);
         }
@@ -128,69 +139,73 @@ void lse_pass(int R, int m, int B, int K, const real *z, const real *lam_lse, re
  *   off the diagonal  2 lam_tc C_ij / (s_i s_j)
  *   on it             -lam_var / (v_k + var_eps) - 2 lam_tc (sum_j C_kj^2) / (s_k sqrt v_k)
  *                     (the second part 0 for a unit silent on the whole batch, v_k = 0) */
+static void infomax_run(int R, int r, int B, int K, const real *G, const real *lam_lse, const real *lam_var,
+                        const real *lam_tc, real var_eps, real corr_eps, real *D, real *buf, real *terms) {
+    real *v = buf, *root = buf + K, *inv = buf + 2 * K;
+    const real unbias = 1.0 / (real)(B - 1), gscale = 2.0 / (real)(B - 1);
+    double var_sum = 0.0, tc_sum = 0.0;
+    for (int k = 0; k < K; k++) {
+        v[k] = G[(size_t)k * K + k] * unbias;
+        var_sum -= (double)LOG(v[k] + var_eps);
+        root[k] = SQRT(v[k]);
+        inv[k] = 1.0 / (root[k] + corr_eps);
+    }
+    const real two_tc = 2.0 * lam_tc[r];
+    for (int i = 0; i < K; i++) {
+        const real *Gi = G + (size_t)i * K;
+        real *Di = D + (size_t)i * K;
+        real row_sq = 0.0;
+#pragma omp simd reduction(+ : row_sq)
+        for (int j = 0; j < K; j++) {
+            real outer = inv[i] * inv[j];
+            real c = j == i ? 0.0 : Gi[j] * unbias * outer;
+            row_sq += c * c;
+            Di[j] = gscale * (two_tc * c * outer);
+        }
+        tc_sum += (double)row_sq;
+        real tc_diag = root[i] > 0.0 ? -two_tc * (row_sq * inv[i] / root[i]) : 0.0;
+        Di[i] = gscale * (tc_diag - lam_var[r] / (v[i] + var_eps));
+    }
+    const real lse = terms[R + r], var = (real)var_sum, tc = (real)tc_sum;
+    terms[2 * R + r] = var;
+    terms[3 * R + r] = tc;
+    terms[4 * R + r] = 0.0;
+    terms[r] = lam_lse[r] * lse + lam_var[r] * var + lam_tc[r] * tc;
+}
+
 void infomax_pass(int R, int B, int K, const real *gram, const real *lam_lse, const real *lam_var,
                   const real *lam_tc, real var_eps, real corr_eps, real *dcov, real *terms) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < R; r++) {
-        const real *G = gram + (size_t)r * K * K;
-        real *D = dcov + (size_t)r * K * K;
         real *buf = malloc(3 * (size_t)K * sizeof(real));
-        real *v = buf, *root = buf + K, *inv = buf + 2 * K;
-        const real unbias = 1.0 / (real)(B - 1), gscale = 2.0 / (real)(B - 1);
-        double var_sum = 0.0, tc_sum = 0.0;
-        for (int k = 0; k < K; k++) {
-            v[k] = G[(size_t)k * K + k] * unbias;
-            var_sum -= (double)LOG(v[k] + var_eps);
-            root[k] = SQRT(v[k]);
-            inv[k] = 1.0 / (root[k] + corr_eps);
-        }
-        const real two_tc = 2.0 * lam_tc[r];
-        for (int i = 0; i < K; i++) {
-            const real *Gi = G + (size_t)i * K;
-            real *Di = D + (size_t)i * K;
-            real row_sq = 0.0;
-#pragma omp simd reduction(+ : row_sq)
-            for (int j = 0; j < K; j++) {
-                real outer = inv[i] * inv[j];
-                real c = j == i ? 0.0 : Gi[j] * unbias * outer;
-                row_sq += c * c;
-                Di[j] = gscale * (two_tc * c * outer);
-            }
-            tc_sum += (double)row_sq;
-            real tc_diag = root[i] > 0.0 ? -two_tc * (row_sq * inv[i] / root[i]) : 0.0;
-            Di[i] = gscale * (tc_diag - lam_var[r] / (v[i] + var_eps));
-        }
+        infomax_run(R, r, B, K, gram + (size_t)r * K * K, lam_lse, lam_var, lam_tc, var_eps, corr_eps,
+                    dcov + (size_t)r * K * K, buf, terms);
         free(buf);
-        const real lse = terms[R + r], var = (real)var_sum, tc = (real)tc_sum;
-        terms[2 * R + r] = var;
-        terms[3 * R + r] = tc;
-        terms[4 * R + r] = 0.0;
-        terms[r] = lam_lse[r] * lse + lam_var[r] * var + lam_tc[r] * tc;
     }
 }
 
 /* Pass 3. dL/dz = dL/da where z > 0, else 0, written in z's (S, B, m*K) layout; and the bias
  * gradient, its sum over the batch. */
+static void relu_grad_run(int B, int K, const real *zr, size_t stride, const real *gr, real *out, real *gbias) {
+    for (int k = 0; k < K; k++) gbias[k] = 0.0;
+    for (int b = 0; b < B; b++) {
+        const real *zb = zr + b * stride, *gb = gr + (size_t)b * K;
+        real *ob = out + b * stride;
+#pragma omp simd
+        for (int k = 0; k < K; k++) {
+            real d = zb[k] > 0.0 ? gb[k] : 0.0;
+            ob[k] = d;
+            gbias[k] += d;
+        }
+    }
+}
+
 void relu_grad_pass(int R, int m, int B, int K, const real *z, const real *g, real *grad_z,
                     real *grad_bias) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < R; r++) {
         const real *zr = run_block(z, r, m, B, K);
-        real *out = grad_z + (zr - z);
-        const size_t stride = (size_t)m * K;
-        const real *gr = g + (size_t)r * B * K;
-        real *gbias = grad_bias + (size_t)r * K;
-        for (int k = 0; k < K; k++) gbias[k] = 0.0;
-        for (int b = 0; b < B; b++) {
-            const real *zb = zr + b * stride, *gb = gr + (size_t)b * K;
-            real *ob = out + b * stride;
-#pragma omp simd
-            for (int k = 0; k < K; k++) {
-                real d = zb[k] > 0.0 ? gb[k] : 0.0;
-                ob[k] = d;
-                gbias[k] += d;
-            }
-        }
+        relu_grad_run(B, K, zr, (size_t)m * K, g + (size_t)r * B * K, grad_z + (zr - z), grad_bias + (size_t)r * K);
     }
 }
 
@@ -300,12 +315,13 @@ static inline vec load_vec(const real *p) { return *(const unaligned_vec *)p; }
 static inline void store_vec(real *p, vec v) { *(unaligned_vec *)p = v; }
 static inline vec splat(real s) { return __builtin_shuffle((vec){s}, (lanes){0}); }  /* not 0 + s: an add */
 
-/* zt[i, 0:PANEL_UNITS] += sum_{d < depth} x[i][d] panel[d, :] for i < R, z rows zs apart; on the
- * way, the cache lines fetch[k] (reads) and claim[k] (writes) are requested, one of each per step. */
+/* zt[i, 0:PANEL_UNITS] += sum_{d < depth} x[i][d] panel[d, :] for i < R, z rows zs apart, panel
+ * rows ps apart; on the way, the cache lines fetch[k] (reads) and claim[k] (writes) are requested,
+ * one of each per step. */
 #define TILE(R)                                                                                          \
-    static __attribute__((noinline)) void tile##R(const real *const *x, const real *panel, int depth,   \
-                                                  real *zt, size_t zs, const real *const *fetch,         \
-                                                  real *const *claim, int lines) {                       \
+    static __attribute__((noinline)) void tile##R(const real *const *x, const real *panel, size_t ps,   \
+                                                  int depth, real *zt, size_t zs,                        \
+                                                  const real *const *fetch, real *const *claim, int lines) { \
         vec acc[R][4];                                                                                   \
         for (int i = 0; i < R; i++)                                                                      \
             for (int j = 0; j < 4; j++) acc[i][j] = load_vec(zt + i * zs + j * VL);                      \
@@ -314,7 +330,7 @@ static inline vec splat(real s) { return __builtin_shuffle((vec){s}, (lanes){0})
                 __builtin_prefetch(fetch[d], 0, 2);                                                      \
                 __builtin_prefetch(claim[d], 1, 2);                                                      \
             }                                                                                            \
-            const real *w = panel + (size_t)d * PANEL_UNITS;                                             \
+            const real *w = panel + d * ps;                                                              \
             vec w0 = load_vec(w), w1 = load_vec(w + VL), w2 = load_vec(w + 2 * VL), w3 = load_vec(w + 3 * VL); \
             for (int i = 0; i < R; i++) {                                                                \
                 vec xv = splat(x[i][d]);                                                                 \
@@ -332,7 +348,8 @@ static inline vec splat(real s) { return __builtin_shuffle((vec){s}, (lanes){0})
         }                                                                                                \
     }
 TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6)
-typedef void (*tile_fn)(const real *const *, const real *, int, real *, size_t, const real *const *, real *const *, int);
+typedef void (*tile_fn)(const real *const *, const real *, size_t, int, real *, size_t, const real *const *,
+                        real *const *, int);
 static const tile_fn tiles[TILE_ROWS + 1] = {NULL, tile1, tile2, tile3, tile4, tile5, tile6};
 
 /* panel[d, u] = W[u, d] for u < units, d < depth (W's rows D apart), 0 for units <= u < PANEL_UNITS.
@@ -374,14 +391,77 @@ static void pack_panel(const real *W, size_t D, int units, int depth, real *pane
         for (int d = 0; d < depth; d++) panel[(size_t)d * PANEL_UNITS + u] = u < units ? W[u * D + d] : 0;
 }
 
+/* zt (rows < TILE_ROWS, zs apart) += x panel for ``units`` <= PANEL_UNITS columns: straight into z
+ * when they fill the panel, else through a full-width buffer (the panel's extra columns dropped). */
+static void tile_into(int rows, int units, const real *const *x, const real *panel, size_t ps, int depth,
+                      real *zt, size_t zs, const real *const *fetch, real *const *claim, int lines) {
+    if (units == PANEL_UNITS) {
+        tiles[rows](x, panel, ps, depth, zt, zs, fetch, claim, lines);
+        return;
+    }
+    real tail[TILE_ROWS * PANEL_UNITS];
+    for (int i = 0; i < rows; i++)
+        for (int u = 0; u < PANEL_UNITS; u++) tail[i * PANEL_UNITS + u] = u < units ? zt[i * zs + u] : 0;
+    tiles[rows](x, panel, ps, depth, tail, PANEL_UNITS, fetch, claim, lines);
+    for (int i = 0; i < rows; i++) memcpy(zt + i * zs, tail + i * PANEL_UNITS, (size_t)units * sizeof(real));
+}
+
+/* Rows b_lo .. b_hi-1 of one data order: its sample indices ids, and x, where their copies go. */
+typedef struct { const int64_t *ids; int b_lo, b_hi; real *x; } sample_rows;
+
+/* z rows (N apart) = bias + x W^T for the samples ``now``, x rows (D apart) copied to now.x; the
+ * rows ``after`` (a thread's next work, if any: ids NULL otherwise) are requested on the way. */
+static void first_layer_rows(const real *X, int N, int D, const real *Ws, const real *bs, sample_rows now,
+                             sample_rows after, real *z, real *panel) {
+    const real *fetch[LINES_PER_TILE];
+    real *claim[LINES_PER_TILE];
+    const int ntiles = (now.b_hi - now.b_lo + TILE_ROWS - 1) / TILE_ROWS, depths = (D + DEPTH - 1) / DEPTH;
+    for (int b = now.b_lo; b < now.b_hi; b++) memcpy(z + (size_t)b * N, bs, (size_t)N * sizeof(real));
+    for (int c0 = 0; c0 < N; c0 += PANEL_UNITS) {
+        const int units = N - c0 < PANEL_UNITS ? N - c0 : PANEL_UNITS;
+        for (int d0 = 0; d0 < D; d0 += DEPTH) {
+            const int depth = D - d0 < DEPTH ? D - d0 : DEPTH;
+            pack_panel(Ws + (size_t)c0 * D + d0, D, units, depth, panel);
+            for (int b0 = now.b_lo; b0 < now.b_hi; b0 += TILE_ROWS) {
+                const int rows = now.b_hi - b0 < TILE_ROWS ? now.b_hi - b0 : TILE_ROWS;
+                const real *xt[TILE_ROWS];  /* the first units read the dataset, later ones x */
+                for (int i = 0; i < rows; i++)
+                    xt[i] = c0 == 0 ? X + now.ids[b0 + i] * D + d0 : now.x + (size_t)(b0 + i) * D + d0;
+                int lines = 0;
+                if (c0 == 0) {  /* the tile AHEAD on (depth-major), in these rows or the next */
+                    int q = d0 / DEPTH * ntiles + (b0 - now.b_lo) / TILE_ROWS + AHEAD, q_tiles = ntiles;
+                    sample_rows ahead = now;
+                    if (q >= depths * ntiles) {
+                        q -= depths * ntiles;
+                        ahead = after;
+                        q_tiles = ahead.ids ? (ahead.b_hi - ahead.b_lo + TILE_ROWS - 1) / TILE_ROWS : 0;
+                    }
+                    if (q < depths * q_tiles) {
+                        const int qb = ahead.b_lo + q % q_tiles * TILE_ROWS, qd = q / q_tiles * DEPTH;
+                        const int q_rows = ahead.b_hi - qb < TILE_ROWS ? ahead.b_hi - qb : TILE_ROWS;
+                        const int q_depth = D - qd < DEPTH ? D - qd : DEPTH;
+                        for (int i = 0; i < q_rows; i++)
+                            for (int l = 0; l < q_depth; l += VL, lines++) {
+                                fetch[lines] = X + ahead.ids[qb + i] * D + qd + l;
+                                claim[lines] = ahead.x + (size_t)(qb + i) * D + qd + l;
+                            }
+                    }
+                }
+                tile_into(rows, units, xt, panel, PANEL_UNITS, depth, z + (size_t)b0 * N + c0, N, fetch, claim, lines);
+                if (c0 == 0)
+                    for (int i = 0; i < rows; i++)
+                        memcpy(now.x + (size_t)(b0 + i) * D + d0, xt[i], (size_t)depth * sizeof(real));
+            }
+        }
+    }
+}
+
 /* A thread's share of the work: items are (data order, part of its rows); with fewer data
  * orders than threads (or not a multiple of them) each order's rows are split over the threads. */
-typedef struct { int s, b_lo, b_hi; } item_rows;
-static item_rows rows_of(int item, int parts, int part_rows, int B) {
-    item_rows it = {item / parts, (item % parts) * part_rows, (item % parts + 1) * part_rows};
-    it.b_lo = it.b_lo < B ? it.b_lo : B;
-    it.b_hi = it.b_hi < B ? it.b_hi : B;
-    return it;
+static sample_rows rows_of(int item, int parts, int part_rows, int B, const int64_t *idx, int64_t idx_stride,
+                           real *x, int D) {
+    const int s = item / parts, lo = (item % parts) * part_rows, hi = lo + part_rows;
+    return (sample_rows){idx + s * idx_stride, lo < B ? lo : B, hi < B ? hi : B, x + (size_t)s * B * D};
 }
 
 int first_layer_pass(int S, int B, int N, int D, const real *X, int64_t n, const int64_t *idx,
@@ -392,72 +472,135 @@ int first_layer_pass(int S, int B, int N, int D, const real *X, int64_t n, const
     const int threads = omp_get_max_threads();
     const int parts = S % threads == 0 || B < 2 * TILE_ROWS * threads ? 1 : threads;
     const int part_rows = ((B + TILE_ROWS - 1) / TILE_ROWS + parts - 1) / parts * TILE_ROWS;
-    const int items = S * parts, depths = (D + DEPTH - 1) / DEPTH;
+    const int items = S * parts;
 #pragma omp parallel
     {
         real *panel = aligned_alloc(64, (size_t)DEPTH * PANEL_UNITS * sizeof(real));
-        real z_tail[TILE_ROWS * PANEL_UNITS];
-        const real *fetch[LINES_PER_TILE];
-        real *claim[LINES_PER_TILE];
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
         const int first = (int)((int64_t)items * t / nt), last = (int)((int64_t)items * (t + 1) / nt);
         for (int item = first; item < last; item++) {
-            const item_rows it = rows_of(item, parts, part_rows, B);
-            if (it.b_lo == it.b_hi) continue;
-            const int64_t *ids = idx + it.s * idx_stride;
-            real *xs = x + (size_t)it.s * B * D, *zs = z + (size_t)it.s * B * N;
-            const real *Ws = W + (size_t)it.s * N * D;
-            const int ntiles = (it.b_hi - it.b_lo + TILE_ROWS - 1) / TILE_ROWS;
-            for (int b = it.b_lo; b < it.b_hi; b++) memcpy(zs + (size_t)b * N, bias + (size_t)it.s * N, (size_t)N * sizeof(real));
-            for (int c0 = 0; c0 < N; c0 += PANEL_UNITS) {
-                const int units = N - c0 < PANEL_UNITS ? N - c0 : PANEL_UNITS;
-                for (int d0 = 0; d0 < D; d0 += DEPTH) {
-                    const int depth = D - d0 < DEPTH ? D - d0 : DEPTH;
-                    pack_panel(Ws + (size_t)c0 * D + d0, D, units, depth, panel);
-                    for (int b0 = it.b_lo; b0 < it.b_hi; b0 += TILE_ROWS) {
-                        const int rows = it.b_hi - b0 < TILE_ROWS ? it.b_hi - b0 : TILE_ROWS;
-                        const real *xt[TILE_ROWS];  /* the first units read the dataset, later ones x */
-                        for (int i = 0; i < rows; i++)
-                            xt[i] = c0 == 0 ? X + ids[b0 + i] * D + d0 : xs + (size_t)(b0 + i) * D + d0;
-                        int lines = 0;
-                        if (c0 == 0) {  /* the tile AHEAD on (depth-major), in this item or the next */
-                            int q = d0 / DEPTH * ntiles + (b0 - it.b_lo) / TILE_ROWS + AHEAD, q_tiles = ntiles;
-                            item_rows ahead = it;
-                            if (q >= depths * ntiles) {
-                                q -= depths * ntiles;
-                                ahead = item + 1 < last ? rows_of(item + 1, parts, part_rows, B) : (item_rows){0, 0, 0};
-                                q_tiles = (ahead.b_hi - ahead.b_lo + TILE_ROWS - 1) / TILE_ROWS;
-                            }
-                            if (q < depths * q_tiles) {
-                                const int qb = ahead.b_lo + q % q_tiles * TILE_ROWS, qd = q / q_tiles * DEPTH;
-                                const int q_rows = ahead.b_hi - qb < TILE_ROWS ? ahead.b_hi - qb : TILE_ROWS;
-                                const int q_depth = D - qd < DEPTH ? D - qd : DEPTH;
-                                for (int i = 0; i < q_rows; i++)
-                                    for (int l = 0; l < q_depth; l += VL, lines++) {
-                                        fetch[lines] = X + idx[ahead.s * idx_stride + qb + i] * D + qd + l;
-                                        claim[lines] = x + ((size_t)ahead.s * B + qb + i) * D + qd + l;
-                                    }
-                            }
-                        }
-                        real *zt = zs + (size_t)b0 * N + c0;
-                        if (units == PANEL_UNITS) {
-                            tiles[rows](xt, panel, depth, zt, N, fetch, claim, lines);
-                        } else {  /* the last units of a row, through a full-width buffer */
-                            for (int i = 0; i < rows; i++)
-                                for (int u = 0; u < PANEL_UNITS; u++)
-                                    z_tail[i * PANEL_UNITS + u] = u < units ? zt[(size_t)i * N + u] : 0;
-                            tiles[rows](xt, panel, depth, z_tail, PANEL_UNITS, fetch, claim, lines);
-                            for (int i = 0; i < rows; i++)
-                                memcpy(zt + (size_t)i * N, z_tail + i * PANEL_UNITS, (size_t)units * sizeof(real));
-                        }
-                        if (c0 == 0)
-                            for (int i = 0; i < rows; i++)
-                                memcpy(xs + (size_t)(b0 + i) * D + d0, xt[i], (size_t)depth * sizeof(real));
-                    }
-                }
-            }
+            const int s = item / parts;
+            const sample_rows now = rows_of(item, parts, part_rows, B, idx, idx_stride, x, D);
+            const sample_rows after = item + 1 < last ? rows_of(item + 1, parts, part_rows, B, idx, idx_stride, x, D)
+                                                      : (sample_rows){NULL, 0, 0, NULL};
+            if (now.b_lo < now.b_hi)
+                first_layer_rows(X, N, D, W + (size_t)s * N * D, bias + (size_t)s * N, now, after,
+                                 z + (size_t)s * B * N, panel);
         }
         free(panel);
+    }
+    return 0;
+}
+
+/* One training step of R encoder runs (ReLU, L_lse + L_var + L_tc), each on a data order of its
+ * own, done run by run: a thread takes a run through its first layer, objective, weight gradient
+ * and optimizer update while the run's minibatch, activations and gradients stay in its caches
+ * (about 1 MB at the book's sizes), instead of each stage sweeping all runs through memory in
+ * turn. The same arithmetic as first_layer_pass, the three passes above with the two small GEMMs
+ * between them in C, the weight gradient x^T dL/dz, and torch's Adam or SGD:
+ *   m += (1 - beta1) (g - m),  v = beta2 v + (1 - beta2) g^2,  p -= lr / bc1 * m / (sqrt(v) / bc2_sqrt + eps)
+ *   p -= lr g   (SGD)
+ * with bc1 = 1 - beta1^t and bc2_sqrt = sqrt(1 - beta2^t) at step t. W (R, K, D), bias (R, K)
+ * and, for runs with adam[r] = 1, their Adam moments m_w, v_w, m_b, v_b (same shapes) are updated
+ * in place; terms (5, R) as relu_infomax's. scratch: encoder_step_scratch(B, K, D) values per
+ * thread. Returns 0, or -1 (nothing written) if an index is outside [0, n). */
+static size_t vec_round(size_t count) { return (count + VL - 1) / VL * VL; }  /* keeps 64-byte alignment */
+
+int team_size(void) { return omp_get_max_threads(); }  /* the most threads a parallel region here gets */
+
+size_t encoder_step_scratch(int B, int K, int D) {
+    return vec_round((size_t)B * D + PANEL_UNITS) + 3 * vec_round((size_t)B * K + PANEL_UNITS)
+           + 2 * vec_round((size_t)K * B) + 2 * vec_round((size_t)K * K + PANEL_UNITS) + vec_round((size_t)K * D)
+           + vec_round(K) + vec_round(4 * (size_t)K) + (size_t)DEPTH * PANEL_UNITS;
+}
+
+/* c (M, N) += a b for a (M, L) and b (L, N), rows lda and ldb apart (c's N apart), through the
+ * tiles: a's rows are the tiles' samples, b the panel read in place. b is read up to PANEL_UNITS
+ * values past the end of its last row (dropped): the caller leaves that room. */
+static void small_gemm(int M, int N, int L, const real *a, size_t lda, const real *b, size_t ldb, real *c) {
+    for (int n0 = 0; n0 < N; n0 += PANEL_UNITS) {
+        const int units = N - n0 < PANEL_UNITS ? N - n0 : PANEL_UNITS;
+        for (int m0 = 0; m0 < M; m0 += TILE_ROWS) {
+            const int rows = M - m0 < TILE_ROWS ? M - m0 : TILE_ROWS;
+            const real *at[TILE_ROWS];
+            for (int i = 0; i < rows; i++) at[i] = a + (size_t)(m0 + i) * lda;
+            tile_into(rows, units, at, b + n0, ldb, L, c + (size_t)m0 * N + n0, N, NULL, NULL, 0);
+        }
+    }
+}
+
+static void optimizer_update(size_t count, real *p, const real *g, real *m, real *v, int adam, real lr,
+                             real beta1, real beta2, real eps, double bc1, double bc2_sqrt) {
+    if (!adam) {
+#pragma omp simd
+        for (size_t j = 0; j < count; j++) p[j] -= lr * g[j];
+        return;
+    }
+    const real step_size = (real)((double)lr / bc1), root_bc2 = (real)bc2_sqrt, keep = 1 - beta1, new_v = 1 - beta2;
+#pragma omp simd
+    for (size_t j = 0; j < count; j++) {
+        m[j] += keep * (g[j] - m[j]);
+        v[j] = beta2 * v[j] + new_v * g[j] * g[j];
+        p[j] -= step_size * m[j] / (SQRT(v[j]) / root_bc2 + eps);
+    }
+}
+
+int encoder_step_pass(int R, int B, int K, int D, const real *X, int64_t n, const int64_t *idx, int64_t idx_stride,
+                      real *W, real *bias, const real *lam_lse, const real *lam_var, const real *lam_tc, real scale,
+                      real var_eps, real corr_eps, const int32_t *adam, const real *lr, real *m_w, real *v_w,
+                      real *m_b, real *v_b, real beta1, real beta2, real eps, double bc1, double bc2_sqrt,
+                      real *scratch, real *terms) {
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < B; b++)
+            if (idx[r * idx_stride + b] < 0 || idx[r * idx_stride + b] >= n) return -1;
+    const size_t per_thread = encoder_step_scratch(B, K, D);
+#pragma omp parallel
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        /* per thread: x (B, D), z, g and centred (B, K), their transposes gz_t and c_t (K, B), gram
+         * and dcov (K, K), grad_w (K, D), grad_b (K); the matrices read as panels with room after */
+        real *x = scratch + per_thread * t;
+        real *z = x + vec_round((size_t)B * D + PANEL_UNITS), *g = z + vec_round((size_t)B * K + PANEL_UNITS);
+        real *centred = g + vec_round((size_t)B * K + PANEL_UNITS), *gz_t = centred + vec_round((size_t)B * K + PANEL_UNITS);
+        real *c_t = gz_t + vec_round((size_t)K * B), *gram = c_t + vec_round((size_t)K * B);
+        real *dcov = gram + vec_round((size_t)K * K + PANEL_UNITS), *grad_w = dcov + vec_round((size_t)K * K + PANEL_UNITS);
+        real *grad_b = grad_w + vec_round((size_t)K * D), *small = grad_b + vec_round(K);
+        real *panel = small + vec_round(4 * (size_t)K);
+        /* the room after the panels' last rows: read, and dropped, by the last tiles of a row */
+        memset(x + (size_t)B * D, 0, PANEL_UNITS * sizeof(real));
+        memset(centred + (size_t)B * K, 0, PANEL_UNITS * sizeof(real));
+        memset(dcov + (size_t)K * K, 0, PANEL_UNITS * sizeof(real));
+        const int first = (int)((int64_t)R * t / nt), last = (int)((int64_t)R * (t + 1) / nt);
+        for (int r = first; r < last; r++) {
+            real *Wr = W + (size_t)r * K * D, *br = bias + (size_t)r * K;
+            const sample_rows now = {idx + r * idx_stride, 0, B, x};
+            const sample_rows after = r + 1 < last ? (sample_rows){idx + (r + 1) * idx_stride, 0, B, x}
+                                                   : (sample_rows){NULL, 0, 0, NULL};
+            first_layer_rows(X, K, D, Wr, br, now, after, z, panel);
+            /* the objective: pass 1, the covariance, pass 2, dL/da += A_c dcov, pass 3 */
+            double lse = 0.0;
+            for (int b = 0; b < B; b++)
+                lse += lse_row(K, z + (size_t)b * K, lam_lse[r] * scale, g + (size_t)b * K, centred + (size_t)b * K);
+            terms[R + r] = (real)(lse * scale);
+            centre_run(B, K, centred, small);
+            /* gram = A_c^T A_c and then dL/da += A_c dcov, both through the GEMM tiles */
+            for (int b = 0; b < B; b++)
+                for (int k = 0; k < K; k++) c_t[(size_t)k * B + b] = centred[(size_t)b * K + k];
+            memset(gram, 0, (size_t)K * K * sizeof(real));
+            small_gemm(K, K, B, c_t, B, centred, K, gram);
+            infomax_run(R, r, B, K, gram, lam_lse, lam_var, lam_tc, var_eps, corr_eps, dcov, small, terms);
+            small_gemm(B, K, K, centred, K, dcov, K, g);
+            relu_grad_run(B, K, z, K, g, g, grad_b);  /* dL/dz over dL/da, in place */
+            /* the weight gradient dL/dz^T x, units as the tiles' rows */
+            for (int b = 0; b < B; b++)
+                for (int k = 0; k < K; k++) gz_t[(size_t)k * B + b] = g[(size_t)b * K + k];
+            memset(grad_w, 0, (size_t)K * D * sizeof(real));
+            small_gemm(K, D, B, gz_t, B, x, D, grad_w);
+            optimizer_update((size_t)K * D, Wr, grad_w, adam[r] ? m_w + (size_t)r * K * D : NULL,
+                             adam[r] ? v_w + (size_t)r * K * D : NULL, adam[r], lr[r], beta1, beta2, eps, bc1, bc2_sqrt);
+            optimizer_update((size_t)K, br, grad_b, adam[r] ? m_b + (size_t)r * K : NULL,
+                             adam[r] ? v_b + (size_t)r * K : NULL, adam[r], lr[r], beta1, beta2, eps, bc1, bc2_sqrt);
+        }
     }
     return 0;
 }

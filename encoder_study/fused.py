@@ -6,7 +6,9 @@ small torch operations, and the SAE's gradient takes a dozen more; at the book's
 runs of 128 x 64 activations) each costs more in dispatch than in arithmetic: together they were a
 quarter of a training step. Here the same formulas run as C passes (``fused.c``) around the GEMMs,
 which stay in torch, but for one: with one run per data order, gathering the minibatches took a
-fifth of a step, so ``first_layer`` reads the samples straight from the dataset into a blocked GEMM.
+fifth of a step, so ``first_layer`` reads the samples straight from the dataset into a blocked GEMM;
+and for the encoder, ``relu_infomax_step`` takes each run through its whole step (first layer,
+objective, weight gradient, Adam or SGD) while its data stay in one core's caches.
 The library is compiled once per machine with gcc (``make setup`` does it; the first use
 otherwise) into the cache's build folder, named by a hash of the source, the compiler and the
 CPU, in float32 (training) and float64 (the tests' exact comparisons). Where no compiler works,
@@ -32,7 +34,7 @@ from .losses import CORRELATION_EPS, REDUCTIONS, VARIANCE_EPS
 from .validation import check_choice
 
 SOURCE = Path(__file__).with_name("fused.c")
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=gnu11", "-shared", "-fPIC", "-Wall"]
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-std=gnu11", "-shared", "-fPIC", "-Wall"]  # no errno: sqrt vectorises
 PRECISIONS = {torch.float32: ("f32", []), torch.float64: ("f64", ["-DFUSED_DOUBLE"])}
 _LIBS: dict[torch.dtype, ctypes.CDLL] = {}
 _FAILED = False
@@ -97,6 +99,7 @@ def _library(dtype: torch.dtype) -> ctypes.CDLL | None:
                 real = ctypes.c_float if dt == torch.float32 else ctypes.c_double
                 for name, argtypes in _SIGNATURES.items():
                     getattr(lib, name).argtypes = [real if a is _REAL else a for a in argtypes]
+                    getattr(lib, name).restype = _RESTYPES.get(name, ctypes.c_int)
                 _LIBS[dt] = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as err:
             _FAILED = True
@@ -134,7 +137,13 @@ _SIGNATURES = {
     "sae_residual_pass": [_INT, _INT, _INT, _INT, _INT, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR],
     "sae_relu_grad_pass": [_INT, _INT, _INT, _PTR, _PTR, _PTR, _PTR],
     "first_layer_pass": [_INT, _INT, _INT, _INT, _PTR, ctypes.c_int64, _PTR, ctypes.c_int64, _PTR, _PTR, _PTR, _PTR],
+    "team_size": [],
+    "encoder_step_scratch": [_INT, _INT, _INT],
+    "encoder_step_pass": [_INT, _INT, _INT, _INT, _PTR, ctypes.c_int64, _PTR, ctypes.c_int64, _PTR, _PTR, _PTR, _PTR,
+                          _PTR, _REAL, _REAL, _REAL, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _REAL, _REAL, _REAL,
+                          ctypes.c_double, ctypes.c_double, _PTR, _PTR],
 }
+_RESTYPES = {"encoder_step_scratch": ctypes.c_size_t}
 TERM_ROWS = ("total", "lse", "var", "tc", "wr")  # the rows of the encoder's (5, R) terms tensor
 SAE_TERM_ROWS = ("total", "mse", "l1")  # and of the SAE's (3, R); both as the engine's ("total", *terms)
 
@@ -193,6 +202,61 @@ def first_layer(data: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bia
                             bias.data_ptr(), z.data_ptr(), x.data_ptr()) != 0:
         raise ValueError(f"idx must hold sample indices in [0, {n}); got min {int(idx.min())}, max {int(idx.max())}")
     return x, z
+
+
+@torch.no_grad()
+def relu_infomax_step(data: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      weights: dict[str, torch.Tensor], reduction: str, adam: torch.Tensor, lr: torch.Tensor,
+                      moments: list[torch.Tensor], step: int, betas: tuple[float, float], eps: float,
+                      workspace: dict | None = None) -> torch.Tensor:
+    """One training step of R ReLU encoder runs on the objective, each on its own minibatch
+    data[idx[r]], run by run (see ``encoder_step_pass`` in fused.c): the first layer, the terms and
+    dL/dz of ``relu_infomax_loss_and_grad``, the weight gradient, and each run's optimizer update,
+    applied in place to ``weight`` (R, K, D) and ``bias`` (R, K).
+
+    ``adam`` (R,) int32: 1 for Adam (torch's update, ``betas``, ``eps``, step number ``step``), 0
+    for SGD; ``lr`` (R,); ``moments`` [m_weight, v_weight, m_bias, v_bias] in the parameters'
+    shapes (read only for Adam runs; may be empty when there is none). Returns the terms (5, R),
+    rows ``TERM_ROWS``, computed before the update.
+    """
+    if data.dim() != 2 or data.dtype not in PRECISIONS:
+        raise ValueError(f"data must be a float32 or float64 (n, D) tensor; got {data.dtype}, shape {tuple(data.shape)}")
+    (n, D), dt = data.shape, data.dtype
+    _check_stack("data", data, (n, D), dt)
+    if weight.dim() != 3:
+        raise ValueError(f"weight must be the stacked first-layer weight (R, K, D); got shape {tuple(weight.shape)}")
+    R, K, _ = weight.shape
+    if idx.shape != (R, idx.shape[1]) or idx.dtype != torch.int64 or idx.device.type != "cpu" or idx.stride(1) != 1:
+        raise ValueError(f"idx must be an int64 CPU tensor (R={R}, B) with unit stride along B; got {idx.dtype}, "
+                         f"{idx.device}, shape {tuple(idx.shape)}, strides {idx.stride()}")
+    B = idx.shape[1]
+    if B < 2:
+        raise ValueError(f"the batch must hold at least 2 samples for the covariance; got B={B}")
+    check_choice("reduction", reduction, REDUCTIONS)
+    for name, t, shape in (("weight", weight, (R, K, D)), ("bias", bias, (R, K)), ("lr", lr, (R,)),
+                           *((f"weights[{k!r}]", weights[k], (R,)) for k in ("lse", "var", "tc"))):
+        _check_stack(name, t, shape, dt)
+    _check_stack("adam", adam, (R,), torch.int32)
+    if bool(adam.any()):
+        if len(moments) != 4:
+            raise ValueError(f"moments must be [m_weight, v_weight, m_bias, v_bias] for Adam runs; got {len(moments)}")
+        for name, t, shape in zip(("m_weight", "v_weight", "m_bias", "v_bias"), moments,
+                                  ((R, K, D), (R, K, D), (R, K), (R, K))):
+            _check_stack(name, t, shape, dt)
+    if not isinstance(step, int) or step < 1:
+        raise ValueError(f"step must be the optimizer's step number, an int >= 1; got {step!r}")
+    lib = _loaded(dt)
+    scratch = _buffer(workspace, "step_scratch", (lib.team_size() * lib.encoder_step_scratch(B, K, D),), dt)
+    terms = _buffer(workspace, "terms", (len(TERM_ROWS), R), dt)
+    m_w, v_w, m_b, v_b = (t.data_ptr() for t in moments) if len(moments) == 4 else (None,) * 4
+    b1, b2 = betas
+    if lib.encoder_step_pass(R, B, K, D, data.data_ptr(), n, idx.data_ptr(), idx.stride(0), weight.data_ptr(),
+                             bias.data_ptr(), *(weights[k].data_ptr() for k in ("lse", "var", "tc")),
+                             1.0 if reduction == "sum" else 1.0 / B, VARIANCE_EPS, CORRELATION_EPS,
+                             adam.data_ptr(), lr.data_ptr(), m_w, v_w, m_b, v_b, b1, b2, eps,
+                             1.0 - b1 ** step, (1.0 - b2 ** step) ** 0.5, scratch.data_ptr(), terms.data_ptr()) != 0:
+        raise ValueError(f"idx must hold sample indices in [0, {n}); got min {int(idx.min())}, max {int(idx.max())}")
+    return terms
 
 
 @torch.no_grad()

@@ -337,3 +337,77 @@ def test_run_cache_identity_names_the_binaries_not_the_comments(tmp_path):
         built[name] = (folder / "lib.so").read_bytes()
     assert built["same"] == built["commented"]
     assert built["same"] != built["changed"]
+
+
+def _adam_reference(p, g, m, v, lr, step, betas=(0.9, 0.999), eps=1e-8):
+    """torch's own Adam update (the plain loop's), on copies: the new (p, m, v)."""
+    p, m, v = p.clone(), m.clone(), v.clone()
+    torch._fused_adam_([p], [g.contiguous()], [m], [v], [], [torch.tensor(float(step), dtype=torch.float32)], lr=lr,
+                       beta1=betas[0], beta2=betas[1], weight_decay=0.0, eps=eps, amsgrad=False, maximize=False)
+    return p, m, v
+
+
+# sizes off every block of the C step: units (K) and inputs (D) not multiples of the tiles (6) or
+# the panels (32 or 64 wide), batches not a multiple of 6; R = 4 and 2 runs
+@pytest.mark.parametrize("R, B, K, D", [(4, 13, 10, 70), (2, 20, 64, 130), (2, 7, 37, 33)])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_encoder_step_float64_equals_its_parts(R, B, K, D, reduction):
+    # one C step against the stage-by-stage path it replaces: first layer, the objective's C passes
+    # (themselves held to autograd above), the weight gradient as a float64 matmul, torch's Adam or SGD
+    data, idx, weight, bias = _first_layer_case(torch.float64, R, R, B, K, D)
+    g = torch.Generator().manual_seed(5)
+    lam = {t: torch.rand(R, generator=g, dtype=torch.float64) + 0.5 for t in ("lse", "var", "tc")}
+    adam = torch.tensor([r % 2 == 0 for r in range(R)], dtype=torch.int32)  # Adam and SGD side by side
+    lr = torch.rand(R, generator=g, dtype=torch.float64) * 1e-2
+    moments = [torch.rand(R, K, D, generator=g, dtype=torch.float64) * 1e-3, torch.rand(R, K, D, generator=g, dtype=torch.float64) * 1e-6,
+               torch.rand(R, K, generator=g, dtype=torch.float64) * 1e-3, torch.rand(R, K, generator=g, dtype=torch.float64) * 1e-6]
+    step = 7
+    x, z = fused.first_layer(data, idx, weight, bias)
+    terms_ref, grad_z, grad_b = fused.relu_infomax_loss_and_grad(z, 1, lam, reduction)
+    grad_w = grad_z.transpose(1, 2) @ x
+    expected = []
+    for r in range(R):
+        if adam[r]:
+            w_r, mw, vw = _adam_reference(weight[r], grad_w[r], moments[0][r], moments[1][r], float(lr[r]), step)
+            b_r, mb, vb = _adam_reference(bias[r], grad_b[r], moments[2][r], moments[3][r], float(lr[r]), step)
+        else:
+            w_r, b_r = weight[r] - lr[r] * grad_w[r], bias[r] - lr[r] * grad_b[r]
+            mw, vw, mb, vb = moments[0][r], moments[1][r], moments[2][r], moments[3][r]
+        expected.append((w_r, b_r, mw, vw, mb, vb))
+    terms_ref = terms_ref.clone()
+    moments_before = [t.clone() for t in moments]
+    terms = fused.relu_infomax_step(data, idx, weight, bias, lam, reduction, adam, lr, moments, step, (0.9, 0.999), 1e-8)
+    assert torch.allclose(terms, terms_ref, rtol=1e-12, atol=1e-12)
+    for r in range(R):
+        got = (weight[r], bias[r], moments[0][r], moments[1][r], moments[2][r], moments[3][r])
+        for name, a, b in zip(("weight", "bias", "m_w", "v_w", "m_b", "v_b"), got, expected[r]):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-15), (r, name)
+        if not adam[r]:  # SGD runs leave the moments alone
+            assert all(torch.equal(m[r], m0[r]) for m, m0 in zip(moments, moments_before))
+
+
+def test_encoder_step_bad_input_is_named():
+    data, idx, weight, bias = _first_layer_case(torch.float32, 2, 2, 8, 5, 12)
+    lam = {t: torch.ones(2) for t in ("lse", "var", "tc")}
+    adam, lr, moments = torch.ones(2, dtype=torch.int32), torch.full((2,), 1e-3), [torch.zeros(2, 5, 12)] * 2 + [torch.zeros(2, 5)] * 2
+    call = lambda **kw: fused.relu_infomax_step(**{**dict(  # noqa: E731
+        data=data, idx=idx, weight=weight, bias=bias, weights=lam, reduction="sum", adam=adam, lr=lr,
+        moments=moments, step=1, betas=(0.9, 0.999), eps=1e-8), **kw})
+    call()  # the valid call passes
+    for kw, match in ((dict(idx=idx[:1]), "idx must"), (dict(adam=adam.long()), "adam must"), (dict(moments=[]), "moments"),
+                      (dict(step=0), "step must"), (dict(lr=lr[:1]), "lr must"), (dict(reduction="max"), "reduction"),
+                      (dict(idx=idx.clone().fill_(10 ** 6)), r"idx must hold sample indices in \[0, 50\)")):
+        with pytest.raises(ValueError, match=match):
+            call(**kw)
+
+
+def test_engine_takes_the_one_step_path_with_one_run_per_data_order_per_thread():
+    from encoder_study.engine import RunStack
+    from encoder_study.training import RunConfig
+
+    threads = torch.get_num_threads()
+    stack = lambda seeds: RunStack([RunConfig(seed=s) for s in seeds], 20, torch.device("cpu"))  # noqa: E731
+    assert stack(range(1, 2 * threads + 1)).one_pass
+    assert not stack([1] * (2 * threads)).one_pass  # one data order for all: the shared GEMM instead
+    if threads > 1:
+        assert not stack(range(1, threads + 2)).one_pass  # a thread would sit idle
