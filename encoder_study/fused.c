@@ -352,10 +352,10 @@ typedef void (*tile_fn)(const real *const *, const real *, size_t, int, real *, 
                         real *const *, int);
 static const tile_fn tiles[TILE_ROWS + 1] = {NULL, tile1, tile2, tile3, tile4, tile5, tile6};
 
-/* panel[d, u] = W[u, d] for u < units, d < depth (W's rows D apart), 0 for units <= u < PANEL_UNITS.
- * VL x VL blocks are transposed in registers: log2(VL) rounds of two-vector shuffles, round k
- * swapping the off-diagonal h x h blocks (h = VL / 2^(k+1)) of every 2h x 2h block. */
-static void pack_panel(const real *W, size_t D, int units, int depth, real *panel) {
+/* dst[j, i] = src[i, j] for i < rows, j < cols (rows ss and ds apart). VL x VL blocks are
+ * transposed in registers: log2(VL) rounds of two-vector shuffles, round k swapping the
+ * off-diagonal h x h blocks (h = VL / 2^(k+1)) of every 2h x 2h block; the edges one by one. */
+static void transpose(int rows, int cols, const real *src, size_t ss, real *dst, size_t ds) {
     enum { ROUNDS = VL == 16 ? 4 : 3 };
     lanes lo[ROUNDS], hi[ROUNDS];
     for (int k = 0, h = VL / 2; k < ROUNDS; k++, h /= 2)
@@ -363,13 +363,13 @@ static void pack_panel(const real *W, size_t D, int units, int depth, real *pane
             lo[k][l] = (l & h) ? VL + l - h : l;
             hi[k][l] = (l & h) ? VL + l : l + h;
         }
-    int u = 0;
-    for (; u + VL <= units; u += VL) {
-        int d = 0;
-        for (; d + VL <= depth; d += VL) {
+    int i = 0;
+    for (; i + VL <= rows; i += VL) {
+        int j = 0;
+        for (; j + VL <= cols; j += VL) {
             vec r[VL];
 #pragma GCC unroll 16
-            for (int i = 0; i < VL; i++) r[i] = load_vec(W + (u + i) * D + d);
+            for (int a = 0; a < VL; a++) r[a] = load_vec(src + (i + a) * ss + j);
 #pragma GCC unroll 4
             for (int k = 0; k < ROUNDS; k++) {
                 const int h = VL >> (k + 1);
@@ -382,13 +382,20 @@ static void pack_panel(const real *W, size_t D, int units, int depth, real *pane
                     }
             }
 #pragma GCC unroll 16
-            for (int i = 0; i < VL; i++) store_vec(panel + (size_t)(d + i) * PANEL_UNITS + u, r[i]);
+            for (int a = 0; a < VL; a++) store_vec(dst + (j + a) * ds + i, r[a]);
         }
-        for (; d < depth; d++)
-            for (int i = 0; i < VL; i++) panel[(size_t)d * PANEL_UNITS + u + i] = W[(u + i) * D + d];
+        for (; j < cols; j++)
+            for (int a = 0; a < VL; a++) dst[j * ds + i + a] = src[(i + a) * ss + j];
     }
-    for (; u < PANEL_UNITS; u++)
-        for (int d = 0; d < depth; d++) panel[(size_t)d * PANEL_UNITS + u] = u < units ? W[u * D + d] : 0;
+    for (; i < rows; i++)
+        for (int j = 0; j < cols; j++) dst[j * ds + i] = src[i * ss + j];
+}
+
+/* panel[d, u] = W[u, d] for u < units, d < depth (W's rows D apart), 0 for units <= u < PANEL_UNITS. */
+static void pack_panel(const real *W, size_t D, int units, int depth, real *panel) {
+    transpose(units, depth, W, D, panel, PANEL_UNITS);
+    for (int d = 0; d < depth && units < PANEL_UNITS; d++)
+        memset(panel + (size_t)d * PANEL_UNITS + units, 0, (size_t)(PANEL_UNITS - units) * sizeof(real));
 }
 
 /* zt (rows < TILE_ROWS, zs apart) += x panel for ``units`` <= PANEL_UNITS columns: straight into z
@@ -510,21 +517,22 @@ int team_size(void) { return omp_get_max_threads(); }  /* the most threads a par
 
 size_t encoder_step_scratch(int B, int K, int D) {
     return vec_round((size_t)B * D + PANEL_UNITS) + 3 * vec_round((size_t)B * K + PANEL_UNITS)
-           + 2 * vec_round((size_t)K * B) + 2 * vec_round((size_t)K * K + PANEL_UNITS) + vec_round((size_t)K * D)
+           + 2 * vec_round((size_t)K * B) + 2 * vec_round((size_t)K * K + PANEL_UNITS) + vec_round((size_t)K * PANEL_UNITS)
            + vec_round(K) + vec_round(4 * (size_t)K) + (size_t)DEPTH * PANEL_UNITS;
 }
 
-/* c (M, N) += a b for a (M, L) and b (L, N), rows lda and ldb apart (c's N apart), through the
- * tiles: a's rows are the tiles' samples, b the panel read in place. b is read up to PANEL_UNITS
- * values past the end of its last row (dropped): the caller leaves that room. */
-static void small_gemm(int M, int N, int L, const real *a, size_t lda, const real *b, size_t ldb, real *c) {
+/* c (M, N) += a b for a (M, L) and b (L, N), rows lda, ldb and ldc apart, through the tiles: a's
+ * rows are the tiles' samples, b the panel read in place. b is read up to PANEL_UNITS values past
+ * the end of its last row (dropped): the caller leaves that room. */
+static void small_gemm(int M, int N, int L, const real *a, size_t lda, const real *b, size_t ldb, real *c,
+                       size_t ldc) {
     for (int n0 = 0; n0 < N; n0 += PANEL_UNITS) {
         const int units = N - n0 < PANEL_UNITS ? N - n0 : PANEL_UNITS;
         for (int m0 = 0; m0 < M; m0 += TILE_ROWS) {
             const int rows = M - m0 < TILE_ROWS ? M - m0 : TILE_ROWS;
             const real *at[TILE_ROWS];
             for (int i = 0; i < rows; i++) at[i] = a + (size_t)(m0 + i) * lda;
-            tile_into(rows, units, at, b + n0, ldb, L, c + (size_t)m0 * N + n0, N, NULL, NULL, 0);
+            tile_into(rows, units, at, b + n0, ldb, L, c + m0 * ldc + n0, ldc, NULL, NULL, 0);
         }
     }
 }
@@ -558,13 +566,14 @@ int encoder_step_pass(int R, int B, int K, int D, const real *X, int64_t n, cons
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
         /* per thread: x (B, D), z, g and centred (B, K), their transposes gz_t and c_t (K, B), gram
-         * and dcov (K, K), grad_w (K, D), grad_b (K); the matrices read as panels with room after */
+         * and dcov (K, K), a slice of the weight gradient (K, PANEL_UNITS), grad_b (K); the
+         * matrices read as panels with room after */
         real *x = scratch + per_thread * t;
         real *z = x + vec_round((size_t)B * D + PANEL_UNITS), *g = z + vec_round((size_t)B * K + PANEL_UNITS);
         real *centred = g + vec_round((size_t)B * K + PANEL_UNITS), *gz_t = centred + vec_round((size_t)B * K + PANEL_UNITS);
         real *c_t = gz_t + vec_round((size_t)K * B), *gram = c_t + vec_round((size_t)K * B);
         real *dcov = gram + vec_round((size_t)K * K + PANEL_UNITS), *grad_w = dcov + vec_round((size_t)K * K + PANEL_UNITS);
-        real *grad_b = grad_w + vec_round((size_t)K * D), *small = grad_b + vec_round(K);
+        real *grad_b = grad_w + vec_round((size_t)K * PANEL_UNITS), *small = grad_b + vec_round(K);
         real *panel = small + vec_round(4 * (size_t)K);
         /* the room after the panels' last rows: read, and dropped, by the last tiles of a row */
         memset(x + (size_t)B * D, 0, PANEL_UNITS * sizeof(real));
@@ -584,20 +593,26 @@ int encoder_step_pass(int R, int B, int K, int D, const real *X, int64_t n, cons
             terms[R + r] = (real)(lse * scale);
             centre_run(B, K, centred, small);
             /* gram = A_c^T A_c and then dL/da += A_c dcov, both through the GEMM tiles */
-            for (int b = 0; b < B; b++)
-                for (int k = 0; k < K; k++) c_t[(size_t)k * B + b] = centred[(size_t)b * K + k];
+            transpose(B, K, centred, K, c_t, B);
             memset(gram, 0, (size_t)K * K * sizeof(real));
-            small_gemm(K, K, B, c_t, B, centred, K, gram);
+            small_gemm(K, K, B, c_t, B, centred, K, gram, K);
             infomax_run(R, r, B, K, gram, lam_lse, lam_var, lam_tc, var_eps, corr_eps, dcov, small, terms);
-            small_gemm(B, K, K, centred, K, dcov, K, g);
+            small_gemm(B, K, K, centred, K, dcov, K, g, K);
             relu_grad_run(B, K, z, K, g, g, grad_b);  /* dL/dz over dL/da, in place */
-            /* the weight gradient dL/dz^T x, units as the tiles' rows */
-            for (int b = 0; b < B; b++)
-                for (int k = 0; k < K; k++) gz_t[(size_t)k * B + b] = g[(size_t)b * K + k];
-            memset(grad_w, 0, (size_t)K * D * sizeof(real));
-            small_gemm(K, D, B, gz_t, B, x, D, grad_w);
-            optimizer_update((size_t)K * D, Wr, grad_w, adam[r] ? m_w + (size_t)r * K * D : NULL,
-                             adam[r] ? v_w + (size_t)r * K * D : NULL, adam[r], lr[r], beta1, beta2, eps, bc1, bc2_sqrt);
+            /* the weight gradient dL/dz^T x, units as the tiles' rows, PANEL_UNITS inputs at a
+             * time, each slice of the weights updated while its gradient is in L1 */
+            transpose(B, K, g, K, gz_t, B);
+            real *m_r = adam[r] ? m_w + (size_t)r * K * D : NULL, *v_r = adam[r] ? v_w + (size_t)r * K * D : NULL;
+            for (int d0 = 0; d0 < D; d0 += PANEL_UNITS) {
+                const int span = D - d0 < PANEL_UNITS ? D - d0 : PANEL_UNITS;
+                memset(grad_w, 0, (size_t)K * PANEL_UNITS * sizeof(real));
+                small_gemm(K, span, B, gz_t, B, x + d0, D, grad_w, PANEL_UNITS);
+                for (int k = 0; k < K; k++) {
+                    const size_t at = (size_t)k * D + d0;
+                    optimizer_update(span, Wr + at, grad_w + (size_t)k * PANEL_UNITS, m_r ? m_r + at : NULL,
+                                     v_r ? v_r + at : NULL, adam[r], lr[r], beta1, beta2, eps, bc1, bc2_sqrt);
+                }
+            }
             optimizer_update((size_t)K, br, grad_b, adam[r] ? m_b + (size_t)r * K : NULL,
                              adam[r] ? v_b + (size_t)r * K : NULL, adam[r], lr[r], beta1, beta2, eps, bc1, bc2_sqrt);
         }
