@@ -10,7 +10,7 @@ own minibatch order (``epoch_permutation(seed, epoch)``), its own loss, and the 
 loss (by hand where derived and tested, else autograd of the per-run losses' sum). On the CPU the
 by-hand gradients' elementwise work runs as C passes (``fused.py``) between torch's GEMMs, and so
 does the first layer of runs that each have a data order of their own (the gather folded into it);
-an encoder stack of such runs, as many per thread, takes its whole step in one C call, run by run.
+an encoder stack with as many runs on each thread takes its whole step in one C call, run by run.
 
 No host synchronisation inside an epoch; one per epoch to read the losses and catch a run that
 diverged, which is then dropped from the stack (its last finite state kept) while the others go on.
@@ -332,11 +332,13 @@ class RunStack:
     def train_step(self, data: torch.Tensor, idx: torch.Tensor, opt: StackedOptimizer) -> torch.Tensor:
         """One optimizer step on the minibatches data[idx]; returns the loss terms as ``loss_and_grads``.
 
-        Where every run has a data order of its own and the fused library computes the encoder's
-        objective, the whole step is one C call, run by run (``fused.relu_infomax_step``): each
-        run's minibatch and gradients stay in a core's caches between the stages instead of all
-        runs' passing through memory at each (measured: see benchmarks/training_speed.py)."""
+        Where the fused library computes the encoder's objective and the runs fill the threads
+        evenly, the whole step is one C call, run by run (``fused.relu_infomax_step``): each run's
+        minibatch and gradients stay in a core's caches between the stages instead of all runs'
+        passing through memory at each (measured: see benchmarks/training_speed.py)."""
         if self.one_pass:
+            if self.per_seed > 1:  # each run its own row of indices (runs on one seed: the same rows)
+                idx = idx.repeat_interleave(self.per_seed, dim=0)
             return fused.relu_infomax_step(data, idx, self.params[0].detach(), self.params[1].detach(), self.lambdas,
                                            self.reduction, opt.adam, opt.lr, [opt.m[0], opt.v[0], opt.m[1], opt.v[1]] if opt.m else [],
                                            opt.advance(), ADAM_BETAS, ADAM_EPS, self._workspace)
@@ -437,10 +439,11 @@ class RunStack:
         self.fused = ((self.kind == "sae" or (self.kind == "encoder" and self.activation == "relu"
                                               and self.loss_config.wr == 0))
                       and p.device.type == "cpu" and p.dtype in fused.PRECISIONS and fused.available())
-        # the whole step in C: one run per data order, and the runs spread evenly over the threads
-        # (with fewer, a thread would sit idle; the stage-by-stage path splits rows instead)
-        self.one_pass = (self.fused and self.kind == "encoder" and self.per_seed == 1
-                         and len(self) % torch.get_num_threads() == 0)
+        # the whole step in C, run by run, where the runs spread evenly over the threads (else a
+        # thread would sit idle; the stage-by-stage path splits rows instead). Runs sharing a seed
+        # then read their shared minibatch each, from the cache: measured at least as fast as
+        # their shared GEMM (24 runs on 3 seeds 1.10x, on 1 seed 0.99x; benchmarks/training_speed.py)
+        self.one_pass = self.fused and self.kind == "encoder" and len(self) % torch.get_num_threads() == 0
         self._workspace: dict[str, torch.Tensor] = {}
 
     def state_of(self, r: int) -> dict[str, torch.Tensor]:

@@ -401,13 +401,14 @@ def test_encoder_step_bad_input_is_named():
             call(**kw)
 
 
-def test_engine_takes_the_one_step_path_with_one_run_per_data_order_per_thread():
+def test_engine_takes_the_one_step_path_with_as_many_runs_per_thread():
     from encoder_study.engine import RunStack
     from encoder_study.training import RunConfig
 
     threads = torch.get_num_threads()
-    stack = lambda seeds: RunStack([RunConfig(seed=s) for s in seeds], 20, torch.device("cpu"))  # noqa: E731
+    stack = lambda seeds, **kw: RunStack([RunConfig(seed=s, **kw) for s in seeds], 20, torch.device("cpu"))  # noqa: E731
     assert stack(range(1, 2 * threads + 1)).one_pass
-    assert not stack([1] * (2 * threads)).one_pass  # one data order for all: the shared GEMM instead
+    assert stack([1] * (2 * threads)).one_pass  # runs sharing a seed too
+    assert not stack([1] * (2 * threads), model="sae").one_pass  # the SAE keeps its stages
     if threads > 1:
         assert not stack(range(1, threads + 2)).one_pass  # a thread would sit idle
