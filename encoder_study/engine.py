@@ -23,6 +23,7 @@ import json
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -329,23 +330,29 @@ class RunStack:
                     grads = self._first_layer_grad(ACTIVATION_GRADS[self.activation](z, grad_a), x)
         return torch.stack([out["total"].detach()] + [out[t].detach() for t in self.terms]), grads
 
-    def train_step(self, data: torch.Tensor, idx: torch.Tensor, opt: StackedOptimizer) -> torch.Tensor:
-        """One optimizer step on the minibatches data[idx]; returns the loss terms as ``loss_and_grads``.
+    def stepper(self, data: torch.Tensor, opt: StackedOptimizer) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The training step on ``data`` while the stack and ``opt`` keep their runs: idx (S, b),
+        each data order's sample indices -> the loss terms as ``loss_and_grads``; the parameters
+        (and the optimizer's state) updated in place.
 
         Where the fused library computes the encoder's objective and the runs fill the threads
-        evenly, the whole step is one C call, run by run (``fused.relu_infomax_step``): each run's
-        minibatch and gradients stay in a core's caches between the stages instead of all runs'
-        passing through memory at each (measured: see benchmarks/training_speed.py)."""
+        evenly, the whole step is one C call, run by run (``fused.relu_infomax_stepper``): each
+        run's minibatch and gradients stay in a core's caches between the stages instead of all
+        runs' passing through memory at each (measured: see benchmarks/training_speed.py)."""
         if self.one_pass:
-            if self.per_seed > 1:  # each run its own row of indices (runs on one seed: the same rows)
-                idx = idx.repeat_interleave(self.per_seed, dim=0)
-            return fused.relu_infomax_step(data, idx, self.params[0].detach(), self.params[1].detach(), self.lambdas,
-                                           self.reduction, opt.adam, opt.lr, [opt.m[0], opt.v[0], opt.m[1], opt.v[1]] if opt.m else [],
-                                           opt.advance(), ADAM_BETAS, ADAM_EPS, self._workspace)
-        terms, grads = self.loss_and_grads(data, idx)
-        opt.step(grads)
-        self.after_step()
-        return terms
+            c_step = fused.relu_infomax_stepper(
+                data, self.params[0].detach(), self.params[1].detach(), self.lambdas, self.reduction, opt.adam, opt.lr,
+                [opt.m[0], opt.v[0], opt.m[1], opt.v[1]] if opt.m else [], ADAM_BETAS, ADAM_EPS,
+                self.configs[0].batch_size, self._workspace)
+            m = self.per_seed  # runs on one seed: each its own row of (the same) indices
+            return lambda idx: c_step(idx if m == 1 else idx.repeat_interleave(m, dim=0), opt.advance())
+
+        def step(idx: torch.Tensor) -> torch.Tensor:
+            terms, grads = self.loss_and_grads(data, idx)
+            opt.step(grads)
+            self.after_step()
+            return terms
+        return step
 
     @torch.no_grad()
     def _fused_loss_and_grads(self, data: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -524,9 +531,10 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
         orders = _epoch_orders(stack.data_seeds, epoch, n, device)
         sums = torch.zeros(len(stack.terms) + 1, len(stack), device=device, dtype=dtype)
         steps = 0
+        step = stack.stepper(X, opt)
         with flush_denormals():
             for s in range(0, n, B):
-                sums += stack.train_step(X, orders[:, s:s + B], opt)
+                sums += step(orders[:, s:s + B])
                 steps += 1
         means = (sums / steps).cpu()  # the one host sync of the epoch
         finite = torch.isfinite(means).all(0) & torch.stack(

@@ -7,7 +7,7 @@ runs of 128 x 64 activations) each costs more in dispatch than in arithmetic: to
 quarter of a training step. Here the same formulas run as C passes (``fused.c``) around the GEMMs,
 which stay in torch, but for one: with one run per data order, gathering the minibatches took a
 fifth of a step, so ``first_layer`` reads the samples straight from the dataset into a blocked GEMM;
-and for the encoder, ``relu_infomax_step`` takes each run through its whole step (first layer,
+and for the encoder, ``relu_infomax_stepper`` takes each run through its whole step (first layer,
 objective, weight gradient, Adam or SGD) while its data stay in one core's caches.
 The library is compiled once per machine with gcc (``make setup`` does it; the first use
 otherwise) into the cache's build folder, named by a hash of the source, the compiler and the
@@ -25,6 +25,7 @@ import platform
 import shutil
 import subprocess
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -204,20 +205,24 @@ def first_layer(data: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bia
     return x, z
 
 
-@torch.no_grad()
-def relu_infomax_step(data: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                      weights: dict[str, torch.Tensor], reduction: str, adam: torch.Tensor, lr: torch.Tensor,
-                      moments: list[torch.Tensor], step: int, betas: tuple[float, float], eps: float,
-                      workspace: dict | None = None) -> torch.Tensor:
-    """One training step of R ReLU encoder runs on the objective, each on its own minibatch
-    data[idx[r]], run by run (see ``encoder_step_pass`` in fused.c): the first layer, the terms and
-    dL/dz of ``relu_infomax_loss_and_grad``, the weight gradient, and each run's optimizer update,
-    applied in place to ``weight`` (R, K, D) and ``bias`` (R, K).
+def relu_infomax_stepper(data: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                         weights: dict[str, torch.Tensor], reduction: str, adam: torch.Tensor, lr: torch.Tensor,
+                         moments: list[torch.Tensor], betas: tuple[float, float], eps: float, batch_size: int,
+                         workspace: dict | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """Training steps of R ReLU encoder runs on the objective, each on its own minibatch, run by run
+    (see ``encoder_step_pass`` in fused.c): the first layer, the terms and dL/dz of
+    ``relu_infomax_loss_and_grad``, the weight gradient, and each run's optimizer update, applied
+    in place to ``weight`` (R, K, D) and ``bias`` (R, K).
 
-    ``adam`` (R,) int32: 1 for Adam (torch's update, ``betas``, ``eps``, step number ``step``), 0
-    for SGD; ``lr`` (R,); ``moments`` [m_weight, v_weight, m_bias, v_bias] in the parameters'
-    shapes (read only for Adam runs; may be empty when there is none). Returns the terms (5, R),
-    rows ``TERM_ROWS``, computed before the update.
+    Checks the tensors once and returns ``step(idx, t)``: one step on the minibatches
+    data[idx[r]] (idx (R, b) int64, 2 <= b <= batch_size, unit stride along the batch) at
+    optimizer step number t >= 1, returning the terms (5, R), rows ``TERM_ROWS``, computed before
+    the update. The tensors must stay where they are between steps (the engine's are updated in
+    place); the steps cost no checks but idx's and t's, and no allocation.
+
+    ``adam`` (R,) int32: 1 for Adam (torch's update, ``betas``, ``eps``), 0 for SGD; ``lr`` (R,);
+    ``moments`` [m_weight, v_weight, m_bias, v_bias] in the parameters' shapes (read only for
+    Adam runs; may be empty when there is none).
     """
     if data.dim() != 2 or data.dtype not in PRECISIONS:
         raise ValueError(f"data must be a float32 or float64 (n, D) tensor; got {data.dtype}, shape {tuple(data.shape)}")
@@ -226,12 +231,9 @@ def relu_infomax_step(data: torch.Tensor, idx: torch.Tensor, weight: torch.Tenso
     if weight.dim() != 3:
         raise ValueError(f"weight must be the stacked first-layer weight (R, K, D); got shape {tuple(weight.shape)}")
     R, K, _ = weight.shape
-    if idx.shape != (R, idx.shape[1]) or idx.dtype != torch.int64 or idx.device.type != "cpu" or idx.stride(1) != 1:
-        raise ValueError(f"idx must be an int64 CPU tensor (R={R}, B) with unit stride along B; got {idx.dtype}, "
-                         f"{idx.device}, shape {tuple(idx.shape)}, strides {idx.stride()}")
-    B = idx.shape[1]
-    if B < 2:
-        raise ValueError(f"the batch must hold at least 2 samples for the covariance; got B={B}")
+    B = batch_size
+    if not isinstance(B, int) or B < 2:
+        raise ValueError(f"batch_size must be an int >= 2 (the covariance needs two samples); got {B!r}")
     check_choice("reduction", reduction, REDUCTIONS)
     for name, t, shape in (("weight", weight, (R, K, D)), ("bias", bias, (R, K)), ("lr", lr, (R,)),
                            *((f"weights[{k!r}]", weights[k], (R,)) for k in ("lse", "var", "tc"))):
@@ -243,20 +245,30 @@ def relu_infomax_step(data: torch.Tensor, idx: torch.Tensor, weight: torch.Tenso
         for name, t, shape in zip(("m_weight", "v_weight", "m_bias", "v_bias"), moments,
                                   ((R, K, D), (R, K, D), (R, K), (R, K))):
             _check_stack(name, t, shape, dt)
-    if not isinstance(step, int) or step < 1:
-        raise ValueError(f"step must be the optimizer's step number, an int >= 1; got {step!r}")
     lib = _loaded(dt)
     scratch = _buffer(workspace, "step_scratch", (lib.team_size() * lib.encoder_step_scratch(B, K, D),), dt)
     terms = _buffer(workspace, "terms", (len(TERM_ROWS), R), dt)
-    m_w, v_w, m_b, v_b = (t.data_ptr() for t in moments) if len(moments) == 4 else (None,) * 4
     b1, b2 = betas
-    if lib.encoder_step_pass(R, B, K, D, data.data_ptr(), n, idx.data_ptr(), idx.stride(0), weight.data_ptr(),
-                             bias.data_ptr(), *(weights[k].data_ptr() for k in ("lse", "var", "tc")),
-                             1.0 if reduction == "sum" else 1.0 / B, VARIANCE_EPS, CORRELATION_EPS,
-                             adam.data_ptr(), lr.data_ptr(), m_w, v_w, m_b, v_b, b1, b2, eps,
-                             1.0 - b1 ** step, (1.0 - b2 ** step) ** 0.5, scratch.data_ptr(), terms.data_ptr()) != 0:
-        raise ValueError(f"idx must hold sample indices in [0, {n}); got min {int(idx.min())}, max {int(idx.max())}")
-    return terms
+    fixed = (data.data_ptr(), n)
+    lambdas = (weight.data_ptr(), bias.data_ptr(), *(weights[k].data_ptr() for k in ("lse", "var", "tc")))
+    optimizer = (VARIANCE_EPS, CORRELATION_EPS, adam.data_ptr(), lr.data_ptr(),
+                 *((t.data_ptr() for t in moments) if len(moments) == 4 else (None,) * 4), b1, b2, eps)
+
+    def step(idx: torch.Tensor, t: int) -> torch.Tensor:
+        if (idx.dim() != 2 or idx.shape[0] != R or not 2 <= idx.shape[1] <= B or idx.dtype != torch.int64
+                or idx.device.type != "cpu" or idx.stride(1) != 1):
+            raise ValueError(f"idx must be an int64 CPU tensor (R={R}, b) with 2 <= b <= {B} and unit stride along "
+                             f"the batch; got {idx.dtype}, {idx.device}, shape {tuple(idx.shape)}, strides {idx.stride()}")
+        if not isinstance(t, int) or t < 1:
+            raise ValueError(f"t must be the optimizer's step number, an int >= 1; got {t!r}")
+        b = idx.shape[1]
+        if lib.encoder_step_pass(R, b, K, D, *fixed, idx.data_ptr(), idx.stride(0), *lambdas,
+                                 1.0 if reduction == "sum" else 1.0 / b, *optimizer, 1.0 - b1 ** t,
+                                 (1.0 - b2 ** t) ** 0.5, scratch.data_ptr(), terms.data_ptr()) != 0:
+            raise ValueError(f"idx must hold sample indices in [0, {n}); got min {int(idx.min())}, max {int(idx.max())}")
+        return terms
+
+    return step
 
 
 @torch.no_grad()

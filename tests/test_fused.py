@@ -376,7 +376,8 @@ def test_encoder_step_float64_equals_its_parts(R, B, K, D, reduction):
         expected.append((w_r, b_r, mw, vw, mb, vb))
     terms_ref = terms_ref.clone()
     moments_before = [t.clone() for t in moments]
-    terms = fused.relu_infomax_step(data, idx, weight, bias, lam, reduction, adam, lr, moments, step, (0.9, 0.999), 1e-8)
+    terms = fused.relu_infomax_stepper(data, weight, bias, lam, reduction, adam, lr, moments, (0.9, 0.999), 1e-8,
+                                       batch_size=B + 3)(idx, step)  # (a shorter batch than the most, as an epoch's last)
     assert torch.allclose(terms, terms_ref, rtol=1e-12, atol=1e-12)
     for r in range(R):
         got = (weight[r], bias[r], moments[0][r], moments[1][r], moments[2][r], moments[3][r])
@@ -390,15 +391,20 @@ def test_encoder_step_bad_input_is_named():
     data, idx, weight, bias = _first_layer_case(torch.float32, 2, 2, 8, 5, 12)
     lam = {t: torch.ones(2) for t in ("lse", "var", "tc")}
     adam, lr, moments = torch.ones(2, dtype=torch.int32), torch.full((2,), 1e-3), [torch.zeros(2, 5, 12)] * 2 + [torch.zeros(2, 5)] * 2
-    call = lambda **kw: fused.relu_infomax_step(**{**dict(  # noqa: E731
-        data=data, idx=idx, weight=weight, bias=bias, weights=lam, reduction="sum", adam=adam, lr=lr,
-        moments=moments, step=1, betas=(0.9, 0.999), eps=1e-8), **kw})
-    call()  # the valid call passes
-    for kw, match in ((dict(idx=idx[:1]), "idx must"), (dict(adam=adam.long()), "adam must"), (dict(moments=[]), "moments"),
-                      (dict(step=0), "step must"), (dict(lr=lr[:1]), "lr must"), (dict(reduction="max"), "reduction"),
-                      (dict(idx=idx.clone().fill_(10 ** 6)), r"idx must hold sample indices in \[0, 50\)")):
+    make = lambda **kw: fused.relu_infomax_stepper(**{**dict(  # noqa: E731
+        data=data, weight=weight, bias=bias, weights=lam, reduction="sum", adam=adam, lr=lr, moments=moments,
+        betas=(0.9, 0.999), eps=1e-8, batch_size=8), **kw})
+    step = make()
+    step(idx, 1)  # the valid call passes
+    for kw, match in ((dict(adam=adam.long()), "adam must"), (dict(moments=[]), "moments"), (dict(lr=lr[:1]), "lr must"),
+                      (dict(reduction="max"), "reduction"), (dict(batch_size=1), "batch_size must"),
+                      (dict(bias=bias.double()), "bias must")):
         with pytest.raises(ValueError, match=match):
-            call(**kw)
+            make(**kw)
+    for bad_idx, t, match in ((idx[:1], 1, "idx must"), (torch.cat([idx, idx], 1), 1, "idx must"), (idx, 0, "t must"),
+                              (idx.clone().fill_(10 ** 6), 1, r"idx must hold sample indices in \[0, 50\)")):
+        with pytest.raises(ValueError, match=match):
+            step(bad_idx, t)
 
 
 def test_engine_takes_the_one_step_path_with_as_many_runs_per_thread():

@@ -70,8 +70,8 @@ def test_engine_matches_plain_loop_encoder_float64(mnist, with_wr, runs_per_thre
         runs = (runs + [RunConfig(seed=4 + i, epochs=5, device="cpu", optimizer="sgd", lr=1e-4 * (i + 1),
                                   loss=LossConfig(tc=0.0)) for i in range(extra)])[:runs_per_thread * torch.get_num_threads()]
     calls = []
-    real = fused.relu_infomax_step
-    monkeypatch.setattr(fused, "relu_infomax_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = fused.relu_infomax_stepper
+    monkeypatch.setattr(fused, "relu_infomax_stepper", lambda *a, **k: calls.append(1) or real(*a, **k))
     together = train_group(runs, X, progress=False)
     assert bool(calls) == (runs_per_thread is not None and not with_wr and fused.available())
     for cfg, res in zip(runs, together):
