@@ -537,6 +537,23 @@ static void small_gemm(int M, int N, int L, const real *a, size_t lda, const rea
     }
 }
 
+#if defined(__AVX512F__) && !defined(FUSED_DOUBLE)
+#include <immintrin.h>
+/* 1 / (sqrt(v) / root_bc2 + eps) for 16 values v >= 0, to a few ulp: the hardware's 14-bit
+ * reciprocal square root and reciprocal, each refined by a Newton step, instead of a square root
+ * and a division (one per 16 values every 10-12 cycles each: with them Adam took 5% longer a step
+ * here, measured). Not bit for bit torch's Adam, which divides; within float32 rounding of it. */
+static inline __m512 adam_denominator_inverse(__m512 v, __m512 inv_root_bc2, __m512 eps) {
+    const __m512 half = _mm512_set1_ps(0.5f), three_halves = _mm512_set1_ps(1.5f), two = _mm512_set1_ps(2.0f);
+    __m512 y = _mm512_rsqrt14_ps(v);                                    /* 1/sqrt(v), +inf at 0 */
+    y = _mm512_mul_ps(y, _mm512_fnmadd_ps(_mm512_mul_ps(half, v), _mm512_mul_ps(y, y), three_halves));
+    __m512 root = _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ), v, y);
+    __m512 d = _mm512_fmadd_ps(root, inv_root_bc2, eps);
+    __m512 r = _mm512_rcp14_ps(d);
+    return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, two));
+}
+#endif
+
 static void optimizer_update(size_t count, real *p, const real *g, real *m, real *v, int adam, real lr,
                              real beta1, real beta2, real eps, double bc1, double bc2_sqrt) {
     if (!adam) {
@@ -545,8 +562,21 @@ static void optimizer_update(size_t count, real *p, const real *g, real *m, real
         return;
     }
     const real step_size = (real)((double)lr / bc1), root_bc2 = (real)bc2_sqrt, keep = 1 - beta1, new_v = 1 - beta2;
-#pragma omp simd
-    for (size_t j = 0; j < count; j++) {
+    size_t j = 0;
+#if defined(__AVX512F__) && !defined(FUSED_DOUBLE)
+    const __m512 keep_v = _mm512_set1_ps(keep), beta2_v = _mm512_set1_ps(beta2), new_v_v = _mm512_set1_ps(new_v);
+    const __m512 step_v = _mm512_set1_ps(step_size), inv_root = _mm512_set1_ps(1.0f / root_bc2), eps_v = _mm512_set1_ps(eps);
+    for (; j + 16 <= count; j += 16) {
+        __m512 gj = _mm512_loadu_ps(g + j), mj = _mm512_loadu_ps(m + j), vj = _mm512_loadu_ps(v + j);
+        mj = _mm512_fmadd_ps(keep_v, _mm512_sub_ps(gj, mj), mj);
+        vj = _mm512_fmadd_ps(new_v_v, _mm512_mul_ps(gj, gj), _mm512_mul_ps(beta2_v, vj));
+        _mm512_storeu_ps(m + j, mj);
+        _mm512_storeu_ps(v + j, vj);
+        __m512 step = _mm512_mul_ps(_mm512_mul_ps(step_v, mj), adam_denominator_inverse(vj, inv_root, eps_v));
+        _mm512_storeu_ps(p + j, _mm512_sub_ps(_mm512_loadu_ps(p + j), step));
+    }
+#endif
+    for (; j < count; j++) {
         m[j] += keep * (g[j] - m[j]);
         v[j] = beta2 * v[j] + new_v * g[j] * g[j];
         p[j] -= step_size * m[j] / (SQRT(v[j]) / root_bc2 + eps);

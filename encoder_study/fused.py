@@ -268,6 +268,8 @@ def relu_infomax_stepper(data: torch.Tensor, weight: torch.Tensor, bias: torch.T
             raise ValueError(f"idx must hold sample indices in [0, {n}); got min {int(idx.min())}, max {int(idx.max())}")
         return terms
 
+    # the tensors whose memory the step reads and writes through raw pointers live as long as it
+    step.tensors = (data, weight, bias, *(weights[k] for k in ("lse", "var", "tc")), adam, lr, *moments)  # type: ignore[attr-defined]
     return step
 
 

@@ -387,6 +387,40 @@ def test_encoder_step_float64_equals_its_parts(R, B, K, D, reduction):
             assert all(torch.equal(m[r], m0[r]) for m, m0 in zip(moments, moments_before))
 
 
+def test_encoder_step_float32_adam_within_float32_rounding_of_torch():
+    # the float32 build's Adam uses refined hardware reciprocals instead of a square root and a
+    # division: the step's new weights and moments against float64 parts and torch's Adam
+    R, B, K, D = 2, 32, 64, 100
+    data, idx, weight, bias = _first_layer_case(torch.float64, R, R, B, K, D)
+    g = torch.Generator().manual_seed(6)
+    lam = {t: torch.rand(R, generator=g, dtype=torch.float64) + 0.5 for t in ("lse", "var", "tc")}
+    lr = torch.tensor([1e-3, 3e-3], dtype=torch.float64)
+    # moments large against this step's gradient, so that its float32 rounding hardly moves the
+    # update and the comparison sees the update's own arithmetic; and some at zero (units that
+    # have had no gradient yet: the update is then g's sign, times lr / bc1 / (sqrt(1 - beta2) / bc2))
+    shape_w, shape_b = (R, K, D), (R, K)
+    moments = [torch.rand(shape_w, generator=g, dtype=torch.float64) * 2 - 1, torch.rand(shape_w, generator=g, dtype=torch.float64) + 0.5,
+               torch.rand(shape_b, generator=g, dtype=torch.float64) * 2 - 1, torch.rand(shape_b, generator=g, dtype=torch.float64) + 0.5]
+    moments[0][0, :3] = moments[1][0, :3] = 0.0
+    x, z = fused.first_layer(data, idx, weight, bias)
+    _, grad_z, grad_b = fused.relu_infomax_loss_and_grad(z, 1, lam, "sum")
+    grad_w = grad_z.transpose(1, 2) @ x
+    ref = [_adam_reference(p_, g_, m_, v_, float(lr[r]), 7)
+           for r in range(R) for p_, g_, m_, v_ in ((weight[r], grad_w[r], moments[0][r], moments[1][r]),
+                                                   (bias[r], grad_b[r], moments[2][r], moments[3][r]))]
+    f32 = lambda t: t.float().contiguous()  # noqa: E731
+    w32, b32, mom32 = f32(weight), f32(bias), [f32(t) for t in moments]
+    fused.relu_infomax_stepper(f32(data), w32, b32, {k: f32(v) for k, v in lam.items()}, "sum",
+                               torch.ones(R, dtype=torch.int32), f32(lr), mom32, (0.9, 0.999), 1e-8, B)(idx, 7)
+    for r in range(R):
+        (w_ref, mw, vw), (b_ref, mb, vb) = ref[2 * r], ref[2 * r + 1]
+        # the updates to 1e-5, beyond the weights' own float32 rounding (2 ulp)
+        for got, want, before in ((w32[r], w_ref, weight[r]), (b32[r], b_ref, bias[r])):
+            assert ((got.double() - want).abs() <= 1e-5 * (want - before).abs() + 2.4e-7 * want.abs()).all()
+        for got, want in ((mom32[0][r], mw), (mom32[1][r], vw), (mom32[2][r], mb), (mom32[3][r], vb)):
+            assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5)  # (0.1 x the float32 gradient)
+
+
 def test_encoder_step_bad_input_is_named():
     data, idx, weight, bias = _first_layer_case(torch.float32, 2, 2, 8, 5, 12)
     lam = {t: torch.ones(2) for t in ("lse", "var", "tc")}
