@@ -25,7 +25,8 @@
 # the paper's settings (784 -> 64 encoder with ReLU, Adam 1e-3, batch 128, 100 epochs, the
 # 60,000 training images) and three seeds. All twelve runs train together as one batched
 # program (`encoder_study.engine`); each run still has its own seed, initialisation and
-# minibatch order (the four runs of a seed share each minibatch and one GEMM). Metrics are taken on the 10,000 test images.
+# minibatch order (the four runs of a seed see the same minibatches). Metrics are taken on the
+# 10,000 test images.
 
 # %%
 from encoder_study.book import ParameterGuard
