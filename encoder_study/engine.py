@@ -448,8 +448,8 @@ class RunStack:
                       and p.device.type == "cpu" and p.dtype in fused.PRECISIONS and fused.available())
         # the whole step in C, run by run, where the runs spread evenly over the threads (else a
         # thread would sit idle; the stage-by-stage path splits rows instead). Runs sharing a seed
-        # then read their shared minibatch each, from the cache: measured at least as fast as
-        # their shared GEMM (24 runs on 3 seeds 1.10x, on 1 seed 0.99x; benchmarks/training_speed.py)
+        # then read their shared minibatch each, from the cache: measured as fast as their shared
+        # GEMM or faster (24 runs on 3 seeds 1.10x, on 1 seed 0.99x; benchmarks/training_speed.py)
         self.one_pass = self.fused and self.kind == "encoder" and len(self) % torch.get_num_threads() == 0
         self._workspace: dict[str, torch.Tensor] = {}
 
