@@ -1,5 +1,6 @@
-"""The engine's elementwise work in C: the encoder's objective and the SAE's loss, with gradients;
-and, for runs that each have a data order of their own, the first layer with the gather folded in.
+"""The engine's work in C: the encoder's objective and the SAE's loss, with gradients; the first
+layer of runs that each have a data order of their own, with the gather folded in; and the
+encoder's whole training step, run by run.
 
 ``losses.combined_loss_and_grad`` computes the encoder objective's gradient by hand in about fifty
 small torch operations, and the SAE's gradient takes a dozen more; at the book's sizes (a few to 24
