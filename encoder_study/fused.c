@@ -463,6 +463,14 @@ static void first_layer_rows(const real *X, int N, int D, const real *Ws, const 
     }
 }
 
+/* Whether every index idx[s * stride + b], s < S, b < B, is in [0, n): checked before anything is written. */
+static int indices_in_range(int S, int B, const int64_t *idx, int64_t stride, int64_t n) {
+    for (int s = 0; s < S; s++)
+        for (int b = 0; b < B; b++)
+            if (idx[s * stride + b] < 0 || idx[s * stride + b] >= n) return 0;
+    return 1;
+}
+
 /* A thread's share of the work: items are (data order, part of its rows); with fewer data
  * orders than threads (or not a multiple of them) each order's rows are split over the threads. */
 static sample_rows rows_of(int item, int parts, int part_rows, int B, const int64_t *idx, int64_t idx_stride,
@@ -473,9 +481,7 @@ static sample_rows rows_of(int item, int parts, int part_rows, int B, const int6
 
 int first_layer_pass(int S, int B, int N, int D, const real *X, int64_t n, const int64_t *idx,
                      int64_t idx_stride, const real *W, const real *bias, real *z, real *x) {
-    for (int s = 0; s < S; s++)
-        for (int b = 0; b < B; b++)
-            if (idx[s * idx_stride + b] < 0 || idx[s * idx_stride + b] >= n) return -1;
+    if (!indices_in_range(S, B, idx, idx_stride, n)) return -1;
     const int threads = omp_get_max_threads();
     const int parts = S % threads == 0 || B < 2 * TILE_ROWS * threads ? 1 : threads;
     const int part_rows = ((B + TILE_ROWS - 1) / TILE_ROWS + parts - 1) / parts * TILE_ROWS;
@@ -516,9 +522,9 @@ static size_t vec_round(size_t count) { return (count + VL - 1) / VL * VL; }  /*
 int team_size(void) { return omp_get_max_threads(); }  /* the most threads a parallel region here gets */
 
 size_t encoder_step_scratch(int B, int K, int D) {
-    return vec_round((size_t)B * D + PANEL_UNITS) + 3 * vec_round((size_t)B * K + PANEL_UNITS)
-           + 2 * vec_round((size_t)K * B) + 2 * vec_round((size_t)K * K + PANEL_UNITS) + vec_round((size_t)K * PANEL_UNITS)
-           + vec_round(K) + vec_round(4 * (size_t)K) + (size_t)DEPTH * PANEL_UNITS;
+    return vec_round((size_t)B * D + PANEL_UNITS) + 2 * vec_round((size_t)B * K) + vec_round((size_t)B * K + PANEL_UNITS)
+           + 2 * vec_round((size_t)K * B) + vec_round((size_t)K * K) + vec_round((size_t)K * K + PANEL_UNITS)
+           + vec_round((size_t)K * PANEL_UNITS) + vec_round(K) + vec_round(4 * (size_t)K) + (size_t)DEPTH * PANEL_UNITS;
 }
 
 /* c (M, N) += a b for a (M, L) and b (L, N), rows lda, ldb and ldc apart, through the tiles: a's
@@ -588,21 +594,19 @@ int encoder_step_pass(int R, int B, int K, int D, const real *X, int64_t n, cons
                       real var_eps, real corr_eps, const int32_t *adam, const real *lr, real *m_w, real *v_w,
                       real *m_b, real *v_b, real beta1, real beta2, real eps, double bc1, double bc2_sqrt,
                       real *scratch, real *terms) {
-    for (int r = 0; r < R; r++)
-        for (int b = 0; b < B; b++)
-            if (idx[r * idx_stride + b] < 0 || idx[r * idx_stride + b] >= n) return -1;
+    if (!indices_in_range(R, B, idx, idx_stride, n)) return -1;
     const size_t per_thread = encoder_step_scratch(B, K, D);
 #pragma omp parallel
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
         /* per thread: x (B, D), z, g and centred (B, K), their transposes gz_t and c_t (K, B), gram
-         * and dcov (K, K), a slice of the weight gradient (K, PANEL_UNITS), grad_b (K); the
-         * matrices read as panels with room after */
+         * and dcov (K, K), a slice of the weight gradient (K, PANEL_UNITS), grad_b (K); the three
+         * matrices read as panels (x, centred, dcov) with room after */
         real *x = scratch + per_thread * t;
-        real *z = x + vec_round((size_t)B * D + PANEL_UNITS), *g = z + vec_round((size_t)B * K + PANEL_UNITS);
-        real *centred = g + vec_round((size_t)B * K + PANEL_UNITS), *gz_t = centred + vec_round((size_t)B * K + PANEL_UNITS);
+        real *z = x + vec_round((size_t)B * D + PANEL_UNITS), *g = z + vec_round((size_t)B * K);
+        real *centred = g + vec_round((size_t)B * K), *gz_t = centred + vec_round((size_t)B * K + PANEL_UNITS);
         real *c_t = gz_t + vec_round((size_t)K * B), *gram = c_t + vec_round((size_t)K * B);
-        real *dcov = gram + vec_round((size_t)K * K + PANEL_UNITS), *grad_w = dcov + vec_round((size_t)K * K + PANEL_UNITS);
+        real *dcov = gram + vec_round((size_t)K * K), *grad_w = dcov + vec_round((size_t)K * K + PANEL_UNITS);
         real *grad_b = grad_w + vec_round((size_t)K * PANEL_UNITS), *small = grad_b + vec_round(K);
         real *panel = small + vec_round(4 * (size_t)K);
         /* the room after the panels' last rows: read, and dropped, by the last tiles of a row */

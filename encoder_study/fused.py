@@ -167,6 +167,24 @@ def _check_stack(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torc
                          f"{t.device}, shape {tuple(t.shape)}, contiguous={t.is_contiguous()}")
 
 
+def _check_data_and_weight(data: torch.Tensor, weight: torch.Tensor) -> tuple[int, int, int, int]:
+    """(n, D, R, K) of a dataset (n, D) and a stacked first-layer weight (R, K, D), both checked."""
+    if data.dim() != 2 or data.dtype not in PRECISIONS:
+        raise ValueError(f"data must be a float32 or float64 (n, D) tensor; got {data.dtype}, shape {tuple(data.shape)}")
+    n, D = data.shape
+    _check_stack("data", data, (n, D), data.dtype)
+    if weight.dim() != 3:
+        raise ValueError(f"weight must be the stacked first-layer weight (R, K, D); got shape {tuple(weight.shape)}")
+    R, K, _ = weight.shape
+    _check_stack("weight", weight, (R, K, D), data.dtype)
+    return n, D, R, K
+
+
+def _indices_out_of_range(idx: torch.Tensor, n: int) -> ValueError:
+    """The error for sample indices the C side refused (it checks them before writing anything)."""
+    return ValueError(f"idx must hold sample indices in [0, {n}); got min {int(idx.min())}, max {int(idx.max())}")
+
+
 @torch.no_grad()
 def first_layer(data: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 workspace: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,19 +200,13 @@ def first_layer(data: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bia
     while one computes. Each output is summed in input order, bias first, whatever the thread
     count. With a ``workspace`` the outputs live in its buffers.
     """
-    if data.dim() != 2 or data.dtype not in PRECISIONS:
-        raise ValueError(f"data must be a float32 or float64 (n, D) tensor; got {data.dtype}, shape {tuple(data.shape)}")
-    n, D = data.shape
-    _check_stack("data", data, (n, D), data.dtype)
+    n, D, R, K = _check_data_and_weight(data, weight)
     if idx.dim() != 2 or idx.dtype != torch.int64 or idx.device.type != "cpu" or idx.stride(1) != 1:
         raise ValueError(f"idx must be an int64 CPU tensor (S, B) with unit stride along B; got {idx.dtype}, "
                          f"{idx.device}, shape {tuple(idx.shape)}, strides {idx.stride()}")
-    if weight.dim() != 3:
-        raise ValueError(f"weight must be the stacked first-layer weight (R, K, D); got shape {tuple(weight.shape)}")
-    (S, B), (R, K, _) = idx.shape, weight.shape
+    S, B = idx.shape
     if S < 1 or R % S:
         raise ValueError(f"the runs R={R} must split evenly over the data orders S={S}")
-    _check_stack("weight", weight, (R, K, D), data.dtype)
     _check_stack("bias", bias, (R, K), data.dtype)
     lib = _loaded(data.dtype)
     N = R // S * K
@@ -202,7 +214,7 @@ def first_layer(data: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bia
     z = _buffer(workspace, "z", (S, B, N), data.dtype)
     if lib.first_layer_pass(S, B, N, D, data.data_ptr(), n, idx.data_ptr(), idx.stride(0), weight.data_ptr(),
                             bias.data_ptr(), z.data_ptr(), x.data_ptr()) != 0:
-        raise ValueError(f"idx must hold sample indices in [0, {n}); got min {int(idx.min())}, max {int(idx.max())}")
+        raise _indices_out_of_range(idx, n)
     return x, z
 
 
@@ -225,18 +237,12 @@ def relu_infomax_stepper(data: torch.Tensor, weight: torch.Tensor, bias: torch.T
     ``moments`` [m_weight, v_weight, m_bias, v_bias] in the parameters' shapes (read only for
     Adam runs; may be empty when there is none).
     """
-    if data.dim() != 2 or data.dtype not in PRECISIONS:
-        raise ValueError(f"data must be a float32 or float64 (n, D) tensor; got {data.dtype}, shape {tuple(data.shape)}")
-    (n, D), dt = data.shape, data.dtype
-    _check_stack("data", data, (n, D), dt)
-    if weight.dim() != 3:
-        raise ValueError(f"weight must be the stacked first-layer weight (R, K, D); got shape {tuple(weight.shape)}")
-    R, K, _ = weight.shape
-    B = batch_size
+    n, D, R, K = _check_data_and_weight(data, weight)
+    dt, B = data.dtype, batch_size
     if not isinstance(B, int) or B < 2:
         raise ValueError(f"batch_size must be an int >= 2 (the covariance needs two samples); got {B!r}")
     check_choice("reduction", reduction, REDUCTIONS)
-    for name, t, shape in (("weight", weight, (R, K, D)), ("bias", bias, (R, K)), ("lr", lr, (R,)),
+    for name, t, shape in (("bias", bias, (R, K)), ("lr", lr, (R,)),
                            *((f"weights[{k!r}]", weights[k], (R,)) for k in ("lse", "var", "tc"))):
         _check_stack(name, t, shape, dt)
     _check_stack("adam", adam, (R,), torch.int32)
@@ -266,7 +272,7 @@ def relu_infomax_stepper(data: torch.Tensor, weight: torch.Tensor, bias: torch.T
         if lib.encoder_step_pass(R, b, K, D, *fixed, idx.data_ptr(), idx.stride(0), *lambdas,
                                  1.0 if reduction == "sum" else 1.0 / b, *optimizer, 1.0 - b1 ** t,
                                  (1.0 - b2 ** t) ** 0.5, scratch.data_ptr(), terms.data_ptr()) != 0:
-            raise ValueError(f"idx must hold sample indices in [0, {n}); got min {int(idx.min())}, max {int(idx.max())}")
+            raise _indices_out_of_range(idx, n)
         return terms
 
     # the tensors whose memory the step reads and writes through raw pointers live as long as it
