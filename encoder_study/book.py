@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 import resource
@@ -17,6 +18,7 @@ import pandas as pd
 import torch
 
 from . import __version__
+from .progress import in_kernel
 
 
 class ParameterGuard:
@@ -81,13 +83,30 @@ def use_style() -> None:
     matplotlib.rcParams.update(STYLE)
 
 
-def save_figure(fig: plt.Figure, name: str, figures_dir: str | Path) -> list[Path]:
-    """Save as PDF and PNG under figures_dir; returns the paths."""
+NOTEBOOK_DPI = 110  # the picture of a figure kept in the executed notebook (the files get savefig.dpi)
+
+
+def save_figure(fig: plt.Figure, name: str, figures_dir: str | Path, show: bool = True) -> list[Path]:
+    """Save as PDF and PNG under figures_dir and, inside a notebook, show it as the cell's image
+    output; returns the paths.
+
+    The picture is displayed explicitly (not through ``plt.show``) so that it lands in the
+    executed notebook whatever matplotlib backend the kernel runs (``make book`` runs Agg, where
+    ``plt.show`` draws nothing). The figure is closed afterwards, so an inline backend does not
+    draw it a second time.
+    """
     out = Path(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.pdf", out / f"{name}.png"]
     for p in paths:
         fig.savefig(p, bbox_inches="tight", metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
+    if show and in_kernel():
+        from IPython.display import Image, display
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=NOTEBOOK_DPI, bbox_inches="tight")
+        display(Image(data=buffer.getvalue(), format="png"))
+    plt.close(fig)
     return paths
 
 

@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from . import fused
 from .data import epoch_permutation
 from .losses import TERMS, LossConfig, combined_loss, combined_loss_and_grad, sae_loss
 from .metrics import dead_units, l0, redundancy_score
 from .model import ACTIVATIONS, build_model, topk_relu
+from .progress import Progress
 from .training import ADAM_BETAS, ADAM_EPS, RunConfig, flush_denormals, resolve_device
 
 SAE_TERMS = ("mse", "l1")
@@ -524,9 +524,10 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
             start_epoch, elapsed = ck["epoch"], ck["elapsed"]
             last_good = [stack.state_of(r) for r in range(len(stack))]
 
-    bar = tqdm(range(start_epoch, first.epochs), desc=desc or f"{first.model} x{len(configs)}",
-               disable=not progress, initial=start_epoch, total=first.epochs, leave=False)
-    for epoch in bar:
+    bar = Progress(total=first.epochs, initial=start_epoch, desc=desc or f"{first.model} x{len(configs)}",
+                   unit="epochs", disable=not progress)
+    last_loss = float("nan")
+    for epoch in range(start_epoch, first.epochs):
         t0 = time.perf_counter()
         orders = _epoch_orders(stack.data_seeds, epoch, n, device)
         sums = torch.zeros(len(stack.terms) + 1, len(stack), device=device, dtype=dtype)
@@ -565,13 +566,17 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
             if not alive:
                 break
         last_good = [stack.state_of(r) for r in range(len(stack))]
-        bar.set_postfix(loss=f"{float(means[0].mean()):.4g}")
+        last_loss = float(means[0][finite].mean())
+        bar.status(f"loss {last_loss:.4g}")
+        bar.update()
         if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0) and epoch + 1 < first.epochs:
             _save_atomic({"format": CHECKPOINT_FORMAT, "configs": [c.as_dict() for c in configs], "alive": alive,
                           "epoch": epoch + 1,
                           "params": [p.detach() for p in stack.params], "opt": opt.state(), "idle": stack.idle,
                           "histories": histories, "finished": finished, "elapsed": elapsed}, checkpoint)
-    bar.close()
+    diverged = len(configs) - len(alive)
+    bar.close(f"{len(configs)} runs x {first.epochs} epochs trained in {elapsed:.1f} s; final loss {last_loss:.4g} "
+              f"(mean over runs)" + (f"; {diverged} diverged" if diverged else ""))
     for r, orig in enumerate(alive):
         finished[orig] = RunResult(configs[orig], stack.state_of(r), histories[orig], None, 0.0)
     share = elapsed / len(configs)

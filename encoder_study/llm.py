@@ -33,9 +33,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .data import DataUnavailableError, TensorLoader, cache_dir
+from .progress import progress as progress_bar
 from .training import resolve_device
 from .validation import check_int, check_positive, check_positive_int
 
@@ -248,8 +248,8 @@ def _extract(model, tokens: torch.Tensor, layer: int, folder: Path, manifest: di
     tmp.mkdir(parents=True)
     acts = np.lib.format.open_memmap(tmp / "acts.npy", mode="w+", dtype=np.float16,
                                      shape=(len(tokens), tokens.shape[1], manifest["width"]))
-    for i in tqdm(range(0, len(tokens), batch_size), desc=f"residual stream, layer {layer}",
-                  disable=not progress, leave=False):
+    for i in progress_bar(range(0, len(tokens), batch_size), desc=f"residual stream, layer {layer}",
+                          unit="batches", disable=not progress):
         h = residual_stream(model, tokens[i:i + batch_size], layer).float()
         if not torch.isfinite(h).all() or h.abs().max() > 6e4:
             raise ValueError(f"layer {layer} activations do not fit float16 (max |x| {float(h.abs().max()):.3g})")

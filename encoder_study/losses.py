@@ -2,7 +2,7 @@
 
 Every loss takes activations shaped ``(..., batch, units)`` and returns one value per leading
 index, so the same function serves a single run ``(B, K)`` and a stack of runs ``(R, B, K)``
-trained together (see ``engine.py``). Conventions follow ``../shared/PAPER.md``.
+trained together (see ``engine.py``). Conventions follow ``docs/paper.md``.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def weight_redundancy_loss(W: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of the four terms (PAPER.md: all 1.0 but weight redundancy 0) and LSE's reduction."""
+    """Weights of the four terms (docs/paper.md: all 1.0 but weight redundancy 0) and LSE's reduction."""
 
     lse: float = 1.0
     var: float = 1.0

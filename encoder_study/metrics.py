@@ -37,7 +37,7 @@ def features(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 8192) ->
 
 @torch.no_grad()
 def dead_units(A, threshold: float = DEAD_VARIANCE) -> int:
-    """Units whose activation variance over the samples is below ``threshold`` (PAPER.md)."""
+    """Units whose activation variance over the samples is below ``threshold`` (docs/paper.md)."""
     return int((_as64(A).var(dim=0) < threshold).sum())
 
 
@@ -229,3 +229,23 @@ def plateau_epoch(losses, tol: float = 1e-3) -> int:
     best_after = np.minimum.accumulate(losses[::-1])[::-1]  # the best loss from each epoch on
     still = np.nonzero(losses - best_after > tol * span)[0]
     return int(still[-1] + 2) if len(still) else 1
+
+
+def improvement_epoch(losses, fraction: float = 0.9) -> int:
+    """The first epoch (1-based) by which the loss has made ``fraction`` of its whole decrease,
+    from the first epoch's value to the best one: how fast a run learns, by a scale-free rule.
+
+    Unlike ``plateau_epoch`` it tells runs apart that are all still improving at the end (it
+    measures speed, not arrival: the decrease is counted up to where training stopped).
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction!r} must be in (0, 1]")
+    losses = np.asarray(losses, dtype=np.float64)
+    if len(losses) == 0 or not np.isfinite(losses).all():
+        raise ValueError("losses must be a non-empty sequence of finite values")
+    decrease = losses[0] - losses.min()
+    if decrease <= 0:
+        return 1
+    reached = np.nonzero(losses[0] - losses >= fraction * decrease)[0]
+    return int(reached[0] + 1)
+

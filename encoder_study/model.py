@@ -43,7 +43,7 @@ class Encoder(_FirstLayer, nn.Module):
     """a = activation(W x + b): one linear layer, K mixture components, no decoder.
 
     The activation a_j acts as component j's energy (small = good fit); responsibilities are
-    softmax(-a). PyTorch's default nn.Linear initialisation, bias on (PAPER.md).
+    softmax(-a). PyTorch's default nn.Linear initialisation, bias on (docs/paper.md).
     """
 
     _first_layer = "linear"

@@ -14,11 +14,13 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__, fused
 from .data import cache_dir
 from .engine import RunResult, group_runs, train_group
+from .progress import Progress
 from .training import RunConfig
 
 ENGINE_VERSION = 7  # bump when a change to training moves numbers (6: C first layer, one run per data order; 7: blocked as a GEMM)
@@ -48,29 +50,57 @@ def _from_record(d: dict) -> RunResult:
                      d["group_size"])
 
 
-def run_experiments(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.Tensor | None = None,
-                    fresh: bool | None = None, progress: bool = True,
-                    cache: Path | None = None) -> list[RunResult]:
+def as_data_tensor(name: str, x: object) -> torch.Tensor:
+    """A 2-D floating-point tensor (samples x features) from a tensor or a NumPy array, or an
+    error that names the argument."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a NumPy array or a torch tensor (samples x features), "
+                        f"got {type(x).__name__}")
+    if x.dim() != 2 or x.shape[0] < 2 or x.shape[1] < 1:
+        raise ValueError(f"{name} must be 2-D (samples x features) with at least 2 samples; got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} has dtype {x.dtype}; give floating-point data (scale integer data first, "
+                        f"for example bytes / 255)")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} holds NaN or infinite values; remove or impute them first")
+    return x
+
+
+def run_experiments(configs: list[RunConfig], train_x: torch.Tensor | np.ndarray,
+                    test_x: torch.Tensor | np.ndarray | None = None, fresh: bool | None = None,
+                    progress: bool = True, cache: str | Path | None = None) -> list[RunResult]:
     """Results for every config, in order: from the cache where a group was finished before,
     else trained (one stacked program per group) and cached. ``fresh`` (default: the
-    ENCODER_STUDY_FRESH environment variable) retrains everything."""
+    ENCODER_STUDY_FRESH environment variable) retrains everything; ``cache`` is the run cache's
+    folder (default: ``runs/`` under the data cache)."""
     if not configs:
         raise ValueError("configs is empty; give at least one RunConfig")
     bad = [type(c).__name__ for c in configs if not isinstance(c, RunConfig)]
     if bad:
         raise TypeError(f"configs must be RunConfig objects; got {bad[:3]}")
+    train_x = as_data_tensor("train_x", train_x)
+    test_x = None if test_x is None else as_data_tensor("test_x", test_x)
+    if test_x is not None and test_x.shape[1] != train_x.shape[1]:
+        raise ValueError(f"test_x has {test_x.shape[1]} features but train_x has {train_x.shape[1]}")
     fresh = os.environ.get("ENCODER_STUDY_FRESH", "") not in ("", "0") if fresh is None else fresh
-    root = (cache or cache_dir() / "runs")
+    if cache is not None and not isinstance(cache, (str, os.PathLike)):
+        raise TypeError(f"cache={cache!r} must be a folder path (str or Path) or None")
+    root = Path(cache) if cache is not None else cache_dir() / "runs"
     root.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(train_x) + (data_fingerprint(test_x) if test_x is not None else "")
     results: list[RunResult | None] = [None] * len(configs)
     groups = list(group_runs(configs).values())
+    overall = Progress(total=len(groups), desc="groups of runs", unit="done", disable=not progress)
+    from_cache = 0
     for g, idx in enumerate(groups):
         group = [configs[i] for i in idx]
         key = group_cache_key(group, fingerprint)
         path = root / f"{key}.pt"
         if path.exists() and not fresh:
             loaded = [_from_record(d) for d in torch.load(path, weights_only=False)]
+            from_cache += 1
         else:
             desc = f"group {g + 1}/{len(groups)}: {group[0].model} x{len(group)}"
             checkpoint = root / f"{key}.partial.pt"
@@ -82,4 +112,8 @@ def run_experiments(configs: list[RunConfig], train_x: torch.Tensor, test_x: tor
             os.replace(tmp, path)
         for i, r in zip(idx, loaded):
             results[i] = r
+        overall.status(f"{from_cache} from the run cache")
+        overall.update()
+    overall.close(f"{len(groups)} group{'s' if len(groups) > 1 else ''} of {len(configs)} runs: {len(groups) - from_cache} trained, "
+                  f"{from_cache} loaded from the run cache")
     return results  # type: ignore[return-value]

@@ -32,7 +32,7 @@ ADAM_EPS = 1e-8
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines one training run (PAPER.md's defaults)."""
+    """Everything that defines one training run (the defaults of docs/paper.md)."""
 
     model: str = "encoder"  # "encoder" (ours, decoder-free), "sae" (standard SAE) or "topk" (TopK SAE)
     hidden_dim: int = 64

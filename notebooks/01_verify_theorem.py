@@ -26,6 +26,10 @@
 # pass of `encoder_study.losses.lse_loss`, compared with `softmax(-a)` computed independently in
 # float64 (NumPy). We do this in float32 and float64, and also for plain autograd of
 # `-torch.logsumexp(-a)` (the way one would usually write it) to see where rounding comes from.
+#
+# *Where results go.* Run on its own (JupyterLab, or papermill without `results_dir` and
+# `figures_dir`), this notebook writes its tables and figures under `scratch/` (ignored by git);
+# only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
 from encoder_study.book import ParameterGuard
@@ -37,8 +41,8 @@ seed: int = 0
 batch: int = 128
 components: int = 64
 scale: float = 1.0  # activations are |N(0, scale^2)|, non-negative like ReLU outputs
-results_dir: str = "executed/01_verify_theorem"
-figures_dir: str = "figures"
+results_dir: str = "scratch/01_verify_theorem"
+figures_dir: str = "scratch/figures"
 
 # %%
 params = guard.check(globals())
@@ -100,7 +104,6 @@ for ax, (name, (r, g)) in zip(axes, points.items()):
     ax.legend(loc="upper left")
 axes[0].set_ylabel(r"gradient $\partial L_{lse} / \partial a$")
 paths = save_figure(fig, "fig1_theorem", repo_path(figures_dir))
-plt.show()
 
 # %% [markdown]
 # ## Against the paper

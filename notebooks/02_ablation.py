@@ -27,6 +27,10 @@
 # program (`encoder_study.engine`); each run still has its own seed, initialisation and
 # minibatch order (the four runs of a seed see the same minibatches). Metrics are taken on the
 # 10,000 test images.
+#
+# *Where results go.* Run on its own (JupyterLab, or papermill without `results_dir` and
+# `figures_dir`), this notebook writes its tables and figures under `scratch/` (ignored by git);
+# only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
 from encoder_study.book import ParameterGuard
@@ -40,8 +44,8 @@ n_train: int = 60000
 n_test: int = 10000
 batch_size: int = 128
 lr: float = 1e-3
-results_dir: str = "executed/02_ablation"
-figures_dir: str = "figures"
+results_dir: str = "scratch/02_ablation"
+figures_dir: str = "scratch/figures"
 
 # %%
 params = guard.check(globals())
@@ -55,7 +59,7 @@ import pandas as pd
 from encoder_study.book import COLORS, Record, mean_std, repo_path, save_figure, use_style
 from encoder_study.data import mnist_tensors
 from encoder_study.losses import LossConfig
-from encoder_study.metrics import (activation_summary, correlation, features, firing_frequency, plateau_epoch,
+from encoder_study.metrics import (activation_summary, correlation, dead_units, features, firing_frequency, plateau_epoch,
                                    usage_distribution)
 from encoder_study.runs import run_experiments
 from encoder_study.training import RunConfig
@@ -113,8 +117,13 @@ fig = plt.figure(figsize=(10, 5.2))
 grid = fig.add_gridspec(2, 4, height_ratios=[1.15, 1])
 for i, name in enumerate(CONFIGS):
     ax = fig.add_subplot(grid[0, i])
-    C = correlation(activations[(name, seeds[0])]).numpy()
+    A = activations[(name, seeds[0])]
+    C = correlation(A).numpy()
     im = ax.imshow(C, cmap="RdBu_r", vmin=-1, vmax=1)
+    n_dead = dead_units(A)
+    if n_dead == A.shape[1]:  # every unit silent: no correlation is defined, the panel stays blank
+        ax.text(0.5, 0.5, f"all {n_dead} units dead:\nno correlation\nto show", transform=ax.transAxes,
+                ha="center", va="center", fontsize=9)
     ax.set_title(f"{name}\n(seed {seeds[0]})")
     ax.set_xticks([]), ax.set_yticks([])
     ax.set_xlabel("unit"), ax.set_ylabel("unit") if i == 0 else None
@@ -124,17 +133,18 @@ x = np.arange(len(CONFIGS))
 for k, (col, label) in enumerate([("dead_units", "dead units (of 64), variance < 0.01"),
                                   ("redundancy", "redundancy (max 4032)")]):
     ax = fig.add_subplot(grid[1, 2 * k:2 * k + 2])
-    ax.bar(x, agg[col].mean(), yerr=agg[col].std(ddof=1) if len(seeds) > 1 else None, capsize=3,
-           color=[COLORS[c] for c in CONFIGS])
     for xi, name in enumerate(CONFIGS):
         vals = metrics.loc[metrics.config == name, col]
+        if col == "redundancy" and (metrics.loc[metrics.config == name, "dead_units"] == 64).all():
+            ax.text(xi, 1, "undefined\n(all dead)", ha="center", va="bottom", fontsize=8)
+            continue  # the table's "-": a correlation of silent units is not zero, it does not exist
+        ax.bar(xi, vals.mean(), yerr=vals.std(ddof=1) if len(vals) > 1 else None, capsize=3, color=COLORS[name])
         ax.scatter(np.full(len(vals), xi), vals, color="k", s=8, zorder=3)
     ax.set_xticks(x, list(CONFIGS))
     ax.set_ylabel(label)
     ax.set_yscale("symlog", linthresh=10) if col == "redundancy" else None
-fig.suptitle(f"Ablation on MNIST: mean over seeds {seeds}, dots = single seeds")
+fig.suptitle(f"Ablation on MNIST: bars are means over {len(seeds)} seeds, dots single seeds")
 paths = save_figure(fig, "fig2_ablation", repo_path(figures_dir))
-plt.show()
 
 # %% [markdown]
 # ## Loss curves
@@ -158,7 +168,6 @@ for ax, name in zip(axes, CONFIGS):
     ax.set_title(name), ax.set_xlabel("epoch")
 axes[0].set_ylabel("training objective (epoch mean)")
 loss_paths = save_figure(fig, "fig2b_ablation_loss_curves", repo_path(figures_dir))
-plt.show()
 plateaus = pd.DataFrame(plateaus)
 record.table("plateaus", plateaus)
 plateaus.groupby("config", sort=False)[["plateau_epoch", "final_loss"]].mean()

@@ -27,8 +27,13 @@
 # of sklearn's default `LogisticRegression`, C = 1, by scipy's L-BFGS-B from zero, up to 5000
 # iterations; `metrics.fit_logistic_regression`) on the 60,000 training images; accuracy is on the
 # 10,000 test images.
+#
+# *Where results go.* Run on its own (JupyterLab, or papermill without `results_dir` and
+# `figures_dir`), this notebook writes its tables and figures under `scratch/` (ignored by git);
+# only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
+from encoder_study.progress import progress
 from encoder_study.book import ParameterGuard
 
 guard = ParameterGuard(globals())
@@ -41,8 +46,8 @@ n_test: int = 10000
 sae_l1: float = 0.01
 probe_max_iter: int = 5000
 raw_pixel_probe: bool = True
-results_dir: str = "executed/03_benchmark"
-figures_dir: str = "figures"
+results_dir: str = "scratch/03_benchmark"
+figures_dir: str = "scratch/figures"
 
 # %%
 params = guard.check(globals())
@@ -52,7 +57,6 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from encoder_study.book import COLORS, Record, mean_std, repo_path, save_figure, use_style
 from encoder_study.data import mnist_tensors
@@ -86,7 +90,7 @@ record.duration("training (or loading from the run cache)", time.perf_counter() 
 # %%
 rows = []
 probe_start = time.perf_counter()
-for (name, cfg), res in tqdm(list(zip(runs, results)), desc="probes and readouts"):
+for (name, cfg), res in progress(list(zip(runs, results)), desc="probes and readouts", unit="runs"):
     model = res.model()
     A_tr, A_te = features(model, Xtr), features(model, Xte)
     t0 = time.perf_counter()
@@ -131,21 +135,21 @@ print(f"raw-pixel probe accuracy: {raw_acc:.4f}")
 fig, axes = plt.subplots(1, 3, figsize=(9, 2.9))
 panels = [("probe_accuracy", "linear-probe test accuracy (%)", 100), ("l0", "L0: active units per image (of 64)", 1),
           ("fvu", "FVU of a linear readout (test)", 1)]
+jitter = np.linspace(-0.08, 0.08, len(seeds))
 for ax, (col, label, k) in zip(axes, panels):
-    for i, name in enumerate(["ours", "sae"]):
-        v = metrics.loc[metrics.model == name, col] * k
-        ax.bar(i, v.mean(), yerr=v.std(ddof=1) if len(v) > 1 else None, capsize=3, color=COLORS[name], alpha=0.85)
-        ax.scatter(np.full(len(v), i), v, color="k", s=8, zorder=3)
+    for i, name in enumerate(["ours", "sae"]):  # a dot plot: the axis need not start at zero
+        v = (metrics.loc[metrics.model == name, col] * k).to_numpy()
+        ax.scatter(i + jitter[:len(v)], v, color=COLORS[name], s=12, alpha=0.6, zorder=2)
+        ax.errorbar(i + 0.22, v.mean(), yerr=v.std(ddof=1) if len(v) > 1 else 0, fmt="o", color="k", ms=5,
+                    capsize=4, zorder=3)
     ax.set_xticks([0, 1], ["ours (no decoder)", "standard SAE"])
+    ax.set_xlim(-0.5, 1.6)
     ax.set_ylabel(label)
 if raw_pixel_probe:
     axes[0].axhline(raw_acc * 100, color=COLORS["paper"], ls="--", lw=1, label="raw pixels")
-    axes[0].legend(loc="lower right")
-lo = metrics.probe_accuracy.min() * 100
-axes[0].set_ylim(min(lo, raw_acc * 100 if raw_pixel_probe else lo) - 2, 100)
-fig.suptitle(f"MNIST, 64 units, mean ± std over seeds {seeds}")
+    axes[0].legend(loc="lower left")
+fig.suptitle(f"MNIST, 64 units: coloured dots are single seeds ({len(seeds)}), black the mean ± std over seeds")
 paths = save_figure(fig, "fig3_benchmark", repo_path(figures_dir))
-plt.show()
 
 # %% [markdown]
 # ## Figure 4: the features
@@ -167,7 +171,6 @@ for ax, name in zip(axes, ["ours", "sae"]):
                  [name] + f", seed {runs[i][1].seed}")
     ax.axis("off")
 feature_paths = save_figure(fig, "fig4_features", repo_path(figures_dir))
-plt.show()
 
 # %% [markdown]
 # ## Against the paper

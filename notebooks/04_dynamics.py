@@ -25,12 +25,18 @@
 # full objective (LSE + variance + decorrelation), otherwise the ablation's settings. All 24 runs
 # train together as one batched program, each with its own optimizer and learning rate; the eight
 # runs of a seed see the same minibatches, as they would alone. Per run: the final training loss (mean over
-# the last epoch), the loss curve, linear-probe accuracy, and the epoch at which the loss stops
-# improving: the first epoch after which it never again improves on its best by more than 0.1% of
-# its total improvement (`encoder_study.metrics.plateau_epoch`). A run whose loss turns non-finite
-# is stopped and reported as diverged.
+# the last epoch), the loss curve, linear-probe accuracy, and how fast the loss falls: the first
+# epoch by which it has made 90% of its whole decrease over the run, from the first epoch's mean to
+# its best (`encoder_study.metrics.improvement_epoch`). (A rule for "the epoch where the loss stops
+# improving" told nothing apart here: every run is still improving at epoch 100, so it gave 100 for
+# each.) A run whose loss turns non-finite is stopped and reported as diverged.
+#
+# *Where results go.* Run on its own (JupyterLab, or papermill without `results_dir` and
+# `figures_dir`), this notebook writes its tables and figures under `scratch/` (ignored by git);
+# only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
+from encoder_study.progress import progress
 from encoder_study.book import ParameterGuard
 
 guard = ParameterGuard(globals())
@@ -43,8 +49,8 @@ learning_rates: list[float] = [1e-4, 1e-3, 1e-2, 1e-1]
 n_train: int = 60000
 n_test: int = 10000
 probe_max_iter: int = 5000
-results_dir: str = "executed/04_dynamics"
-figures_dir: str = "figures"
+results_dir: str = "scratch/04_dynamics"
+figures_dir: str = "scratch/figures"
 
 # %%
 params = guard.check(globals())
@@ -54,11 +60,10 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
 from encoder_study.data import mnist_tensors
-from encoder_study.metrics import activation_summary, features, linear_probe_accuracy, plateau_epoch
+from encoder_study.metrics import activation_summary, features, improvement_epoch, linear_probe_accuracy
 from encoder_study.runs import run_experiments
 from encoder_study.training import RunConfig
 
@@ -73,7 +78,7 @@ record.duration("training (or loading from the run cache)", time.perf_counter() 
 
 # %%
 rows, curves = [], []
-for cfg, res in tqdm(list(zip(runs, results)), desc="probes"):
+for cfg, res in progress(list(zip(runs, results)), desc="probes", unit="runs"):
     losses = [h["total"] for h in res.history]
     finite = res.diverged_epoch is None
     model = res.model()
@@ -83,7 +88,7 @@ for cfg, res in tqdm(list(zip(runs, results)), desc="probes"):
                  "final_loss": losses[-1] if finite else np.nan,
                  "probe_accuracy": linear_probe_accuracy(A_tr, data["train_y"], A_te, data["test_y"],
                                                          max_iter=probe_max_iter) if finite else np.nan,
-                 "converged_epoch": plateau_epoch(losses) if finite else np.nan,
+                 "epoch_90pct_decrease": improvement_epoch(losses) if finite else np.nan,
                  "diverged_epoch": res.diverged_epoch, "dead_units": summary.get("dead_units"),
                  "l0": summary.get("l0"), "redundancy": summary.get("redundancy"), "train_seconds": res.seconds})
     curves += [{"optimizer": cfg.optimizer, "lr": cfg.lr, "seed": cfg.seed, **h} for h in res.history]
@@ -91,7 +96,7 @@ metrics = pd.DataFrame(rows)
 curves = pd.DataFrame(curves)
 record.table("metrics", metrics)
 record.table("loss_curves", curves)
-table = metrics.groupby(["optimizer", "lr"])[["final_loss", "probe_accuracy", "converged_epoch", "dead_units", "l0"]]
+table = metrics.groupby(["optimizer", "lr"])[["final_loss", "probe_accuracy", "epoch_90pct_decrease", "dead_units", "l0"]]
 table.mean().round(4)
 
 # %% [markdown]
@@ -113,7 +118,6 @@ for opt in optimizers:
 ax.set_xlabel("final training loss"), ax.set_ylabel("linear-probe test accuracy (%)")
 ax.set_title("lower loss, better features?"), ax.legend()
 paths = save_figure(fig, "fig5_dynamics", repo_path(figures_dir))
-plt.show()
 
 # %%
 ok = metrics.dropna(subset=["final_loss", "probe_accuracy"])

@@ -46,8 +46,13 @@
 # readout fitted on `readout_tokens` train vectors (it has no decoder). The field's downstream
 # measure splices each reconstruction back into the residual stream on `ce_contexts` held-out
 # contexts and reports CE loss recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean).
+#
+# *Where results go.* Run on its own (JupyterLab, or papermill without `results_dir` and
+# `figures_dir`), this notebook writes its tables and figures under `scratch/` (ignored by git);
+# only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
+from encoder_study.progress import progress
 from encoder_study.book import ParameterGuard
 
 guard = ParameterGuard(globals())
@@ -68,8 +73,8 @@ sae_l1: list[float] = [1.0, 3.0, 10.0]
 topk_extra_k: list[int] = [32]
 readout_tokens: int = 65536
 ce_contexts: int = 32
-results_dir: str = "executed/05_llm_activations"
-figures_dir: str = "figures"
+results_dir: str = "scratch/05_llm_activations"
+figures_dir: str = "scratch/figures"
 
 # %%
 params = guard.check(globals())
@@ -80,7 +85,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
 from encoder_study.losses import LossConfig
@@ -169,7 +173,7 @@ def reconstructor(name: str, model: torch.nn.Module, readout: torch.Tensor | Non
 
 
 rows = []
-for (name, cfg), res in tqdm(list(zip(runs, results)), desc="metrics and splices"):
+for (name, cfg), res in progress(list(zip(runs, results)), desc="metrics and splices", unit="runs"):
     model = res.model()
     with torch.no_grad():
         A_te, A_fit = features(model, Xt), features(model, X[readout_rows])
@@ -233,7 +237,6 @@ axes[0].legend(fontsize=7, ncol=1)
 axes[1].legend(fontsize=7, loc="lower right")
 fig.suptitle(f"{model_name}, residual stream after block {layer} (width {X.shape[1]})")
 paths = save_figure(fig, "fig6_llm_frontier", repo_path(figures_dir))
-plt.show()
 
 # %%
 cols = ["model", "hidden_dim", "lambda_lse", "k", "l1", "l0", "fvu", "readout_fvu", "ce_loss_recovered",

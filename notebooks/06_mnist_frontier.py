@@ -30,8 +30,13 @@
 # (activations > 0.01), FVU on the test images (the SAEs through their decoders; ours, with no
 # decoder, through a least-squares affine readout fitted on the training features), and units
 # active on fewer than 0.1% of test images.
+#
+# *Where results go.* Run on its own (JupyterLab, or papermill without `results_dir` and
+# `figures_dir`), this notebook writes its tables and figures under `scratch/` (ignored by git);
+# only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
+from encoder_study.progress import progress
 from encoder_study.book import ParameterGuard
 
 guard = ParameterGuard(globals())
@@ -46,8 +51,8 @@ topk_k: list[int] = [2, 4, 8, 16, 32]
 n_train: int = 60000
 n_test: int = 10000
 probe_max_iter: int = 5000
-results_dir: str = "executed/06_mnist_frontier"
-figures_dir: str = "figures"
+results_dir: str = "scratch/06_mnist_frontier"
+figures_dir: str = "scratch/figures"
 
 # %%
 params = guard.check(globals())
@@ -58,7 +63,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 import pandas as pd
-from tqdm import tqdm
 
 from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
 from encoder_study.data import mnist_tensors
@@ -84,7 +88,7 @@ record.duration("training (or loading from the run cache)", time.perf_counter() 
 # %%
 rows = []
 t0 = time.perf_counter()
-for (name, knob, value, cfg), res in tqdm(list(zip(runs, results)), desc="probes and readouts"):
+for (name, knob, value, cfg), res in progress(list(zip(runs, results)), desc="probes and readouts", unit="runs"):
     model = res.model()
     A_tr, A_te = features(model, Xtr), features(model, Xte)
     r_fvu = readout_fvu(A_tr, Xtr, A_te, Xte)
@@ -131,9 +135,8 @@ if len(outside):
     fig.supxlabel("outside the axes: " + "; ".join(
         f"{labels[r.model].split(' (')[0]} {r.knob_value:g} (L0 {r.l0:.2g}, probe {r.probe_accuracy:.1%}, "
         f"FVU {r.fvu:.2f})" for r in outside.itertuples()), fontsize=7)
-fig.suptitle(f"MNIST, {hidden_dim} units, {epochs} epochs, seeds {seeds}")
+fig.suptitle(f"MNIST, {hidden_dim} units, {epochs} epochs, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
 paths = save_figure(fig, "fig7_mnist_frontier", repo_path(figures_dir))
-plt.show()
 
 # %% [markdown]
 # ## At matched sparsity

@@ -1,26 +1,39 @@
-"""Run every notebook of the book headlessly with papermill and a folder of parameter files.
+"""Run the notebooks of the book headlessly with papermill and a folder of parameter files.
 
-    python scripts/run_book.py --params params/paper              # the record: executed/, figures/
-    python scripts/run_book.py --params params/smoke --out /tmp/x  # anywhere else, figures inside
+    python scripts/run_book.py --params params/paper                 # the record: executed/, figures/
+    python scripts/run_book.py --params params/smoke --out /tmp/x     # anywhere else, figures inside
+    python scripts/run_book.py --params params/paper --only 03 --out /tmp/nb3
 
-Each notebooks/NN_name.py (jupytext) is synced to its .ipynb, executed with params/<set>/NN_name.yaml
-into <out>/NN_name.ipynb, its tables landing in <out>/NN_name/. Ends by printing where the record
-is and how long each notebook took (also written to <out>/book_timings.csv).
+Paths are taken relative to the working directory. Each notebooks/NN_name.py (jupytext) is
+converted to a notebook in a temporary folder, executed with <params>/NN_name.yaml into
+<out>/NN_name.ipynb, its tables landing in <out>/NN_name/ and its figures in figures/ (for the
+record) or <out>/figures/. The console shows which notebook and which training group is running.
+Ends by printing where the results are and how long each notebook took (also written to
+<out>/book_timings.csv); a full run into executed/ also rewrites the README's results.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
+import jupytext
+import nbformat
 import papermill as pm
 import yaml
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
+RECORD = ROOT / "executed"
+CONSOLE_ENV = "ENCODER_STUDY_CONSOLE"  # encoder_study.progress writes its updates there
 
 
 def notebooks(only: list[str] | None) -> list[Path]:
@@ -28,45 +41,137 @@ def notebooks(only: list[str] | None) -> list[Path]:
     if only:
         found = [p for p in found if any(p.stem.startswith(o) or p.stem == o for o in only)]
         if not found:
-            sys.exit(f"--only {only}: no notebook matches")
+            sys.exit(f"--only {only}: no notebook matches; the notebooks are "
+                     f"{[p.stem for p in sorted((ROOT / 'notebooks').glob('[0-9][0-9]_*.py'))]}")
     return found
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params/paper", help="folder of NN_name.yaml parameter files")
-    ap.add_argument("--out", default="executed", help="where executed notebooks and tables go")
-    ap.add_argument("--only", nargs="*", help="run only notebooks whose names start with these")
-    args = ap.parse_args()
-    params_dir, out = (ROOT / args.params), (ROOT / args.out)
-    rel = lambda p: str(p.relative_to(ROOT)) if p.resolve().is_relative_to(ROOT) else str(p)  # noqa: E731
-    record = out.resolve() == (ROOT / "executed").resolve()
-    figures = ROOT / "figures" if record else out / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    timings = []
-    for py in notebooks(args.only):
-        name = py.stem
-        subprocess.run([sys.executable, "-m", "jupytext", "--quiet", "--sync", str(py)], check=True, cwd=ROOT)
-        pfile = params_dir / f"{name}.yaml"
-        params = yaml.safe_load(pfile.read_text()) if pfile.exists() else {}
-        params = {**(params or {}), "results_dir": rel(out / name), "figures_dir": rel(figures)}
-        print(f"== {name}  (parameters: {rel(pfile) if pfile.exists() else 'defaults'})", flush=True)
-        start = time.perf_counter()
-        pm.execute_notebook(str(py.with_suffix(".ipynb")), str(out / f"{name}.ipynb"), parameters=params,
-                            cwd=str(ROOT), kernel_name="python3", progress_bar=True, request_save_on_cell_execute=True)
-        timings.append((name, time.perf_counter() - start))
+def read_parameters(params_dir: Path, name: str) -> dict:
+    """The notebook's parameter file, or an error naming what is missing or malformed."""
+    pfile = params_dir / f"{name}.yaml"
+    if not pfile.is_file():
+        sys.exit(f"--params {params_dir}: no parameter file {pfile.name} for notebook {name}")
+    try:
+        params = yaml.safe_load(pfile.read_text()) or {}
+    except yaml.YAMLError as e:
+        sys.exit(f"{pfile}: not valid YAML: {e}")
+    if not isinstance(params, dict):
+        sys.exit(f"{pfile}: must hold a mapping of parameter names to values, got {type(params).__name__}")
+    return params
+
+
+class ConsoleProgress:
+    """Shows in this console the progress bars that the notebook's kernel writes to a file."""
+
+    def __init__(self, path: Path, notebook: str) -> None:
+        self.path, self.notebook, self.offset = path, notebook, 0
+        self.bars: dict[str, tqdm] = {}
+        self.live = sys.stderr.isatty()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+        self.thread.start()
+
+    def _follow(self) -> None:
+        while not self.stop.wait(0.5):
+            self._read()
+        self._read()
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                f.seek(self.offset)
+                lines = f.readlines()
+                self.offset = f.tell()
+        except OSError:
+            return
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "message" in event:
+                tqdm.write(f"   {self.notebook}: {event['message']}", file=sys.stderr)
+                continue
+            if not self.live:  # a log file or a pipe: one line per finished bar, no redrawing
+                if event["done"]:
+                    print(f"   {event['desc']}: {event['status']}", file=sys.stderr, flush=True)
+                continue
+            bar = self.bars.get(event["id"])
+            if bar is None:
+                bar = self.bars[event["id"]] = tqdm(total=event["total"], desc=f"   {event['desc']}",
+                                                    unit=event["unit"], file=sys.stderr, leave=True)
+            bar.n = event["n"]
+            bar.set_postfix_str(event["status"] or "", refresh=False)
+            bar.refresh()
+            if event["done"]:
+                bar.close()
+                del self.bars[event["id"]]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        for bar in self.bars.values():
+            bar.close()
+
+
+def run_notebook(py: Path, params: dict, out: Path, workdir: Path) -> float:
+    """Execute one notebook; returns its wall time in seconds."""
+    ipynb = workdir / f"{py.stem}.ipynb"
+    nbformat.write(jupytext.read(py), ipynb)
+    console = workdir / f"{py.stem}.progress.jsonl"
+    console.touch()
+    os.environ[CONSOLE_ENV] = str(console)  # the kernel inherits this process's environment
+    follower = ConsoleProgress(console, py.stem)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(str(ipynb), str(out / f"{py.stem}.ipynb"), parameters=params, cwd=str(ROOT),
+                            kernel_name="python3", progress_bar=False, request_save_on_cell_execute=True)
+    finally:
+        follower.close()
+        os.environ.pop(CONSOLE_ENV, None)
+    return time.perf_counter() - start
+
+
+def write_timings(out: Path, timings: list[tuple[str, float]], params: str, partial: bool) -> None:
     timing_file = out / "book_timings.csv"
     rows = {}
-    if args.only and timing_file.exists():  # a partial run replaces only its notebooks' rows
+    if partial and timing_file.exists():  # a partial run replaces only its notebooks' rows
         with open(timing_file, newline="") as f:
             rows = {r["notebook"]: r for r in csv.DictReader(f)}
     for name, sec in timings:
-        rows[name] = {"notebook": name, "seconds": f"{sec:.1f}", "params": args.params}
+        rows[name] = {"notebook": name, "seconds": f"{sec:.1f}", "params": params}
     with open(timing_file, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["notebook", "seconds", "params"])
         w.writeheader()
         w.writerows(rows[k] for k in sorted(rows))
-    print("\nThe record:")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default=str(ROOT / "params" / "paper"), help="folder of NN_name.yaml parameter files")
+    ap.add_argument("--out", default=str(RECORD), help="where executed notebooks and tables go (default: the record)")
+    ap.add_argument("--only", nargs="*", help="run only notebooks whose names start with these")
+    args = ap.parse_args()
+    params_dir, out = Path(args.params).resolve(), Path(args.out).resolve()
+    if not params_dir.is_dir():
+        sys.exit(f"--params {args.params}: no such folder (resolved to {params_dir})")
+    selected = notebooks(args.only)
+    parameters = {py.stem: read_parameters(params_dir, py.stem) for py in selected}  # all checked up front
+    rel = lambda p: str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)  # noqa: E731
+    record = out == RECORD.resolve()
+    figures = ROOT / "figures" if record else out / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    timings = []
+    with tempfile.TemporaryDirectory(prefix="encoder-study-book-") as tmp:
+        for py in selected:
+            name = py.stem
+            params = {**parameters[name], "results_dir": rel(out / name), "figures_dir": rel(figures)}
+            print(f"== {name}  (parameters: {rel(params_dir / (name + '.yaml'))})", flush=True)
+            sec = run_notebook(py, params, out, Path(tmp))
+            print(f"   {name} done in {sec / 60:.1f} min", flush=True)
+            timings.append((name, sec))
+    write_timings(out, timings, rel(params_dir), partial=bool(args.only))
+    print("\nThe results:")
     print(f"  executed notebooks and tables: {out}")
     print(f"  figures:                       {figures}")
     for name, sec in timings:

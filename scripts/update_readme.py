@@ -62,11 +62,11 @@ def section() -> str:
     if t.exists():
         df = pd.read_csv(t)
         out += ["**4. Optimizer dynamics** (final training loss and probe accuracy, mean over seeds)", "",
-                "| optimizer | lr | final loss | probe accuracy (%) | loss stops improving (epoch) | diverged runs |",
+                "| optimizer | lr | final loss | probe accuracy (%) | epoch of 90% of the loss decrease | diverged runs |",
                 "|---|---|---|---|---|---|"]
         for (o, lr), d in df.groupby(["optimizer", "lr"]):
             out.append(f"| {o} | {lr:g} | {d.final_loss.mean():.1f} | {pm(d.probe_accuracy, 100)} | "
-                       f"{d.converged_epoch.mean():.0f} | {int(d.diverged_epoch.notna().sum())} |")
+                       f"{d.epoch_90pct_decrease.mean():.0f} | {int(d.diverged_epoch.notna().sum())} |")
         info = json.loads((EXEC / "04_dynamics" / "run_info.json").read_text())
         out += ["", f"Spearman correlation of final loss with probe accuracy: {info.get('spearman_loss_vs_probe', float('nan')):.2f}.", ""]
     t = EXEC / "05_llm_activations" / "metrics.csv"

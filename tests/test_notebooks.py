@@ -22,7 +22,7 @@ CONTRACT = {
     "02_ablation": ["config", "seed", "dead_units", "redundancy", "weight_redundancy", "effective_rank",
                     "responsibility_entropy", "l0"],
     "03_benchmark": ["model", "seed", "probe_accuracy", "l0", "n_params", "fvu", "train_seconds"],
-    "04_dynamics": ["optimizer", "lr", "seed", "final_loss", "probe_accuracy", "converged_epoch"],
+    "04_dynamics": ["optimizer", "lr", "seed", "final_loss", "probe_accuracy", "epoch_90pct_decrease"],
     "05_llm_activations": ["model", "hidden_dim", "input_dim", "seed", "l0", "fvu", "dead_fraction",
                            "ce_loss_recovered"],
     "06_mnist_frontier": ["model", "knob", "knob_value", "seed", "probe_accuracy", "l0", "fvu"],
