@@ -46,9 +46,10 @@ $(FORTUNES):
 		echo "note: could not install fortunes; notebook 05 needs text_path= a text file"; \
 	else echo "note: Debian's fortunes missing; as root: apt-get install fortunes (or give notebook 05 a text_path)"; fi
 
-# FRESH=1 retrains every run instead of reusing the run cache.
+# FRESH=1 retrains every run instead of reusing the run cache; ONLY="03 04" runs just those notebooks
+# (into the record as well: executed/ and figures/).
 book: setup
-	ENCODER_STUDY_FRESH=$(FRESH) $(PY) scripts/run_book.py --params params/paper
+	ENCODER_STUDY_FRESH=$(FRESH) $(PY) scripts/run_book.py --params params/paper $(if $(ONLY),--only $(ONLY))
 
 test: setup
 	$(PY) -m pytest

@@ -21,3 +21,7 @@ def _settle_cpu_math() -> None:
 
 
 _settle_cpu_math()
+
+from .api import Dictionary, fit, load  # noqa: E402  (the public API for one's own data; after the warm-up)
+
+__all__ = ["Dictionary", "fit", "load", "__version__"]

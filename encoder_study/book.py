@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from . import __version__
+from . import __version__, fused
 from .progress import in_kernel
 
 
@@ -126,7 +126,8 @@ def environment() -> dict:
             versions[name] = None
     return {"encoder_study": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "packages": versions}
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "engine_kernels": "c" if fused.engine_uses_c() else "torch", "packages": versions}
 
 
 def peak_memory_gib() -> float:

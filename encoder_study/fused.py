@@ -25,7 +25,7 @@ import os
 import platform
 import shutil
 import subprocess
-import warnings
+
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +33,7 @@ import torch
 
 from .data import cache_dir
 from .losses import CORRELATION_EPS, REDUCTIONS, VARIANCE_EPS
+from .storage import warn, write_atomic
 from .validation import check_choice
 
 SOURCE = Path(__file__).with_name("fused.c")
@@ -79,12 +80,14 @@ def build() -> list[Path]:
         path = library_path(dtype)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            result = subprocess.run([cc, *CFLAGS, *defines, str(SOURCE), "-o", str(tmp), "-lm"],
-                                    capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"compiling {SOURCE.name} failed:\n{result.stderr.strip()[-2000:]}")
-            os.replace(tmp, path)  # atomic: a concurrent build never leaves half a library
+
+            def compile_to(tmp: Path, defines: list[str] = defines) -> None:
+                result = subprocess.run([cc, *CFLAGS, *defines, str(SOURCE), "-o", str(tmp), "-lm"],
+                                        capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise RuntimeError(f"compiling {SOURCE.name} failed:\n{result.stderr.strip()[-2000:]}")
+
+            write_atomic(path, compile_to)  # a concurrent build never leaves half a library
         paths.append(path)
     return paths
 
@@ -106,7 +109,7 @@ def _library(dtype: torch.dtype) -> ctypes.CDLL | None:
         except (OSError, RuntimeError, subprocess.SubprocessError) as err:
             _FAILED = True
             _LIBS.clear()
-            warnings.warn(f"fused loss unavailable, the engine uses the torch path: {err}", stacklevel=3)
+            warn(f"fused loss unavailable, the engine uses the torch path: {err}", stacklevel=3)
     return _LIBS.get(dtype)
 
 
@@ -119,14 +122,52 @@ def _loaded(dtype: torch.dtype) -> ctypes.CDLL:
 
 
 def available() -> bool:
-    """Whether the fused path can run here (the libraries built and loaded)."""
+    """Whether the C kernels can run here (the libraries built and loaded)."""
     return _library(torch.float32) is not None
 
 
+KERNELS_ENV = "ENCODER_STUDY_KERNELS"
+KERNEL_MODES = ("auto", "torch", "c")
+
+
+def kernels_mode() -> str:
+    """The engine's kernel setting: ENCODER_STUDY_KERNELS = auto (default), torch or c."""
+    return check_choice(KERNELS_ENV, os.environ.get(KERNELS_ENV, "auto") or "auto", KERNEL_MODES)
+
+
+@functools.cache
+def cpu_has_avx512() -> bool:
+    """Whether this processor has AVX-512 (the kernels' tiles are sized for its 32 vector registers)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False
+
+
+def engine_uses_c() -> bool:
+    """Whether the engine trains with the C kernels (else with torch alone).
+
+    ``c`` demands them (an error where they cannot be built); ``torch`` never uses them; ``auto``
+    uses them where they build and the processor has AVX-512: they were designed and measured to
+    pay there, while on a processor with AVX2 alone their register tiles spill and they run
+    several times slower than torch (benchmarks/README.md).
+    """
+    mode = kernels_mode()
+    if mode == "torch":
+        return False
+    if mode == "c":
+        if not available():
+            raise RuntimeError(f"{KERNELS_ENV}=c but the C kernels could not be built or loaded here")
+        return True
+    return cpu_has_avx512() and available()
+
+
 def identity() -> str:
-    """Names the code that computes the training numbers (for the run cache's key): a hash of the
-    built libraries themselves, so that an edit to fused.c's comments keeps the finished runs."""
-    if not available():
+    """Names the code that computes the training numbers (for the run cache's key): 'torch' where
+    the engine does not use the C kernels, else a hash of the built libraries themselves, so that
+    an edit to fused.c's comments keeps the finished runs."""
+    if not engine_uses_c():
         return "torch"
     return "fused-" + hashlib.sha256(b"".join(library_path(dt).read_bytes() for dt in PRECISIONS)).hexdigest()[:16]
 

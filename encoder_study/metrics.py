@@ -12,6 +12,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from .losses import neg_lse_and_exp, off_diagonal_sq_sum, weight_redundancy_loss
+from .validation import check_positive_int
 
 ACTIVE_THRESHOLD = 0.01  # L0 and firing frequency: a unit is active when a > 0.01
 DEAD_VARIANCE = 0.01  # a unit is dead when its activation's variance over the test set < 0.01
@@ -22,11 +23,17 @@ def _with_bias_column(A: torch.Tensor) -> torch.Tensor:
     return torch.cat([A, torch.ones(len(A), 1, dtype=A.dtype, device=A.device)], dim=1)
 
 
-def _as64(A) -> torch.Tensor:
+def _as64(A, min_samples: int = 1) -> torch.Tensor:
+    """A as a float64 matrix, or an error: a metric of NaN activations would be a silent 0."""
     A = torch.as_tensor(A)
     if A.dim() != 2:
         raise ValueError(f"expected a matrix (samples, units); got shape {tuple(A.shape)}")
-    return A.detach().to(torch.float64)
+    if len(A) < min_samples:
+        raise ValueError(f"this metric needs at least {min_samples} samples; got {len(A)}")
+    A = A.detach().to(torch.float64)
+    if not bool(torch.isfinite(A).all()):
+        raise ValueError("the activations hold NaN or infinite values (a diverged run?); no metric of them is meaningful")
+    return A
 
 
 @torch.no_grad()
@@ -38,7 +45,7 @@ def features(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 8192) ->
 @torch.no_grad()
 def dead_units(A, threshold: float = DEAD_VARIANCE) -> int:
     """Units whose activation variance over the samples is below ``threshold`` (docs/paper.md)."""
-    return int((_as64(A).var(dim=0) < threshold).sum())
+    return int((_as64(A, min_samples=2).var(dim=0) < threshold).sum())
 
 
 @torch.no_grad()
@@ -165,6 +172,7 @@ def fit_logistic_regression(A: torch.Tensor, y: torch.Tensor, n_classes: int, ma
     about 5x faster than sklearn's, and scipy's BLAS is held to one thread: its spinning OpenBLAS
     threads fought torch's for the two cores (one probe 3.3 s, 0.6 s with one BLAS thread).
     """
+    check_positive_int("max_iter", max_iter)
     n, f = A.shape
     A1 = _with_bias_column(A)
     onehot = torch.nn.functional.one_hot(y, n_classes).to(A.dtype)
@@ -193,6 +201,7 @@ def fit_logistic_regression(A: torch.Tensor, y: torch.Tensor, n_classes: int, ma
 def linear_probe_accuracy(A_train, y_train, A_test, y_test, max_iter: int = 5000) -> float:
     """Test accuracy of a multinomial logistic regression fitted on standardised train features
     (sklearn's default LogisticRegression, see ``fit_logistic_regression``)."""
+    check_positive_int("max_iter", max_iter)  # before any work (probe_max_iter in the notebooks)
     tr, te = _standardise(A_train, A_test)
     classes, y = torch.unique(torch.as_tensor(y_train).cpu(), return_inverse=True)
     Wb = fit_logistic_regression(tr, y, len(classes), max_iter=max_iter)

@@ -2,28 +2,58 @@
 
 ``run_experiments`` groups the runs (engine.group_runs), and for each group either loads its
 results from the run cache or trains it with the batched engine, checkpointing as it goes, so an
-interrupted book resumes where it stopped. The cache key covers everything that defines the
-group's numbers: every run's config, the data's fingerprint, the engine's version and the torch
+interrupted book resumes where it stopped. The cache key covers everything that can move the
+group's numbers: every run's config, the data's bytes, the source of every module that computes
+them (``NUMERIC_SOURCES``), the built C library's bytes, the torch version and the thread count.
+So any edit to that code retrains the runs it could move, and nothing needs a hand-bumped
 version. Set ENCODER_STUDY_FRESH=1 (``make book FRESH=1``) to ignore the cache and retrain.
+
+Two processes that need the same group (two books sharing a cache): the first to take the
+group's lock file trains it, the other waits and then loads the result. The lock is an OS file
+lock (``fcntl.flock``), released by the kernel when its holder exits or is killed, so a stale lock
+cannot block anyone; on a network file system without such locks both would train.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
 import json
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import __version__, fused
+from . import fused
 from .data import cache_dir
 from .engine import RunResult, group_runs, train_group
 from .progress import Progress
+from .storage import load_or_discard, save_torch, warn
 from .training import RunConfig
 
-ENGINE_VERSION = 7  # bump when a change to training moves numbers (6: C first layer, one run per data order; 7: blocked as a GEMM)
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The modules whose code computes a run's numbers (training, initialisation, data orders, the
+# objective, the metrics kept in a run's history, the CPU warm-up in __init__). Their source is
+# part of the run cache's key. The other modules (progress, storage, validation, runs itself,
+# the book's helpers, the API) only check, show or store; tests/test_training.py holds that every
+# module the engine imports is in one list or the other.
+NUMERIC_SOURCES = ("__init__.py", "data.py", "engine.py", "fused.py", "losses.py", "metrics.py", "model.py",
+                   "training.py")
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 of the numeric modules' source and of the built C library (or 'torch' without it)."""
+    h = hashlib.sha256()
+    for name in NUMERIC_SOURCES:
+        h.update(name.encode() + b"\0" + (PACKAGE_DIR / name).read_bytes() + b"\0")
+    h.update(fused.identity().encode())
+    return h.hexdigest()[:16]
 
 
 def data_fingerprint(x: torch.Tensor) -> str:
@@ -34,8 +64,7 @@ def data_fingerprint(x: torch.Tensor) -> str:
 
 
 def group_cache_key(configs: list[RunConfig], fingerprint: str) -> str:
-    blob = json.dumps({"configs": [c.as_dict() for c in configs], "data": fingerprint,
-                       "engine": ENGINE_VERSION, "loss_kernel": fused.identity(), "package": __version__,
+    blob = json.dumps({"configs": [c.as_dict() for c in configs], "data": fingerprint, "code": code_fingerprint(),
                        "torch": torch.__version__, "threads": torch.get_num_threads()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -48,6 +77,56 @@ def _to_record(r: RunResult) -> dict:
 def _from_record(d: dict) -> RunResult:
     return RunResult(RunConfig(**d["config"]), d["state"], d["history"], d["diverged_epoch"], d["seconds"],
                      d["group_size"])
+
+
+def _load_group(path: Path, group: list[RunConfig]) -> list[RunResult] | None:
+    """The cached results of ``group``, or None (with a warning) if the file is unreadable or
+    holds other runs."""
+    records = load_or_discard(path, "run-cache file")
+    if records is None:
+        return None
+    try:
+        results = [_from_record(d) for d in records]  # type: ignore[union-attr]
+        if [r.config for r in results] != group:
+            raise ValueError("it holds other runs than its key names")
+    except (TypeError, KeyError, ValueError) as e:
+        warn(f"run-cache file {path} is not a finished group ({e}); removed, retraining")
+        path.unlink(missing_ok=True)
+        return None
+    return results
+
+
+def _save_group(path: Path, results: list[RunResult]) -> None:
+    try:
+        save_torch([_to_record(r) for r in results], path)
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
+        warn(f"could not save a finished group to the run cache ({path}: {str(e)[:120]}); its results are "
+             f"kept in memory for this run only")
+
+
+@contextmanager
+def _group_lock(path: Path, desc: str) -> Iterator[None]:
+    """Hold ``path``'s OS lock (waiting, with a message, while another process holds it)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            warn(f"{desc}: another process is training this group (lock {path.name}); waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _check_distinct(configs: list[RunConfig]) -> None:
+    seen: dict[RunConfig, int] = {}
+    for i, c in enumerate(configs):
+        if c in seen:
+            raise ValueError(f"configs {seen[c]} and {i} are the same run (model={c.model!r}, seed={c.seed}); "
+                             f"a repeated seed is not another sample: remove the duplicate")
+        seen[c] = i
 
 
 def as_data_tensor(name: str, x: object) -> torch.Tensor:
@@ -80,6 +159,7 @@ def run_experiments(configs: list[RunConfig], train_x: torch.Tensor | np.ndarray
     bad = [type(c).__name__ for c in configs if not isinstance(c, RunConfig)]
     if bad:
         raise TypeError(f"configs must be RunConfig objects; got {bad[:3]}")
+    _check_distinct(configs)
     train_x = as_data_tensor("train_x", train_x)
     test_x = None if test_x is None else as_data_tensor("test_x", test_x)
     if test_x is not None and test_x.shape[1] != train_x.shape[1]:
@@ -90,6 +170,7 @@ def run_experiments(configs: list[RunConfig], train_x: torch.Tensor | np.ndarray
     root = Path(cache) if cache is not None else cache_dir() / "runs"
     root.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(train_x) + (data_fingerprint(test_x) if test_x is not None else "")
+    started = time.time()
     results: list[RunResult | None] = [None] * len(configs)
     groups = list(group_runs(configs).values())
     overall = Progress(total=len(groups), desc="groups of runs", unit="done", disable=not progress)
@@ -98,22 +179,23 @@ def run_experiments(configs: list[RunConfig], train_x: torch.Tensor | np.ndarray
         group = [configs[i] for i in idx]
         key = group_cache_key(group, fingerprint)
         path = root / f"{key}.pt"
-        if path.exists() and not fresh:
-            loaded = [_from_record(d) for d in torch.load(path, weights_only=False)]
-            from_cache += 1
-        else:
-            desc = f"group {g + 1}/{len(groups)}: {group[0].model} x{len(group)}"
-            checkpoint = root / f"{key}.partial.pt"
-            if fresh and checkpoint.exists():
-                checkpoint.unlink()
-            loaded = train_group(group, train_x, test_x, checkpoint=checkpoint, progress=progress, desc=desc)
-            tmp = path.with_suffix(".tmp")
-            torch.save([_to_record(r) for r in loaded], tmp)
-            os.replace(tmp, path)
+        desc = f"group {g + 1}/{len(groups)}: {group[0].model} x{len(group)}"
+        with _group_lock(root / f"{key}.lock", desc):
+            # fresh: only results written since this call began (by another process, while we waited) count
+            usable = path.exists() and (not fresh or path.stat().st_mtime >= started)
+            loaded = _load_group(path, group) if usable else None
+            if loaded is not None:
+                from_cache += 1
+            else:
+                checkpoint = root / f"{key}.partial.pt"
+                if fresh and checkpoint.exists():
+                    checkpoint.unlink()
+                loaded = train_group(group, train_x, test_x, checkpoint=checkpoint, progress=progress, desc=desc)
+                _save_group(path, loaded)
         for i, r in zip(idx, loaded):
             results[i] = r
         overall.status(f"{from_cache} from the run cache")
         overall.update()
-    overall.close(f"{len(groups)} group{'s' if len(groups) > 1 else ''} of {len(configs)} runs: {len(groups) - from_cache} trained, "
-                  f"{from_cache} loaded from the run cache")
+    overall.close(f"{len(groups)} group{'s' if len(groups) > 1 else ''} of {len(configs)} runs: "
+                  f"{len(groups) - from_cache} trained, {from_cache} loaded from the run cache")
     return results  # type: ignore[return-value]

@@ -129,7 +129,20 @@ def run_notebook(py: Path, params: dict, out: Path, workdir: Path) -> float:
     finally:
         follower.close()
         os.environ.pop(CONSOLE_ENV, None)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    relative_paths(out / f"{py.stem}.ipynb", py)
+    return seconds
+
+
+def relative_paths(executed: Path, source: Path) -> None:
+    """Papermill records where it read and wrote the notebook as absolute paths of this machine;
+    the record keeps them relative to the repository (or just the file name outside it)."""
+    nb = nbformat.read(executed, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    for key, path in (("input_path", source), ("output_path", executed)):
+        if key in meta:
+            meta[key] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+    nbformat.write(nb, executed)
 
 
 def write_timings(out: Path, timings: list[tuple[str, float]], params: str, partial: bool) -> None:

@@ -16,6 +16,13 @@ from encoder_study.losses import VARIANCE_EPS, LossConfig, combined_loss, sae_lo
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the fused library")
 
 
+@pytest.fixture(autouse=True)
+def _engine_uses_the_c_kernels(monkeypatch):
+    """These tests are about the C kernels: the engine takes them whatever ``auto`` would choose
+    on this processor (tests/test_training.py runs the engine both ways)."""
+    monkeypatch.setenv(fused.KERNELS_ENV, "c")
+
+
 def test_library_builds_here():
     # gcc is on every machine this project targets: the fused path must be the one that runs
     assert fused.available(), "the fused library did not build or load"
@@ -297,12 +304,12 @@ def test_engine_folds_the_gather_into_its_first_layer_with_one_run_per_data_orde
 def test_engine_runs_on_one_seed_match_alone_float64(mnist, kind, path, monkeypatch):
     # One data order for all runs (S = 1): the runs' first-layer outputs come as a strided view,
     # which the fused path must read like any other (the paper-scale notebook 5 hit this). The
-    # torch path (CUDA, or no compiler) must agree as well.
+    # torch path (CUDA, no compiler, a processor without AVX-512) must agree as well.
     from encoder_study.engine import RunStack, train_group
     from encoder_study.training import RunConfig, train_run
 
     if path == "torch":
-        monkeypatch.setattr(fused, "available", lambda: False)
+        monkeypatch.setenv(fused.KERNELS_ENV, "torch")
 
     X = mnist["train_x"][:128 * 12].double()
     base = RunConfig(model=kind, epochs=2, device="cpu", seed=7)
@@ -452,3 +459,19 @@ def test_engine_takes_the_one_step_path_with_as_many_runs_per_thread():
     assert not stack([1] * (2 * threads), model="sae").one_pass  # the SAE keeps its stages
     if threads > 1:
         assert not stack(range(1, threads + 2)).one_pass  # a thread would sit idle
+
+
+@pytest.mark.parametrize("mode,avx512,expected", [("auto", True, True), ("auto", False, False), ("torch", True, False),
+                                                   ("c", False, True)])
+def test_kernel_switch_chooses_where_the_c_kernels_run(monkeypatch, mode, avx512, expected):
+    # auto takes the C kernels only on processors with AVX-512, where they were measured to pay
+    monkeypatch.setenv(fused.KERNELS_ENV, mode)
+    monkeypatch.setattr(fused, "cpu_has_avx512", lambda: avx512)
+    assert fused.engine_uses_c() is expected
+    assert (fused.identity() == "torch") is (not expected)
+
+
+def test_kernel_switch_names_a_bad_setting(monkeypatch):
+    monkeypatch.setenv(fused.KERNELS_ENV, "fast")
+    with pytest.raises(ValueError, match="ENCODER_STUDY_KERNELS='fast' is not allowed; choose one of 'auto', 'torch', 'c'"):
+        fused.engine_uses_c()

@@ -1,8 +1,11 @@
 """The book in smoke mode: every notebook runs through papermill into a temporary folder, with
-the contract of its results tables checked. The committed record is never touched."""
+the contract of its results tables checked. The committed record is never touched. Also: the
+record as a reader meets it (figures inside, little progress noise, an offline HTML book), and
+that JupyterLab and plain papermill leave the repository as they found it."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -10,10 +13,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pandas as pd
 import papermill as pm
 import pytest
+import yaml
+from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
@@ -66,6 +72,27 @@ def test_smoke_notebook(smoke_book, name):
     for fig in FIGURES[name]:
         for ext in ("pdf", "png"):
             assert (smoke_book / "figures" / f"{fig}.{ext}").stat().st_size > 1000
+    images, stderr = _outputs(nb)
+    assert images >= len(FIGURES[name]), f"{name}: {images} image outputs for figures {FIGURES[name]}"
+    assert stderr <= MAX_STDERR_OUTPUTS
+
+
+def _outputs(nb) -> tuple[int, int]:
+    """(image outputs, stderr outputs) of an executed notebook."""
+    outs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    images = sum("image/png" in o.get("data", {}) for o in outs)
+    stderr = sum(o.output_type == "stream" and o.name == "stderr" for o in outs)
+    return images, stderr
+
+
+MAX_STDERR_OUTPUTS = 30  # progress is one in-place output per bar; warnings may add a few
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_record_has_its_figures_inside_and_little_noise(name):
+    nb = nbformat.read(ROOT / "executed" / f"{name}.ipynb", as_version=4)
+    images, stderr = _outputs(nb)
+    assert images >= len(FIGURES[name]) and stderr <= MAX_STDERR_OUTPUTS, (images, stderr)
 
 
 def test_theorem_numbers_in_smoke(smoke_book):
@@ -85,8 +112,15 @@ def test_llm_smoke_matches_topk_to_ours_sparsity(smoke_book):
     assert refs.loc["zero ablation", "ce"] > refs.loc["clean", "ce"]
 
 
+def _as_ipynb(name, folder) -> Path:
+    """The notebook converted from its jupytext source (the .ipynb is not tracked)."""
+    path = Path(folder) / f"{name}.ipynb"
+    nbformat.write(jupytext.read(ROOT / "notebooks" / f"{name}.py"), path)
+    return path
+
+
 def _run(name, tmp_path, params):
-    pm.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / "out.ipynb"),
+    pm.execute_notebook(str(_as_ipynb(name, tmp_path)), str(tmp_path / "out.ipynb"),
                         parameters={"results_dir": str(tmp_path / "r"), "figures_dir": str(tmp_path / "f"), **params},
                         cwd=str(ROOT), kernel_name="python3", progress_bar=False)
 
@@ -101,13 +135,23 @@ def test_wrong_parameter_type_fails_by_name(tmp_path, smoke_book):
         _run("01_verify_theorem", tmp_path, {"batch": "many"})
 
 
-def test_py_and_ipynb_are_paired():
-    for name in NOTEBOOKS:
-        ipynb = ROOT / "notebooks" / f"{name}.ipynb"
-        assert ipynb.exists(), f"{ipynb} missing: run jupytext --sync notebooks/{name}.py"
-        code_py = [c for c in (ROOT / "notebooks" / f"{name}.py").read_text().split("# %%") if c.strip()]
-        nb = nbformat.read(ipynb, as_version=4)
-        assert len(nb.cells) == len(code_py) - 1  # the jupytext header is not a cell
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_source_round_trips_and_writes_to_scratch_by_default(name):
+    """Saving the notebook from JupyterLab rewrites the .py from the cells: it must come back byte
+    for byte, or merely opening a notebook would change a tracked file. And its default output
+    folders must be the ignored scratch/, so that a run outside `make book` leaves the record alone."""
+    text = (ROOT / "notebooks" / f"{name}.py").read_text()
+    nb = jupytext.reads(text, fmt="py:percent")
+    assert jupytext.writes(nb, fmt="py:percent") == text
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert f'results_dir: str = "scratch/{name}"' in params.source
+    assert 'figures_dir: str = "scratch/figures"' in params.source
+    assert nb.cells[0].cell_type == "markdown" and "scratch/" in nb.cells[0].source
+
+
+def _git_status() -> str:
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout
 
 
 def _free_port():
@@ -116,7 +160,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_jupyterlab_opens_py_notebook_as_notebook(tmp_path):
+def test_jupyterlab_opens_runs_and_saves_a_notebook_without_changing_the_repository(tmp_path):
+    """As a reader would in JupyterLab: open the .py as a notebook, Run All (the kernel's working
+    directory is notebooks/, the parameters their defaults), save. git status must not change."""
+    before = _git_status()
     port = _free_port()
     jupyter = Path(sys.executable).parent / "jupyter"
     log = open(tmp_path / "server.log", "w")
@@ -144,7 +191,55 @@ def test_jupyterlab_opens_py_notebook_as_notebook(tmp_path):
         cells = model["content"]["cells"]
         assert any("parameters" in c["metadata"].get("tags", []) for c in cells)
         assert cells[0]["cell_type"] == "markdown"
+        nb = nbformat.from_dict(model["content"])
+        NotebookClient(nb, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        assert _outputs(nb)[0] >= 1  # the figure, shown in the notebook
+        put = urllib.request.Request(url.split("?")[0], method="PUT", headers={"Authorization": "token testtoken"},
+                                     data=json.dumps({"type": "notebook", "format": "json", "content": nb}).encode())
+        with opener.open(put, timeout=30) as r:
+            assert r.status in (200, 201)
+        assert _git_status() == before
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+        for leftover in (ROOT / "notebooks").glob("01_verify_theorem.ipynb"):
+            leftover.unlink()  # the ignored paired copy JupyterLab made
+
+
+def test_plain_papermill_with_a_parameter_file_leaves_the_repository_alone(tmp_path):
+    before = _git_status()
+    params = yaml.safe_load((ROOT / "params" / "smoke" / "02_ablation.yaml").read_text())
+    pm.execute_notebook(str(_as_ipynb("02_ablation", tmp_path)), str(tmp_path / "out.ipynb"), parameters=params,
+                        cwd=str(ROOT), kernel_name="python3", progress_bar=False)
+    assert (ROOT / "scratch" / "02_ablation" / "metrics.csv").exists()
+    assert _git_status() == before
+
+
+def test_no_file_points_outside_the_repository():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    outside = ("../shared", "/work/", str(Path.home()) + "/", "site-packages/")
+    hits = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix in {".png", ".pdf", ".npz", ".gz"} or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        hits += [f"{name}: {o}" for o in outside if o in text]
+    assert not hits, hits[:10]
+
+
+def test_html_book_is_offline_with_figures_and_an_index(smoke_book, tmp_path):
+    out = tmp_path / "html"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "render_html.py"), "--src", str(smoke_book),
+                    "--out", str(out)], check=True, cwd=ROOT, capture_output=True)
+    assert (out / "mathjax" / "MathJax.js").exists()
+    for name in NOTEBOOKS:
+        page = (out / f"{name}.html").read_text()
+        assert "data:image/png;base64" in page
+        assert 'src="mathjax/MathJax.js' in page
+        loads = re.findall(r"<(?:script|link|img|iframe|source)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", page)
+        assert not loads, f"{name} loads from the network: {loads[:3]}"
+    index = (out / "index.html").read_text()
+    assert index.count("<section>") == len(NOTEBOOKS) and index.count('<img src="figures/') == len(NOTEBOOKS)
+    assert "Question." in index

@@ -1,0 +1,196 @@
+"""The method on your own data: ``fit`` a dictionary, ``encode`` with it, ``save`` and ``load`` it.
+
+    import encoder_study as es
+    d = es.fit(X, kind="ours", hidden_dim=64, epochs=20, seed=1)   # X: (n, d) NumPy array or tensor
+    A = d.encode(X)                                                # (n, 64) features, same type as X
+    d.save("my_dictionary")                                        # a folder: weights + config
+    same = es.load("my_dictionary")
+
+``fit`` trains through the book's engine and run cache (``runs.run_experiments``), so the same
+data, settings and seed give the same numbers as the notebooks would, and a second call with
+them loads the finished run instead of training again. A saved dictionary is a folder holding
+``weights.safetensors`` (the model's state, tensor names as in ``model.py``) and ``config.json``
+(kind, shapes, knobs, training settings, the final training loss and the package version).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .losses import LossConfig
+from .model import build_model
+from .runs import as_data_tensor, run_experiments
+from .storage import write_atomic
+from .training import RunConfig
+from .validation import check_choice
+
+# The names a user gives a model kind, and the engine's names for them.
+KINDS = {"ours": "encoder", "sae": "sae", "topk": "topk"}
+# Each kind's knobs (keyword: meaning). Anything else given to fit for that kind is an error.
+KNOBS = {
+    "ours": {"lambda_lse": "weight of the log-sum-exp term", "lambda_var": "weight of the variance term",
+             "lambda_tc": "weight of the decorrelation term"},
+    "sae": {"l1": "weight of the L1 sparsity penalty"},
+    "topk": {"k": "active latents per sample"},
+}
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "weights.safetensors"
+FORMAT = "encoder-study-dictionary/1"
+
+
+@dataclass
+class Dictionary:
+    """A trained dictionary: its run's config, weights and training history."""
+
+    config: RunConfig
+    input_dim: int
+    state: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = float("nan")
+
+    @property
+    def kind(self) -> str:
+        return next(name for name, engine_kind in KINDS.items() if engine_kind == self.config.model)
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.config.hidden_dim
+
+    def model(self) -> torch.nn.Module:
+        """The trained model (``model.py``), in eval mode."""
+        m = build_model(self.config.model, self.input_dim, self.config.hidden_dim, self.config.activation,
+                        k=self.config.k)
+        m.load_state_dict(self.state)
+        return m.eval()
+
+    @torch.no_grad()
+    def encode(self, X: np.ndarray | torch.Tensor, batch_size: int = 8192) -> np.ndarray | torch.Tensor:
+        """The features of X (n x input_dim): a NumPy float32 array for a NumPy input, else a tensor."""
+        x = as_data_tensor("X", X)
+        if x.shape[1] != self.input_dim:
+            raise ValueError(f"X has {x.shape[1]} features; this dictionary was trained on {self.input_dim}")
+        model = self.model()
+        x = x.to(torch.float32)
+        A = torch.cat([model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        return A.numpy() if isinstance(X, np.ndarray) else A
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the folder ``path`` (created if needed): weights in safetensors, config in JSON."""
+        from safetensors.torch import save_file
+
+        folder = _as_path("path", path)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise OSError(f"path={str(path)!r} is not a writable folder: {e.strerror or e}") from e
+        final_loss = self.history[-1]["total"] if self.history else None
+        config = {"format": FORMAT, "kind": self.kind, "input_dim": self.input_dim, "hidden_dim": self.hidden_dim,
+                  "knobs": knobs_of(self.config), "training": training_of(self.config),
+                  "final_training_loss": final_loss,
+                  "train_seconds": self.train_seconds if math.isfinite(self.train_seconds) else None,
+                  "package": "encoder-study", "package_version": __version__,
+                  "tensors": {name: list(t.shape) for name, t in self.state.items()}}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state.items()}
+        write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
+        write_atomic(folder / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
+        return folder
+
+
+def _as_path(name: str, path: object) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        raise TypeError(f"{name}={path!r} must be a folder path (a non-empty str or pathlib.Path)")
+    return Path(path)
+
+
+def knobs_of(config: RunConfig) -> dict:
+    """The sparsity knobs of a run, by the names ``fit`` takes."""
+    if config.model == "encoder":
+        return {"lambda_lse": config.loss.lse, "lambda_var": config.loss.var, "lambda_tc": config.loss.tc}
+    if config.model == "sae":
+        return {"l1": config.l1}
+    return {"k": config.k}
+
+
+def training_of(config: RunConfig) -> dict:
+    return {"epochs": config.epochs, "batch_size": config.batch_size, "optimizer": config.optimizer,
+            "lr": config.lr, "seed": config.seed, "activation": config.activation}
+
+
+def _run_config(kind: str, hidden_dim: int, epochs: int, seed: int, batch_size: int, lr: float, optimizer: str,
+                device: str, knobs: dict) -> RunConfig:
+    check_choice("kind", kind, KINDS)
+    unknown = sorted(set(knobs) - set(KNOBS[kind]))
+    if unknown:
+        allowed = ", ".join(f"{k} ({v})" for k, v in KNOBS[kind].items())
+        raise TypeError(f"kind={kind!r} does not take {', '.join(unknown)}; its knobs are: {allowed}")
+    common = {"hidden_dim": hidden_dim, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
+              "optimizer": optimizer, "device": device}
+    if kind == "ours":
+        loss = LossConfig(lse=knobs.get("lambda_lse", 1.0), var=knobs.get("lambda_var", 1.0),
+                          tc=knobs.get("lambda_tc", 1.0), wr=0.0)
+        return RunConfig(model="encoder", loss=loss, **common)
+    if kind == "sae":
+        return RunConfig(model="sae", l1=knobs.get("l1", 0.01), **common)
+    if "k" not in knobs:
+        raise TypeError("kind='topk' needs k= (active latents per sample, 1 <= k <= hidden_dim)")
+    return RunConfig(model="topk", k=knobs["k"], **common)
+
+
+def fit(X: np.ndarray | torch.Tensor, kind: str = "ours", hidden_dim: int = 64, epochs: int = 20, seed: int = 1,
+        batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam", device: str = "auto",
+        X_test: np.ndarray | torch.Tensor | None = None, cache: str | os.PathLike | None = None,
+        progress: bool = True, **knobs: float) -> Dictionary:
+    """Train one dictionary on X (n samples x d features) and return it.
+
+    kind: "ours" (LSE + InfoMax, no decoder; knobs lambda_lse, lambda_var, lambda_tc, default 1),
+    "sae" (MSE + L1; knob l1, default 0.01) or "topk" (TopK SAE; knob k, required). The data are
+    used as given (float32; centre or scale them first if your features need it). X_test, if
+    given, is where the engine measures dead units, L0 and redundancy during training (history).
+    cache: the run cache's folder (default under ``~/.cache/encoder-study``).
+    """
+    x = as_data_tensor("X", X).to(torch.float32)
+    xt = None if X_test is None else as_data_tensor("X_test", X_test).to(torch.float32)
+    config = _run_config(kind, hidden_dim, epochs, seed, batch_size, lr, optimizer, device, knobs)
+    if config.batch_size > len(x):
+        raise ValueError(f"batch_size={batch_size} is larger than X's {len(x)} samples")
+    (result,) = run_experiments([config], x, xt, cache=cache, progress=progress)
+    if result.diverged_epoch is not None:
+        raise FloatingPointError(f"training diverged at epoch {result.diverged_epoch} (loss not finite); "
+                                 f"try a smaller lr (lr={lr})")
+    return Dictionary(config, x.shape[1], result.state, result.history, result.seconds)
+
+
+def load(path: str | os.PathLike) -> Dictionary:
+    """A dictionary saved by ``Dictionary.save``."""
+    from safetensors.torch import load_file
+
+    folder = _as_path("path", path)
+    cfg_file, weights_file = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for f in (cfg_file, weights_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"path={str(path)!r} is not a saved dictionary: {f.name} is missing")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"{cfg_file}: format {cfg.get('format')!r} is not {FORMAT!r}")
+    t = cfg["training"]
+    config = _run_config(cfg["kind"], cfg["hidden_dim"], t["epochs"], t["seed"], t["batch_size"], t["lr"],
+                         t["optimizer"], "auto", cfg["knobs"])
+    state = load_file(str(weights_file))
+    loss = cfg.get("final_training_loss")
+    history = [{"epoch": t["epochs"], "total": loss}] if loss is not None else []
+    seconds = cfg.get("train_seconds")
+    return Dictionary(config, int(cfg["input_dim"]), state, history,
+                      float(seconds) if seconds is not None and math.isfinite(seconds) else float("nan"))
