@@ -3,17 +3,19 @@
     python benchmarks/training_speed.py [--device cpu|cuda] [--epochs 3] [--out benchmarks/training_speed.csv]
 
 Prints run-epochs per second (one run-epoch = one run seeing all 60,000 MNIST images once,
-784 -> 64, batch 128, Adam, the full objective) for the plain loop and for the engine at 1, 4, 12
-and 24 runs, each run on its own seed, and again with the runs sharing 3 seeds or 1 (as in the
-book: runs on one seed share minibatches and a GEMM), with the engine's fraction of this
-machine's fp32 GEMM peak measured in the same run, and the process's peak memory. Each figure is
-the median over the timed epochs (the first epoch is a warm-up).
+784 -> 64, batch 128, Adam, the full objective) for the plain loop and for the engine with each
+kernel setting (engine_torch; engine_c where the C kernels build) at 1, 4, 12 and 24 runs, each
+run on its own seed, and again with the runs sharing 3 seeds or 1 (as in the book: runs on one
+seed share minibatches and a GEMM), with the engine's fraction of this machine's fp32 GEMM peak
+measured in the same run, and the process's peak memory. Each figure is the median over the
+timed epochs (the first epoch is a warm-up).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import statistics
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from encoder_study import fused
 from encoder_study.book import peak_memory_gib
 from encoder_study.data import mnist_tensors
 from encoder_study.engine import train_group
@@ -82,21 +85,27 @@ def main() -> None:
     _, hist = train_run(cfg, X)
     plain = 1.0 / statistics.median(h["seconds"] for h in hist[1:])
     rows.append(("plain", 1, 1, plain))
+    kernels = ["torch"] + (["c"] if device.type == "cpu" and fused.available() else [])
     for r, orders in layouts(args.runs):
         # runs on one seed differ in their LSE weight (what a sweep varies; the speed does not care)
         configs = [cfg.with_(seed=1 + i % orders, loss=LossConfig(lse=1.0 + i // orders)) for i in range(r)]
-        results = train_group(configs, X, progress=False)
-        rows.append(("engine", r, orders, r / statistics.median(h["seconds"] for h in results[0].history[1:])))
+        for mode in kernels:  # the engine's two kernel settings, side by side
+            os.environ[fused.KERNELS_ENV] = mode
+            results = train_group(configs, X, progress=False)
+            rate = r / statistics.median(h["seconds"] for h in results[0].history[1:])
+            rows.append((f"engine_{mode}", r, orders, rate))
+            print(f"  engine_{mode:<6} {r:>3} runs on {orders:>2} seeds: {rate:.2f} run-epochs/s", flush=True)
+    os.environ.pop(fused.KERNELS_ENV, None)
     memory = peak_memory_gib() if device.type == "cpu" else torch.cuda.max_memory_allocated() / 2**30
 
-    print(f"\n{'method':<8}{'runs':>6}{'seeds':>7}{'run-epochs/s':>15}{'x plain':>9}{'GEMM fraction':>15}")
+    print(f"\n{'method':<14}{'runs':>6}{'seeds':>7}{'run-epochs/s':>15}{'x plain':>9}{'GEMM fraction':>15}")
     with open(args.out, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "runs", "data_orders", "run_epochs_per_s", "gemm_fraction", "speedup_vs_plain",
                     "gemm_peak_gflops", "peak_memory_gib", "device", "machine"])
         for method, r, orders, rate in rows:
             frac = rate * FLOP_PER_RUN_EPOCH / 1e9 / peak
-            print(f"{method:<8}{r:>6}{orders:>7}{rate:>15.2f}{rate / plain:>9.1f}{frac:>15.1%}")
+            print(f"{method:<14}{r:>6}{orders:>7}{rate:>15.2f}{rate / plain:>9.1f}{frac:>15.1%}")
             w.writerow([method, r, orders, f"{rate:.4f}", f"{frac:.4f}", f"{rate / plain:.2f}", f"{peak:.1f}",
                         f"{memory:.2f}", device.type, machine(device)])
     print(f"\npeak memory ({'process RSS' if device.type == 'cpu' else 'CUDA allocated'}): {memory:.2f} GiB")

