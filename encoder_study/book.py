@@ -32,7 +32,9 @@ class ParameterGuard:
     def __init__(self, namespace: dict) -> None:
         self.before = set(namespace)
 
-    def check(self, namespace: dict) -> dict:
+    def check(self, namespace: dict, at_least: dict[str, float] | None = None) -> dict:
+        """The parameters, checked; ``at_least`` gives lower bounds (for a list: of every value),
+        so that a value no run can use is refused before any long work, by name."""
         declared = dict(namespace.get("__annotations__", {}))
         new = {k for k in set(namespace) - self.before if not k.startswith("_")}
         unknown = sorted(new - set(declared) - {"guard"})
@@ -49,6 +51,10 @@ class ParameterGuard:
             if isinstance(value, list) and not value:
                 raise ValueError(f"parameter {name}=[] is empty; give at least one value")
             params[name] = value
+        for name, bound in (at_least or {}).items():
+            values = params[name] if isinstance(params[name], list) else [params[name]]
+            if any(v < bound for v in values):
+                raise ValueError(f"parameter {name}={params[name]!r} is not allowed; need at least {bound:g}")
         return params
 
 

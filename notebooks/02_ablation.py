@@ -48,7 +48,8 @@ results_dir: str = "scratch/02_ablation"
 figures_dir: str = "scratch/figures"
 
 # %%
-params = guard.check(globals())
+# refused before any work: metrics take variances over the test images (at least 2)
+params = guard.check(globals(), at_least={"n_train": 2, "n_test": 2, "epochs": 1})
 
 import time
 
@@ -59,8 +60,8 @@ import pandas as pd
 from encoder_study.book import COLORS, Record, mean_std, repo_path, save_figure, use_style
 from encoder_study.data import mnist_tensors
 from encoder_study.losses import LossConfig
-from encoder_study.metrics import (activation_summary, correlation, dead_units, features, firing_frequency, plateau_epoch,
-                                   usage_distribution)
+from encoder_study.metrics import (activation_summary, correlation, dead_units, features, firing_frequency,
+                                   plateau_epoch, usage_distribution)
 from encoder_study.runs import run_experiments
 from encoder_study.training import RunConfig
 

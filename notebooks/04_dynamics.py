@@ -53,7 +53,8 @@ results_dir: str = "scratch/04_dynamics"
 figures_dir: str = "scratch/figures"
 
 # %%
-params = guard.check(globals())
+# refused before any work: metrics take variances over the test images (at least 2)
+params = guard.check(globals(), at_least={"n_train": 2, "n_test": 2, "epochs": 1, "probe_max_iter": 1})
 
 import time
 

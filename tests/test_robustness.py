@@ -298,3 +298,14 @@ def test_two_processes_needing_one_group_train_it_once(tmp_path):
     assert first.returncode == 0 and second.returncode == 0, err1 + err2
     assert "TRAINING" not in out2  # the second waited for the first, then loaded its result
     assert out1.split("SUM")[1] == out2.split("SUM")[1]
+
+
+def test_parameter_guard_refuses_values_below_their_bound_before_any_work():
+    ns: dict = {}
+    guard = ParameterGuard(ns)
+    ns.update({"__annotations__": {"n_test": int, "probe_max_iter": int}, "n_test": 1, "probe_max_iter": 5})
+    with pytest.raises(ValueError, match="parameter n_test=1 is not allowed; need at least 2"):
+        guard.check(ns, at_least={"n_test": 2, "probe_max_iter": 1})
+    ns.update({"n_test": 2, "probe_max_iter": 0})
+    with pytest.raises(ValueError, match="parameter probe_max_iter=0 is not allowed; need at least 1"):
+        guard.check(ns, at_least={"n_test": 2, "probe_max_iter": 1})
