@@ -3,10 +3,10 @@
 ``run_experiments`` groups the runs (engine.group_runs), and for each group either loads its
 results from the run cache or trains it with the batched engine, checkpointing as it goes, so an
 interrupted book resumes where it stopped. The cache key covers everything that can move the
-group's numbers: every run's config, the data's bytes, the source of every module that computes
-them (``NUMERIC_SOURCES``), the built C library's bytes, the torch version and the thread count.
-So any edit to that code retrains the runs it could move, and nothing needs a hand-bumped
-version. Set ENCODER_STUDY_FRESH=1 (``make book FRESH=1``) to ignore the cache and retrain.
+group's numbers: every run's config, the data's bytes, the code of every module that computes
+them (``NUMERIC_SOURCES``, comments and docstrings left out), the engine's kernels (the built C
+library's bytes), the torch version and the thread count. So any change to that code retrains
+the runs it could move, and nothing needs a hand-bumped version. Set ENCODER_STUDY_FRESH=1 (``make book FRESH=1``) to ignore the cache and retrain.
 
 Two processes that need the same group (two books sharing a cache): the first to take the
 group's lock file trains it, the other waits and then loads the result. The lock is an OS file
@@ -16,6 +16,7 @@ cannot block anyone; on a network file system without such locks both would trai
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import functools
 import hashlib
@@ -46,12 +47,25 @@ NUMERIC_SOURCES = ("__init__.py", "data.py", "engine.py", "fused.py", "losses.py
                    "training.py")
 
 
+def _code_of(source: str) -> str:
+    """A module's code without its comments and docstrings (its syntax tree), so that editing
+    prose keeps the finished runs while any change to what runs retrains them."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+    return ast.dump(tree)
+
+
 @functools.cache
 def code_fingerprint() -> str:
-    """sha256 of the numeric modules' source and of the built C library (or 'torch' without it)."""
+    """sha256 of the numeric modules' code and of the engine's kernels (the built C library's
+    bytes, or 'torch' where the engine does not use it)."""
     h = hashlib.sha256()
     for name in NUMERIC_SOURCES:
-        h.update(name.encode() + b"\0" + (PACKAGE_DIR / name).read_bytes() + b"\0")
+        h.update(f"{name}\0{_code_of((PACKAGE_DIR / name).read_text())}\0".encode())
     h.update(fused.identity().encode())
     return h.hexdigest()[:16]
 

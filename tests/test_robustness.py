@@ -54,7 +54,12 @@ def test_editing_a_constant_in_the_numeric_code_changes_the_run_cache_key(tmp_pa
     assert _fingerprint_of(copy) == before
     api = copy / "encoder_study" / "api.py"  # code that only stores or shows keeps the cache
     api.write_text(api.read_text() + "\n# a comment\n")
+    engine = copy / "encoder_study" / "engine.py"  # and so does prose in the numeric code
+    engine.write_text(engine.read_text().replace('"""Many runs trained', '"""Many, many runs trained', 1)
+                      + "\n# a comment\n")
     assert _fingerprint_of(copy) == before
+    engine.write_text(engine.read_text().replace("AUXK_COEF = 1 / 32", "AUXK_COEF = 1 / 16"))
+    assert _fingerprint_of(copy) != before
 
 
 def _package_imports(module: str) -> set[str]:
