@@ -7,10 +7,12 @@ for all R runs, one optimizer update over the stack, per-run optimizers, learnin
 lambdas. Runs on one seed share each minibatch: it is gathered once and their first layers are
 one GEMM. Each run still sees exactly what it would alone: its own initialisation (its seed), its
 own minibatch order (``epoch_permutation(seed, epoch)``), its own loss, and the gradient of its own
-loss (by hand where derived and tested, else autograd of the per-run losses' sum). On the CPU the
+loss (by hand where derived and tested, else autograd of the per-run losses' sum). Where the
+engine uses the C kernels (``fused.engine_uses_c``: by default on processors with AVX-512) the
 by-hand gradients' elementwise work runs as C passes (``fused.py``) between torch's GEMMs, and so
 does the first layer of runs that each have a data order of their own (the gather folded into it);
 an encoder stack with as many runs on each thread takes its whole step in one C call, run by run.
+Elsewhere every step is torch's.
 
 No host synchronisation inside an epoch; one per epoch to read the losses and catch a run that
 diverged, which is then dropped from the stack (its last finite state kept) while the others go on.
@@ -618,13 +620,14 @@ def train_group(configs: list[RunConfig], train_x: torch.Tensor, test_x: torch.T
         bar.status(f"loss {last_loss:.4g}")
         bar.update()
         if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0) and epoch + 1 < first.epochs:
-            _save_checkpoint({"format": CHECKPOINT_FORMAT, "configs": [c.as_dict() for c in configs], "alive": alive,
-                              "epoch": epoch + 1, "params": [p.detach() for p in stack.params], "opt": opt.state(),
-                              "idle": stack.idle, "histories": histories, "finished": finished, "elapsed": elapsed},
-                             checkpoint)
+            _save_checkpoint({"format": CHECKPOINT_FORMAT, "configs": [c.as_dict() for c in configs],
+                              "alive": alive, "epoch": epoch + 1, "params": [p.detach() for p in stack.params],
+                              "opt": opt.state(), "idle": stack.idle, "histories": histories,
+                              "finished": finished, "elapsed": elapsed}, checkpoint)
     diverged = len(configs) - len(alive)
-    bar.close(f"{len(configs)} run{'s' if len(configs) > 1 else ''} x {first.epochs} epochs trained in {elapsed:.1f} s; final loss {last_loss:.4g} "
-              f"(mean over runs)" + (f"; {diverged} diverged" if diverged else ""))
+    bar.close(f"{len(configs)} run{'s' if len(configs) > 1 else ''} x {first.epochs} epochs trained in "
+              f"{elapsed:.1f} s; final loss {last_loss:.4g} (mean over runs)"
+              + (f"; {diverged} diverged" if diverged else ""))
     for r, orig in enumerate(alive):
         finished[orig] = RunResult(configs[orig], stack.state_of(r), histories[orig], None, 0.0)
     share = elapsed / len(configs)

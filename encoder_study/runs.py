@@ -6,7 +6,8 @@ interrupted book resumes where it stopped. The cache key covers everything that 
 group's numbers: every run's config, the data's bytes, the code of every module that computes
 them (``NUMERIC_SOURCES``, comments and docstrings left out), the engine's kernels (the built C
 library's bytes), the torch version and the thread count. So any change to that code retrains
-the runs it could move, and nothing needs a hand-bumped version. Set ENCODER_STUDY_FRESH=1 (``make book FRESH=1``) to ignore the cache and retrain.
+the runs it could move, and nothing needs a hand-bumped version. Set ENCODER_STUDY_FRESH=1
+(``make book FRESH=1``) to ignore the cache and retrain.
 
 Two processes that need the same group (two books sharing a cache): the first to take the
 group's lock file trains it, the other waits and then loads the result. The lock is an OS file

@@ -26,7 +26,11 @@
 # 60,000 training images) and three seeds. All twelve runs train together as one batched
 # program (`encoder_study.engine`); each run still has its own seed, initialisation and
 # minibatch order (the four runs of a seed see the same minibatches). Metrics are taken on the
-# 10,000 test images.
+# 10,000 test images. Beyond the paper, each run's features also get notebook 3's linear probe
+# (standardised features, the book's logistic regression fitted on the training images, accuracy
+# on the test images): `var_tc_only` has the InfoMax terms without LSE, close to VICReg's variance
+# and covariance terms, so comparing it with `lse_var_tc` isolates what the LSE term adds to the
+# features themselves, not only to their redundancy.
 #
 # *Where results go.* Run on its own (JupyterLab, or papermill without `results_dir` and
 # `figures_dir`), this notebook writes its tables and figures under `scratch/` (ignored by git);
@@ -44,12 +48,13 @@ n_train: int = 60000
 n_test: int = 10000
 batch_size: int = 128
 lr: float = 1e-3
+probe_max_iter: int = 5000
 results_dir: str = "scratch/02_ablation"
 figures_dir: str = "scratch/figures"
 
 # %%
 # refused before any work: metrics take variances over the test images (at least 2)
-params = guard.check(globals(), at_least={"n_train": 2, "n_test": 2, "epochs": 1})
+params = guard.check(globals(), at_least={"n_train": 2, "n_test": 2, "epochs": 1, "probe_max_iter": 1})
 
 import time
 
@@ -61,7 +66,8 @@ from encoder_study.book import COLORS, Record, mean_std, repo_path, save_figure,
 from encoder_study.data import mnist_tensors
 from encoder_study.losses import LossConfig
 from encoder_study.metrics import (activation_summary, correlation, dead_units, features, firing_frequency,
-                                   plateau_epoch, usage_distribution)
+                                   linear_probe_accuracy, plateau_epoch, usage_distribution)
+from encoder_study.progress import progress
 from encoder_study.runs import run_experiments
 from encoder_study.training import RunConfig
 
@@ -89,16 +95,21 @@ record.duration("training (or loading from the run cache)", time.perf_counter() 
 # %%
 rows, units, curves = [], [], []
 activations = {}
-for (name, cfg), res in zip(runs, results):
-    A = features(res.model(), data["test_x"])
+probe_start = time.perf_counter()
+for (name, cfg), res in progress(list(zip(runs, results)), desc="metrics and probes", unit="runs"):
+    model = res.model()
+    A, A_train = features(model, data["test_x"]), features(model, data["train_x"])
     activations[(name, cfg.seed)] = A
     rows.append({"config": name, "seed": cfg.seed, **activation_summary(A, res.state["linear.weight"]),
+                 "probe_accuracy": linear_probe_accuracy(A_train, data["train_y"], A, data["test_y"],
+                                                         max_iter=probe_max_iter),
                  "final_loss": res.history[-1]["total"], "diverged_epoch": res.diverged_epoch,
                  "train_seconds": res.seconds})
     for j, (u, f, v) in enumerate(zip(usage_distribution(A), firing_frequency(A), A.var(dim=0).tolist())):
         units.append({"config": name, "seed": cfg.seed, "unit": j, "usage": u, "firing_frequency": f, "variance": v})
     curves += [{"config": name, "seed": cfg.seed, **h} for h in res.history]
 metrics = pd.DataFrame(rows)
+record.duration("metrics and probes", time.perf_counter() - probe_start)
 record.table("metrics", metrics)
 record.table("units", pd.DataFrame(units))
 record.table("loss_curves", pd.DataFrame(curves))
@@ -106,7 +117,7 @@ metrics.round(3)
 
 # %%
 cols = ["dead_units", "dead_by_firing", "redundancy", "weight_redundancy", "effective_rank",
-        "responsibility_entropy", "l0"]
+        "responsibility_entropy", "l0", "probe_accuracy"]
 summary = mean_std(metrics, "config", cols)
 summary
 

@@ -36,12 +36,14 @@ def section() -> str:
         paper = {"lse_only": ("64/64", "-"), "lse_var": ("0/64", "~1875"), "lse_var_tc": ("0/64", "~29"),
                  "var_tc_only": ("0/64", "~28")}
         out += ["**2. Ablation** (MNIST, 64 units, 100 epochs, seeds " + ", ".join(map(str, sorted(df.seed.unique()))) + ")", "",
-                "| config | dead units (ours) | dead (paper) | redundancy (ours) | redundancy (paper) | L0 | resp. entropy (nats) |",
-                "|---|---|---|---|---|---|---|"]
+                "| config | dead units (ours) | dead (paper) | redundancy (ours) | redundancy (paper) | L0 | resp. entropy (nats) "
+                "| probe accuracy (%) |",
+                "|---|---|---|---|---|---|---|---|"]
         for name, g in df.groupby("config", sort=False):
             red = "- (all dead)" if g.dead_units.mean() == 64 else pm(g.redundancy, digits=0)
             out.append(f"| {name} | {pm(g.dead_units, digits=1)} | {paper.get(name, ('', ''))[0]} | {red} | "
-                       f"{paper.get(name, ('', ''))[1]} | {pm(g.l0, digits=1)} | {pm(g.responsibility_entropy)} |")
+                       f"{paper.get(name, ('', ''))[1]} | {pm(g.l0, digits=1)} | {pm(g.responsibility_entropy)} | "
+                       + (f"{pm(g.probe_accuracy, 100)} |" if "probe_accuracy" in g else "- |"))
         out.append("")
     t = EXEC / "03_benchmark" / "metrics.csv"
     if t.exists():

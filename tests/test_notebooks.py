@@ -26,16 +26,18 @@ NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 CONTRACT = {
     "01_verify_theorem": ["dtype", "n_points", "max_abs_error", "mean_abs_error", "correlation"],
     "02_ablation": ["config", "seed", "dead_units", "redundancy", "weight_redundancy", "effective_rank",
-                    "responsibility_entropy", "l0"],
+                    "responsibility_entropy", "l0", "probe_accuracy"],
     "03_benchmark": ["model", "seed", "probe_accuracy", "l0", "n_params", "fvu", "train_seconds"],
     "04_dynamics": ["optimizer", "lr", "seed", "final_loss", "probe_accuracy", "epoch_90pct_decrease"],
     "05_llm_activations": ["model", "hidden_dim", "input_dim", "seed", "l0", "fvu", "dead_fraction",
                            "ce_loss_recovered"],
     "06_mnist_frontier": ["model", "knob", "knob_value", "seed", "probe_accuracy", "l0", "fvu"],
+    "07_controls": ["model", "hidden_dim", "seed", "probe_accuracy", "l0", "fvu", "fit_seconds", "n_params"],
 }
 FIGURES = {"01_verify_theorem": ["fig1_theorem"], "02_ablation": ["fig2_ablation"],
            "03_benchmark": ["fig3_benchmark", "fig4_features"], "04_dynamics": ["fig5_dynamics"],
-           "05_llm_activations": ["fig6_llm_frontier"], "06_mnist_frontier": ["fig7_mnist_frontier"]}
+           "05_llm_activations": ["fig6_llm_frontier"], "06_mnist_frontier": ["fig7_mnist_frontier"],
+           "07_controls": ["fig8_controls"]}
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +101,15 @@ def test_theorem_numbers_in_smoke(smoke_book):
     df = pd.read_csv(smoke_book / "01_verify_theorem" / "metrics.csv").set_index("dtype")
     assert df.loc["float64", "max_abs_error"] < 1e-12 and df.loc["float32", "max_abs_error"] < 1e-6
     assert df.loc["float32", "correlation"] > 0.9999
+
+
+def test_controls_smoke_has_every_method_and_the_em_comparison(smoke_book):
+    df = pd.read_csv(smoke_book / "07_controls" / "metrics.csv")
+    assert {"ours", "sae", "topk", "pca", "pca_relu", "random", "kmeans", "gmm", "gmm_log", "sparse_coding", "ica",
+            "nmf"} <= set(df.model)
+    assert (df.hidden_dim == 64).all() and df.probe_accuracy.between(0, 1).all()
+    em = pd.read_csv(smoke_book / "07_controls" / "em_agreement.csv")
+    assert {"seed", "nmi_hard", "nmi_soft"} <= set(em.columns) and em[["nmi_hard", "nmi_soft"]].stack().between(0, 1).all()
 
 
 def test_llm_smoke_matches_topk_to_ours_sparsity(smoke_book):
