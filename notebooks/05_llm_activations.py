@@ -280,7 +280,7 @@ summary.round(4)
 #   allowed the same 608 units is almost lossless (FVU 0.004). Raising the LSE weight helps but
 #   does not get there in this budget: lambda_lse = 3 and 10 give L0 393 and 170 (still falling,
 #   244 to 170 over the 5 epochs), and at L0 170 ours (FVU 0.20, 96.4%) is behind both a TopK SAE
-#   with k = 32, five times sparser (FVU 0.19, 97.1%), and the L1 SAE at l1 = 3 (L0 99, FVU
+#   with k = 32, five times sparser (FVU 0.19, 97.2%), and the L1 SAE at l1 = 3 (L0 99, FVU
 #   0.19, 96.0%). So the balance between LSE and InfoMax sets the sparsity, and with more units
 #   than input dimensions it sits far on the dense side at the paper's weights.
 #   An exploratory run outside this record, on a lent GPU (`benchmarks/llm_lse_sweep.py` on a

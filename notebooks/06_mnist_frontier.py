@@ -176,18 +176,19 @@ matched.round(4)
 #
 # - **The LSE weight is a real sparsity knob for the decoder-free model.** From lambda_lse = 0.1
 #   to 10 (variance and decorrelation weights 1), ours' L0 falls from about 49 to about 3.7 of
-#   64 while its probe accuracy stays between 92.05% and 93.3%, with no dead unit anywhere. The
+#   64 while its probe accuracy stays between 92.1% and 93.2%, with no dead unit anywhere. The
 #   price is reconstruction: the readout's FVU rises from 0.19 to 0.49.
 # - **Against the paper's L1 SAE, the paper's conclusion holds everywhere, and more strongly.**
 #   The L1 weight barely moves the SAE's sparsity (L0 35 to 29 over a 30x range) until the SAE
-#   collapses (l1 = 0.1: L0 2.6, probe 47.5%, 61 of 64 units silent; l1 = 0.3: everything silent).
-#   Where it has not collapsed (L0 29-35) its probe accuracy is 2.5-3 points below ours at any
-#   sparsity, and about half its units never fire. The paper's single-point comparison was not a lucky choice of
-#   operating point for ours.
+#   collapses (l1 = 0.1: L0 2.6, probe 47.3%, 61 of 64 units silent; l1 = 0.3: everything silent).
+#   Where it has not collapsed (L0 29-35) its probe accuracy is 2.4-3 points below ours at any
+#   sparsity, and about half its units never fire. The paper's single-point comparison was not a
+#   lucky choice of operating point for ours.
 # - **Against a TopK SAE the story changes.** At matched L0 the TopK SAE's probe accuracy is
-#   level with ours (within about half a point, single seed: ours ahead at the sparsest points,
-#   level near L0 18), and its reconstruction is clearly better at every L0 (at L0 about 18:
-#   FVU 0.21 against 0.35; at about 6.6: 0.33 against 0.43), as it should be, since
+#   level with ours (within about half a point, single seed: level at the sparsest points, L0
+#   about 4, 92.2% against 92.1%; ours a few tenths ahead near L0 6.5, between TopK's k = 4 and 8;
+#   TopK 0.2 points ahead near L0 17), and its reconstruction is clearly better at every L0 (at L0
+#   about 17: FVU 0.22 against 0.35; at about 6.5: 0.33 against 0.43), as it should be, since
 #   reconstruction is what it is trained for. Ours does this with half the parameters and
 #   no decoder; it does not beat a modern SAE on features a linear probe can use, it matches it.
 # - **So the fair summary of the paper's benchmark** is: decoder-free features are as linearly

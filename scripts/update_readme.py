@@ -103,6 +103,26 @@ def section() -> str:
             out.append(f"| {r.model} | {r.knob} = {r.knob_value:g} | {r.l0:.1f} | {r.probe_accuracy * 100:.2f} | "
                        f"{r.fvu:.3f} |")
         out.append("")
+    t = EXEC / "07_controls" / "metrics.csv"
+    if t.exists():
+        df = pd.read_csv(t)
+        info = json.loads((EXEC / "07_controls" / "run_info.json").read_text())
+        em = pd.read_csv(EXEC / "07_controls" / "em_agreement.csv")
+        out += [f"**7. Controls** (MNIST, 64 features each, the same probe and readout; mean ± std over seeds "
+                f"{', '.join(map(str, info['parameters']['seeds']))} where a method is stochastic; TopK at k = "
+                f"{info['topk_k']}, ours' mean L0)", "",
+                "| method | probe accuracy (%) | L0 | FVU (linear readout) | fit seconds |", "|---|---|---|---|---|"]
+        order = ["ours", "sae", "topk", "pca", "pca_relu", "random", "kmeans", "gmm", "gmm_log", "sparse_coding",
+                 "ica", "nmf"]
+        for m in [m for m in order if m in set(df.model)]:
+            g = df[df.model == m]
+            out.append(f"| {m} | {pm(g.probe_accuracy, 100)} | {pm(g.l0, digits=1)} | {pm(g.fvu, digits=3)} | "
+                       f"{g.fit_seconds.mean():.0f} |")
+        em["compared"] = em.compared.str.replace(r" \(seed \d+\)", "", regex=True)  # gmm vs gmm: all pairs
+        agree = em.groupby("compared", sort=False)[["nmi_hard", "nmi_soft"]].mean()
+        out += ["", "Responsibilities against a Gaussian mixture fitted by explicit EM (normalised mutual "
+                "information, hard / soft): " + "; ".join(f"{k} {r.nmi_hard:.2f} / {r.nmi_soft:.3f}"
+                                                          for k, r in agree.iterrows()) + ".", ""]
     t = EXEC / "book_timings.csv"
     if t.exists():
         rows = list(csv.DictReader(t.open()))
