@@ -70,11 +70,14 @@ def question_of(nb: nbformat.NotebookNode) -> str:
 
 
 def headline_of(nb: nbformat.NotebookNode) -> str:
-    """The first bullet of the notebook's '## What it shows' section (markdown)."""
+    """The first bullet of the notebook's '## What it shows' section, or the first paragraph of
+    a cell that opens with '**What it shows.**' (markdown)."""
     for c in nb.cells:
         if c.cell_type == "markdown" and re.search(r"^##\s+What it shows", c.source, re.M):
             bullets = re.split(r"\n(?=- )", c.source.split("\n", 1)[1].strip())
             return bullets[0].lstrip("- ").strip() if bullets else ""
+        if c.cell_type == "markdown" and c.source.lstrip().startswith("**What it shows.**"):
+            return re.split(r"\n\s*\n", c.source.strip())[0].replace("**What it shows.**", "").strip()
     return ""
 
 
