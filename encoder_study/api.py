@@ -26,6 +26,7 @@ import torch
 
 from . import __version__
 from .losses import LossConfig
+from .metrics import features
 from .model import build_model
 from .runs import as_data_tensor, run_experiments
 from .storage import write_atomic
@@ -76,9 +77,7 @@ class Dictionary:
         x = as_data_tensor("X", X)
         if x.shape[1] != self.input_dim:
             raise ValueError(f"X has {x.shape[1]} features; this dictionary was trained on {self.input_dim}")
-        model = self.model()
-        x = x.to(torch.float32)
-        A = torch.cat([model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        A = features(self.model(), x.to(torch.float32), batch_size)
         return A.numpy() if isinstance(X, np.ndarray) else A
 
     def save(self, path: str | os.PathLike) -> Path:

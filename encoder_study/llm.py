@@ -265,6 +265,7 @@ def _cache_problem(folder: Path, found: dict | None, wanted: dict) -> str:
         stamps = json.loads(stamp_file.read_text())
     except (OSError, ValueError):
         stamps = {}
+    verified = dict(stamps)
     for name, expected in found["files"].items():
         path = folder / name
         if not path.is_file():
@@ -276,9 +277,10 @@ def _cache_problem(folder: Path, found: dict | None, wanted: dict) -> str:
             continue
         if sha256_file(path) != expected["sha256"]:
             return f"{name} does not match the hash in its manifest (changed since it was written)"
-        stamps[name] = [st.st_size, st.st_mtime_ns, expected["sha256"]]
+        verified[name] = [st.st_size, st.st_mtime_ns, expected["sha256"]]
+    if verified != stamps:
         try:
-            write_atomic(stamp_file, lambda tmp: tmp.write_text(json.dumps(stamps)))
+            write_atomic(stamp_file, lambda tmp: tmp.write_text(json.dumps(verified)))
         except OSError:
             pass  # a read-only cache is still usable; it is only checked in full every time
     return ""

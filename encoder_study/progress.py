@@ -74,13 +74,15 @@ class Progress:
             self._bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, leave=True, file=sys.stderr)
         self._refresh(force=True)
 
+    def _count(self) -> str:
+        return f"{self.n}/{self.total} {self.unit}" if self.total else f"{self.n} {self.unit}"
+
     def _line(self, summary: str | None = None) -> str:
         if summary is not None:
             return f"{self.desc}: {summary}" if self.desc else summary
-        count = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         elapsed = time.perf_counter() - self.start
         rest = f", {self.text}" if self.text else ""
-        return f"{self.desc}: {count} {self.unit} [{elapsed:.0f} s{rest}]"
+        return f"{self.desc}: {self._count()} [{elapsed:.0f} s{rest}]"
 
     def _refresh(self, force: bool = False, done: bool = False, summary: str | None = None) -> None:
         now = time.perf_counter()
@@ -112,11 +114,9 @@ class Progress:
             return
         self.disabled = True
         if summary is None:
-            count = f"{self.n}/{self.total}" if self.total else f"{self.n}"
-            summary = f"{count} {self.unit} in {time.perf_counter() - self.start:.1f} s"
+            summary = f"{self._count()} in {time.perf_counter() - self.start:.1f} s"
         if self._bar is not None:
-            if summary is not None:
-                self._bar.set_postfix_str(summary, refresh=False)
+            self._bar.set_postfix_str(summary, refresh=False)
             self._bar.close()
         self._refresh(force=True, done=True, summary=summary)
 

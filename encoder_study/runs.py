@@ -42,7 +42,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules whose code computes a run's numbers (training, initialisation, data orders, the
 # objective, the metrics kept in a run's history, the CPU warm-up in __init__). Their source is
 # part of the run cache's key. The other modules (progress, storage, validation, runs itself,
-# the book's helpers, the API) only check, show or store; tests/test_training.py holds that every
+# the book's helpers, the API) only check, show or store; tests/test_robustness.py holds that every
 # module the engine imports is in one list or the other.
 NUMERIC_SOURCES = ("__init__.py", "data.py", "engine.py", "fused.py", "losses.py", "metrics.py", "model.py",
                    "training.py")
