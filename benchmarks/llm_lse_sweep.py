@@ -18,10 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from encoder_study.config import LossConfig, RunConfig
 from encoder_study.engine import train_many
-from encoder_study.losses import LossConfig
 from encoder_study.metrics import features, firing_frequency, l0, readout_fvu
-from encoder_study.training import RunConfig
 
 
 def main() -> None:
@@ -38,7 +37,9 @@ def main() -> None:
     Xt = torch.from_numpy(data["test"].astype(np.float32)) / scale
     rows = []
     for epochs in args.epochs:
-        base = RunConfig(hidden_dim=args.hidden, batch_size=1024, epochs=epochs, eval_every=epochs, device=args.device)
+        base = RunConfig(
+            hidden_dim=args.hidden, batch_size=1024, epochs=epochs, eval_every=epochs, device=args.device
+        )
         configs = [base.with_(loss=LossConfig(lse=w)) for w in (0.125, 1.0, 10.0, 30.0, 100.0, 300.0)]
         configs += [base.with_(batch_size=128, epochs=max(1, epochs // 8))]  # the paper's batch, same steps
         configs += [base.with_(model="topk", k=k) for k in (32, 128)]
@@ -48,12 +49,23 @@ def main() -> None:
         for c, r in zip(configs, results):
             model = r.model()
             A, A_fit = features(model, Xt), features(model, X[:20000])
-            rows.append({"model": c.model, "hidden_dim": c.hidden_dim, "batch_size": c.batch_size, "epochs": c.epochs,
-                         "steps": c.epochs * -(-len(X) // c.batch_size), "lambda_lse": c.loss.lse if c.model == "encoder" else np.nan,
-                         "k": c.k or np.nan, "l0": l0(A), "active_fraction": l0(A) / c.hidden_dim,
-                         "never_active": int((firing_frequency(A) == 0).sum()),
-                         "readout_fvu": readout_fvu(A_fit, X[:20000], A, Xt), "diverged": r.diverged_epoch is not None,
-                         "group_seconds": seconds})
+            rows.append(
+                {
+                    "model": c.model,
+                    "hidden_dim": c.hidden_dim,
+                    "batch_size": c.batch_size,
+                    "epochs": c.epochs,
+                    "steps": c.epochs * -(-len(X) // c.batch_size),
+                    "lambda_lse": c.loss.lse if c.model == "encoder" else np.nan,
+                    "k": c.k or np.nan,
+                    "l0": l0(A),
+                    "active_fraction": l0(A) / c.hidden_dim,
+                    "never_active": int((firing_frequency(A) == 0).sum()),
+                    "readout_fvu": readout_fvu(A_fit, X[:20000], A, Xt),
+                    "diverged": r.diverged_epoch is not None,
+                    "group_seconds": seconds,
+                }
+            )
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     df = pd.DataFrame(rows)
     df.to_csv(args.out, index=False)

@@ -3,19 +3,19 @@
     python benchmarks/training_speed.py [--device cpu|cuda] [--epochs 3] [--out benchmarks/training_speed.csv]
 
 Prints run-epochs per second (one run-epoch = one run seeing all 60,000 MNIST images once,
-784 -> 64, batch 128, Adam, the full objective) for the plain loop and for the engine with each
-kernel setting (engine_torch; engine_c where the C kernels build) at 1, 4, 12 and 24 runs, each
-run on its own seed, and again with the runs sharing 3 seeds or 1 (as in the book: runs on one
-seed share minibatches and a GEMM), with the engine's fraction of this machine's fp32 GEMM peak
-measured in the same run, and the process's peak memory. Each figure is the median over the
-timed epochs (the first epoch is a warm-up).
+784 -> 64, batch 128, Adam, the full objective) for the plain loop and for the engine at 1, 4,
+12 and 24 runs, each run on its own seed, and again with the runs sharing 3 seeds or 1 (as in
+the book: runs on one seed share minibatches and a GEMM), with the engine's fraction of this
+machine's fp32 GEMM peak measured in the same run, and the process's peak memory; then the L1
+SAE at the book's shape (12 runs) and at notebook 5's (576 -> 288 and 1152 on 65,536 random
+vectors, batch 1024, 3 runs). Each figure is the median over the timed epochs (the first epoch
+is a warm-up).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import os
 import platform
 import statistics
 import time
@@ -23,15 +23,20 @@ from pathlib import Path
 
 import torch
 
-from encoder_study import fused
 from encoder_study.book import peak_memory_gib
+from encoder_study.config import LossConfig, RunConfig
 from encoder_study.data import mnist_tensors
 from encoder_study.engine import train_group
-from encoder_study.losses import LossConfig
-from encoder_study.training import RunConfig, train_run
+from encoder_study.training import train_run
 
 N, D, K = 60000, 784, 64
-FLOP_PER_RUN_EPOCH = 4 * N * D * K  # forward GEMM + weight-gradient GEMM, 2 flops per multiply-add
+WIDTHS = (14, 9, 12, 6, 7, 15, 15)  # the printed table's columns
+
+
+def flop_per_run_epoch(model: str, n: int, d: int, k: int) -> int:
+    """The GEMM flops of one run-epoch (2 per multiply-add): the first layer forward and its weight
+    gradient; a decoder adds its forward, its weight gradient and the gradient into the code."""
+    return (4 if model == "encoder" else 10) * n * d * k
 
 
 def sync(device: torch.device) -> None:
@@ -68,9 +73,17 @@ def layouts(runs: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+def epoch_rate(configs: list[RunConfig], X: torch.Tensor) -> float:
+    """Run-epochs per second of one engine group: runs / median epoch time (first epoch left out)."""
+    results = train_group(configs, X, progress=False)
+    return len(configs) / statistics.median(h["seconds"] for h in results[0].history[1:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
     ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement (the first is a warm-up)")
     ap.add_argument("--runs", type=int, nargs="*", default=[1, 4, 12, 24])
     ap.add_argument("--out", default=str(Path(__file__).with_name("training_speed.csv")))
@@ -84,30 +97,83 @@ def main() -> None:
     cfg = RunConfig(epochs=args.epochs, device=args.device, seed=1)
     _, hist = train_run(cfg, X)
     plain = 1.0 / statistics.median(h["seconds"] for h in hist[1:])
-    rows.append(("plain", 1, 1, plain))
-    kernels = ["torch"] + (["c"] if device.type == "cpu" and fused.available() else [])
+    rows.append(("plain", "encoder", 1, 1, N, D, K, plain))
     for r, orders in layouts(args.runs):
         # runs on one seed differ in their LSE weight (what a sweep varies; the speed does not care)
         configs = [cfg.with_(seed=1 + i % orders, loss=LossConfig(lse=1.0 + i // orders)) for i in range(r)]
-        for mode in kernels:  # the engine's two kernel settings, side by side
-            os.environ[fused.KERNELS_ENV] = mode
-            results = train_group(configs, X, progress=False)
-            rate = r / statistics.median(h["seconds"] for h in results[0].history[1:])
-            rows.append((f"engine_{mode}", r, orders, rate))
-            print(f"  engine_{mode:<6} {r:>3} runs on {orders:>2} seeds: {rate:.2f} run-epochs/s", flush=True)
-    os.environ.pop(fused.KERNELS_ENV, None)
+        rows.append(("engine_torch", "encoder", r, orders, N, D, K, epoch_rate(configs, X)))
+        print(
+            f"  engine encoder {r:>3} runs on {orders:>2} seeds: {rows[-1][-1]:.2f} run-epochs/s", flush=True
+        )
+    sae = RunConfig(model="sae", epochs=args.epochs, device=args.device)
+    rows.append(
+        ("engine_torch", "sae", 12, 12, N, D, K, epoch_rate([sae.with_(seed=s) for s in range(1, 13)], X))
+    )
+    g = torch.Generator().manual_seed(0)
+    V = torch.randn(65536, 576, generator=g).to(device)  # notebook 5's shape: residual-stream width 576
+    for k in (288, 1152):
+        lm = RunConfig(model="sae", hidden_dim=k, batch_size=1024, epochs=args.epochs, device=args.device)
+        rows.append(
+            (
+                "engine_torch",
+                "sae",
+                3,
+                3,
+                len(V),
+                576,
+                k,
+                epoch_rate([lm.with_(seed=s) for s in (1, 2, 3)], V),
+            )
+        )
+    for row in rows[-3:]:
+        print(f"  engine sae {row[5]} -> {row[6]}, {row[2]} runs: {row[-1]:.2f} run-epochs/s", flush=True)
     memory = peak_memory_gib() if device.type == "cpu" else torch.cuda.max_memory_allocated() / 2**30
 
-    print(f"\n{'method':<14}{'runs':>6}{'seeds':>7}{'run-epochs/s':>15}{'x plain':>9}{'GEMM fraction':>15}")
+    header = ("method", "model", "shape", "runs", "seeds", "run-epochs/s", "GEMM fraction")
+    cells = (f"{h:<{w}}" if i < 2 else f"{h:>{w}}" for i, (h, w) in enumerate(zip(header, WIDTHS)))
+    print("\n" + "".join(cells))
     with open(args.out, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "runs", "data_orders", "run_epochs_per_s", "gemm_fraction", "speedup_vs_plain",
-                    "gemm_peak_gflops", "peak_memory_gib", "device", "machine"])
-        for method, r, orders, rate in rows:
-            frac = rate * FLOP_PER_RUN_EPOCH / 1e9 / peak
-            print(f"{method:<14}{r:>6}{orders:>7}{rate:>15.2f}{rate / plain:>9.1f}{frac:>15.1%}")
-            w.writerow([method, r, orders, f"{rate:.4f}", f"{frac:.4f}", f"{rate / plain:.2f}", f"{peak:.1f}",
-                        f"{memory:.2f}", device.type, machine(device)])
+        w.writerow(
+            [
+                "method",
+                "model",
+                "n",
+                "input_dim",
+                "hidden_dim",
+                "runs",
+                "data_orders",
+                "run_epochs_per_s",
+                "gemm_fraction",
+                "speedup_vs_plain",
+                "gemm_peak_gflops",
+                "peak_memory_gib",
+                "device",
+                "machine",
+            ]
+        )
+        for method, model, r, orders, n, d, k, rate in rows:
+            frac = rate * flop_per_run_epoch(model, n, d, k) / 1e9 / peak
+            speedup = f"{rate / plain:.2f}" if (model, n, d, k) == ("encoder", N, D, K) else ""
+            print(f"{method:<14}{model:<9}{f'{d}->{k}':>12}{r:>6}{orders:>7}{rate:>15.2f}{frac:>15.1%}")
+            w.writerow(
+                [
+                    method,
+                    model,
+                    n,
+                    d,
+                    k,
+                    r,
+                    orders,
+                    f"{rate:.4f}",
+                    f"{frac:.4f}",
+                    speedup,
+                    f"{peak:.1f}",
+                    f"{memory:.2f}",
+                    device.type,
+                    machine(device),
+                ]
+            )
     print(f"\npeak memory ({'process RSS' if device.type == 'cpu' else 'CUDA allocated'}): {memory:.2f} GiB")
     print(f"written: {args.out}")
 

@@ -25,20 +25,22 @@ import numpy as np
 import torch
 
 from . import __version__
-from .losses import LossConfig
+from .config import LossConfig, RunConfig
 from .metrics import features
-from .model import build_model
+from .model import build_run_model
 from .runs import as_data_tensor, run_experiments
 from .storage import write_atomic
-from .training import RunConfig
 from .validation import check_choice
 
-# The names a user gives a model kind, and the engine's names for them.
+# The names a user gives a model kind, and the engine's names for them (kinds.KINDS).
 KINDS = {"ours": "encoder", "sae": "sae", "topk": "topk"}
 # Each kind's knobs (keyword: meaning). Anything else given to fit for that kind is an error.
 KNOBS = {
-    "ours": {"lambda_lse": "weight of the log-sum-exp term", "lambda_var": "weight of the variance term",
-             "lambda_tc": "weight of the decorrelation term"},
+    "ours": {
+        "lambda_lse": "weight of the log-sum-exp term",
+        "lambda_var": "weight of the variance term",
+        "lambda_tc": "weight of the decorrelation term",
+    },
     "sae": {"l1": "weight of the L1 sparsity penalty"},
     "topk": {"k": "active latents per sample"},
 }
@@ -66,8 +68,7 @@ class Dictionary:
 
     def model(self) -> torch.nn.Module:
         """The trained model (``model.py``), in eval mode."""
-        m = build_model(self.config.model, self.input_dim, self.config.hidden_dim, self.config.activation,
-                        k=self.config.k)
+        m = build_run_model(self.config, self.input_dim)
         m.load_state_dict(self.state)
         return m.eval()
 
@@ -93,14 +94,23 @@ class Dictionary:
         except OSError as e:
             raise OSError(f"path={str(path)!r} is not a writable folder: {e.strerror or e}") from e
         final_loss = self.history[-1]["total"] if self.history else None
-        config = {"format": FORMAT, "kind": self.kind, "input_dim": self.input_dim, "hidden_dim": self.hidden_dim,
-                  "knobs": knobs_of(self.config), "training": training_of(self.config),
-                  "final_training_loss": final_loss,
-                  "train_seconds": self.train_seconds if math.isfinite(self.train_seconds) else None,
-                  "package": "encoder-study", "package_version": __version__,
-                  "tensors": {name: list(t.shape) for name, t in self.state.items()}}
+        config = {
+            "format": FORMAT,
+            "kind": self.kind,
+            "input_dim": self.input_dim,
+            "hidden_dim": self.hidden_dim,
+            "knobs": knobs_of(self.config),
+            "training": training_of(self.config),
+            "final_training_loss": final_loss,
+            "train_seconds": self.train_seconds if math.isfinite(self.train_seconds) else None,
+            "package": "encoder-study",
+            "package_version": __version__,
+            "tensors": {name: list(t.shape) for name, t in self.state.items()},
+        }
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state.items()}
-        write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
+        write_atomic(
+            folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        )
         write_atomic(folder / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
         return folder
 
@@ -121,22 +131,48 @@ def knobs_of(config: RunConfig) -> dict:
 
 
 def training_of(config: RunConfig) -> dict:
-    return {"epochs": config.epochs, "batch_size": config.batch_size, "optimizer": config.optimizer,
-            "lr": config.lr, "seed": config.seed, "activation": config.activation}
+    return {
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "optimizer": config.optimizer,
+        "lr": config.lr,
+        "seed": config.seed,
+        "activation": config.activation,
+    }
 
 
-def _run_config(kind: str, hidden_dim: int, epochs: int, seed: int, batch_size: int, lr: float, optimizer: str,
-                device: str, knobs: dict) -> RunConfig:
+def _run_config(
+    kind: str,
+    hidden_dim: int,
+    epochs: int,
+    seed: int,
+    batch_size: int,
+    lr: float,
+    optimizer: str,
+    device: str,
+    knobs: dict,
+) -> RunConfig:
     check_choice("kind", kind, KINDS)
     unknown = sorted(set(knobs) - set(KNOBS[kind]))
     if unknown:
         allowed = ", ".join(f"{k} ({v})" for k, v in KNOBS[kind].items())
         raise TypeError(f"kind={kind!r} does not take {', '.join(unknown)}; its knobs are: {allowed}")
-    common = {"hidden_dim": hidden_dim, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
-              "optimizer": optimizer, "device": device}
+    common = {
+        "hidden_dim": hidden_dim,
+        "epochs": epochs,
+        "seed": seed,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "device": device,
+    }
     if kind == "ours":
-        loss = LossConfig(lse=knobs.get("lambda_lse", 1.0), var=knobs.get("lambda_var", 1.0),
-                          tc=knobs.get("lambda_tc", 1.0), wr=0.0)
+        loss = LossConfig(
+            lse=knobs.get("lambda_lse", 1.0),
+            var=knobs.get("lambda_var", 1.0),
+            tc=knobs.get("lambda_tc", 1.0),
+            wr=0.0,
+        )
         return RunConfig(model="encoder", loss=loss, **common)
     if kind == "sae":
         return RunConfig(model="sae", l1=knobs.get("l1", 0.01), **common)
@@ -145,10 +181,21 @@ def _run_config(kind: str, hidden_dim: int, epochs: int, seed: int, batch_size: 
     return RunConfig(model="topk", k=knobs["k"], **common)
 
 
-def fit(X: np.ndarray | torch.Tensor, kind: str = "ours", hidden_dim: int = 64, epochs: int = 20, seed: int = 1,
-        batch_size: int = 128, lr: float = 1e-3, optimizer: str = "adam", device: str = "auto",
-        X_test: np.ndarray | torch.Tensor | None = None, cache: str | os.PathLike | None = None,
-        progress: bool = True, **knobs: float) -> Dictionary:
+def fit(
+    X: np.ndarray | torch.Tensor,
+    kind: str = "ours",
+    hidden_dim: int = 64,
+    epochs: int = 20,
+    seed: int = 1,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    device: str = "auto",
+    X_test: np.ndarray | torch.Tensor | None = None,
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+    **knobs: float,
+) -> Dictionary:
     """Train one dictionary on X (n samples x d features) and return it.
 
     kind: "ours" (LSE + InfoMax, no decoder; knobs lambda_lse, lambda_var, lambda_tc, default 1),
@@ -164,8 +211,10 @@ def fit(X: np.ndarray | torch.Tensor, kind: str = "ours", hidden_dim: int = 64, 
         raise ValueError(f"batch_size={batch_size} is larger than X's {len(x)} samples")
     (result,) = run_experiments([config], x, xt, cache=cache, progress=progress)
     if result.diverged_epoch is not None:
-        raise FloatingPointError(f"training diverged at epoch {result.diverged_epoch} (loss not finite); "
-                                 f"try a smaller lr (lr={lr})")
+        raise FloatingPointError(
+            f"training diverged at epoch {result.diverged_epoch} (loss not finite); "
+            f"try a smaller lr (lr={lr})"
+        )
     return Dictionary(config, x.shape[1], result.state, result.history, result.seconds)
 
 
@@ -185,11 +234,25 @@ def load(path: str | os.PathLike) -> Dictionary:
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{cfg_file}: format {cfg.get('format')!r} is not {FORMAT!r}")
     t = cfg["training"]
-    config = _run_config(cfg["kind"], cfg["hidden_dim"], t["epochs"], t["seed"], t["batch_size"], t["lr"],
-                         t["optimizer"], "auto", cfg["knobs"])
+    config = _run_config(
+        cfg["kind"],
+        cfg["hidden_dim"],
+        t["epochs"],
+        t["seed"],
+        t["batch_size"],
+        t["lr"],
+        t["optimizer"],
+        "auto",
+        cfg["knobs"],
+    )
     state = load_file(str(weights_file))
     loss = cfg.get("final_training_loss")
     history = [{"epoch": t["epochs"], "total": loss}] if loss is not None else []
     seconds = cfg.get("train_seconds")
-    return Dictionary(config, int(cfg["input_dim"]), state, history,
-                      float(seconds) if seconds is not None and math.isfinite(seconds) else float("nan"))
+    return Dictionary(
+        config,
+        int(cfg["input_dim"]),
+        state,
+        history,
+        float(seconds) if seconds is not None and math.isfinite(seconds) else float("nan"),
+    )

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from . import __version__, fused
+from . import __version__
 from .progress import in_kernel
 
 
@@ -46,8 +46,10 @@ class ParameterGuard:
                 raise ValueError(f"parameter {name!r} has no value")
             value = namespace[name]
             if not _matches(value, kind):
-                raise TypeError(f"parameter {name}={value!r} has type {type(value).__name__}; expected "
-                                f"{kind.__name__ if isinstance(kind, type) else kind}{_yaml_hint(value)}")
+                raise TypeError(
+                    f"parameter {name}={value!r} has type {type(value).__name__}; expected "
+                    f"{kind.__name__ if isinstance(kind, type) else kind}{_yaml_hint(value)}"
+                )
             if isinstance(value, list) and not value:
                 raise ValueError(f"parameter {name}=[] is empty; give at least one value")
             params[name] = value
@@ -67,8 +69,10 @@ def _yaml_hint(value: object) -> str:
                 float(text)
             except ValueError:
                 continue
-            return (f" ({text!r} is a string: YAML reads a number like 1e-3 without a decimal point as text; "
-                    f"write 1.0e-3)")
+            return (
+                f" ({text!r} is a string: YAML reads a number like 1e-3 without a decimal point as text; "
+                f"write 1.0e-3)"
+            )
     return ""
 
 
@@ -93,13 +97,31 @@ def _matches(value: object, kind: object) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 STYLE = {
-    "figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
-    "legend.fontsize": 8, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
-    "grid.alpha": 0.25, "figure.constrained_layout.use": True, "pdf.fonttype": 42,
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "figure.constrained_layout.use": True,
+    "pdf.fonttype": 42,
 }
-COLORS = {"ours": "#1f77b4", "sae": "#d62728", "topk": "#2ca02c", "paper": "#7f7f7f",
-          "lse_only": "#7f7f7f", "lse_var": "#ff7f0e", "lse_var_tc": "#1f77b4", "var_tc_only": "#9467bd",
-          "adam": "#1f77b4", "sgd": "#d62728"}
+COLORS = {
+    "ours": "#1f77b4",
+    "sae": "#d62728",
+    "topk": "#2ca02c",
+    "paper": "#7f7f7f",
+    "lse_only": "#7f7f7f",
+    "lse_var": "#ff7f0e",
+    "lse_var_tc": "#1f77b4",
+    "var_tc_only": "#9467bd",
+    "adam": "#1f77b4",
+    "sgd": "#d62728",
+}
 
 
 def use_style() -> None:
@@ -147,21 +169,25 @@ def environment() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"encoder_study": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "processor": cpu_model(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "engine_kernels": "c" if fused.engine_uses_c() else "torch", "packages": versions}
+    return {
+        "encoder_study": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": cpu_model(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "packages": versions,
+    }
 
 
 def cpu_model() -> str:
-    """The processor's model name (Linux), with AVX-512 noted, else the machine type."""
+    """The processor's model name (Linux), else the machine type."""
     try:
         with open("/proc/cpuinfo") as f:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         name = ""
-    name = name or platform.processor() or platform.machine()
-    return f"{name} ({'AVX-512' if fused.cpu_has_avx512() else 'no AVX-512'})"
+    return name or platform.processor() or platform.machine()
 
 
 def peak_memory_gib() -> float:
@@ -187,9 +213,14 @@ class Record:
         self.durations[label] = round(float(seconds), 3)
 
     def close(self, **extra) -> Path:
-        info = {"parameters": self.params, "environment": environment(), "durations_s": self.durations,
-                "notebook_seconds": round(time.perf_counter() - self.start, 1),
-                "peak_memory_gib": round(peak_memory_gib(), 2), **extra}
+        info = {
+            "parameters": self.params,
+            "environment": environment(),
+            "durations_s": self.durations,
+            "notebook_seconds": round(time.perf_counter() - self.start, 1),
+            "peak_memory_gib": round(peak_memory_gib(), 2),
+            **extra,
+        }
         path = self.dir / "run_info.json"
         path.write_text(json.dumps(info, indent=1, default=str))
         return path

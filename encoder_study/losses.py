@@ -8,13 +8,12 @@ trained together (see ``engine.py``). Conventions follow ``docs/paper.md``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 
+from .config import REDUCTIONS, TERMS, LossConfig
 from .validation import check_choice, check_nonnegative
 
-REDUCTIONS = ("sum", "mean")
 VARIANCE_EPS = 1e-6  # inside the log of the variance term
 CORRELATION_EPS = 1e-8  # added to each standard deviation in the correlation term
 
@@ -26,8 +25,7 @@ def _check_activations(a: torch.Tensor, name: str = "a", min_batch: int = 1) -> 
         raise ValueError(f"{name} must have shape (..., batch, units); got shape {tuple(a.shape)}")
     if a.shape[-2] < min_batch:
         raise ValueError(
-            f"{name} needs a batch of at least {min_batch} samples for this loss; "
-            f"got shape {tuple(a.shape)}"
+            f"{name} needs a batch of at least {min_batch} samples for this loss; got shape {tuple(a.shape)}"
         )
 
 
@@ -88,7 +86,9 @@ def covariance(a: torch.Tensor) -> torch.Tensor:
     return centred.transpose(-1, -2) @ centred / (a.shape[-2] - 1)
 
 
-def variance_loss(a: torch.Tensor, eps: float = VARIANCE_EPS, cov: torch.Tensor | None = None) -> torch.Tensor:
+def variance_loss(
+    a: torch.Tensor, eps: float = VARIANCE_EPS, cov: torch.Tensor | None = None
+) -> torch.Tensor:
     """L_var = -sum_j log(Var_batch(a_j) + eps), unbiased variance: the volume control.
 
     ``cov``, if given, is ``covariance(a)``: its diagonal is the variance (shared work).
@@ -99,7 +99,9 @@ def variance_loss(a: torch.Tensor, eps: float = VARIANCE_EPS, cov: torch.Tensor 
     return -torch.log(var + eps).sum(-1)
 
 
-def correlation_matrix(a: torch.Tensor, eps: float = CORRELATION_EPS, cov: torch.Tensor | None = None) -> torch.Tensor:
+def correlation_matrix(
+    a: torch.Tensor, eps: float = CORRELATION_EPS, cov: torch.Tensor | None = None
+) -> torch.Tensor:
     """Minibatch correlation of the units: unbiased covariance / ((std_i + eps)(std_j + eps))."""
     cov = covariance(a) if cov is None else cov
     var = torch.diagonal(cov, dim1=-2, dim2=-1)
@@ -129,32 +131,10 @@ def weight_redundancy_loss(W: torch.Tensor) -> torch.Tensor:
     return ((gram - eye) ** 2).sum((-2, -1))
 
 
-@dataclass(frozen=True)
-class LossConfig:
-    """Weights of the four terms (docs/paper.md: all 1.0 but weight redundancy 0) and LSE's reduction."""
-
-    lse: float = 1.0
-    var: float = 1.0
-    tc: float = 1.0
-    wr: float = 0.0
-    reduction: str = "sum"
-
-    def __post_init__(self) -> None:
-        for name in ("lse", "var", "tc", "wr"):
-            check_nonnegative(f"lambda_{name}", getattr(self, name))
-        check_choice("reduction", self.reduction, REDUCTIONS)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-TERMS = ("lse", "var", "tc", "wr")
-
-
 def combined_loss(
     a: torch.Tensor,
     W: torch.Tensor,
-    config: LossConfig = LossConfig(),
+    config: LossConfig = LossConfig(),  # noqa: B008 (frozen: one shared default cannot be mutated)
     weights: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Total objective and its terms: dict(total, lse, var, tc, wr, responsibilities).
@@ -169,8 +149,12 @@ def combined_loss(
     lam = {t: getattr(config, t) for t in TERMS} if weights is None else weights
     zero = a.new_zeros(a.shape[:-2])
     cov = covariance(a) if used["var"] and used["tc"] else None  # one covariance serves both terms
-    compute = {"lse": lambda: lse_loss(a, config.reduction)[0], "var": lambda: variance_loss(a, cov=cov),
-               "tc": lambda: correlation_loss(a, cov=cov), "wr": lambda: weight_redundancy_loss(W)}
+    compute = {
+        "lse": lambda: lse_loss(a, config.reduction)[0],
+        "var": lambda: variance_loss(a, cov=cov),
+        "tc": lambda: correlation_loss(a, cov=cov),
+        "wr": lambda: weight_redundancy_loss(W),
+    }
     out: dict[str, torch.Tensor] = {t: compute[t]() if used[t] else zero for t in TERMS}
     total = zero
     for t in TERMS:
@@ -185,8 +169,9 @@ def combined_loss(
     return out
 
 
-def sae_loss(x: torch.Tensor, x_hat: torch.Tensor, a: torch.Tensor,
-             l1: float | torch.Tensor = 0.01) -> dict[str, torch.Tensor]:
+def sae_loss(
+    x: torch.Tensor, x_hat: torch.Tensor, a: torch.Tensor, l1: float | torch.Tensor = 0.01
+) -> dict[str, torch.Tensor]:
     """The standard SAE's loss: mean squared error over all elements + l1 * mean |a|.
 
     Works per run on stacks ``(..., B, D)``: means are over the last two dimensions; ``l1``
@@ -195,7 +180,9 @@ def sae_loss(x: torch.Tensor, x_hat: torch.Tensor, a: torch.Tensor,
     if not isinstance(l1, torch.Tensor):
         check_nonnegative("l1", l1)
     if x.shape != x_hat.shape:
-        raise ValueError(f"x and x_hat must have the same shape; got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+        raise ValueError(
+            f"x and x_hat must have the same shape; got {tuple(x.shape)} and {tuple(x_hat.shape)}"
+        )
     mse = ((x_hat - x) ** 2).mean((-2, -1))
     sparsity = a.abs().mean((-2, -1))
     return {"total": mse + l1 * sparsity, "mse": mse, "l1": sparsity}
@@ -223,15 +210,16 @@ __all__ = [
 
 
 @torch.no_grad()
-def combined_loss_and_grad(a: torch.Tensor, weights: dict[str, torch.Tensor], reduction: str = "sum"
-                           ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def combined_loss_and_grad(
+    a: torch.Tensor, weights: dict[str, torch.Tensor], reduction: str = "sum"
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The terms of ``combined_loss`` (without weight redundancy) and dL_total/da, by hand.
 
     The same numbers as autograd through ``combined_loss`` (tested to float64 precision), in a
-    fraction of the operations: the batched engine's path on CUDA and wherever the C passes of
-    ``fused.py`` (the same formulas, used on the CPU) are unavailable. ``a`` is (R, B, K), in any
-    memory layout. ``weights`` maps lse/var/tc to per-run lambdas of shape (R,). One difference on
-    purpose: a unit constant over the batch gets zero gradient from the correlation term, where
+    fraction of the operations: the batched engine's path for the encoder without weight
+    redundancy. ``a`` is (R, B, K), in any memory layout. ``weights`` maps lse/var/tc to per-run
+    lambdas of shape (R,). One difference on purpose: a unit constant over the batch gets zero
+    gradient from the correlation term, where
     plain autograd through sqrt(0) would give NaN (``correlation_matrix`` guards the same way).
     """
     R, B, K = a.shape

@@ -3,7 +3,6 @@ where sums over many samples are taken. ``A`` is a matrix of activations (sample
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -32,14 +31,16 @@ def _as64(A, min_samples: int = 1) -> torch.Tensor:
         raise ValueError(f"this metric needs at least {min_samples} samples; got {len(A)}")
     A = A.detach().to(torch.float64)
     if not bool(torch.isfinite(A).all()):
-        raise ValueError("the activations hold NaN or infinite values (a diverged run?); no metric of them is meaningful")
+        raise ValueError(
+            "the activations hold NaN or infinite values (a diverged run?); no metric of them is meaningful"
+        )
     return A
 
 
 @torch.no_grad()
 def features(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
     """Activations a of every row of x, in chunks, as a float32 tensor on x's device."""
-    return torch.cat([model.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([model.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
@@ -162,8 +163,9 @@ def _standardise(A_train, A_test) -> tuple[torch.Tensor, torch.Tensor]:
     return (tr - mean) / std, (te - mean) / std
 
 
-def fit_logistic_regression(A: torch.Tensor, y: torch.Tensor, n_classes: int, max_iter: int = 5000,
-                            tol: float = 1e-4) -> torch.Tensor:
+def fit_logistic_regression(
+    A: torch.Tensor, y: torch.Tensor, n_classes: int, max_iter: int = 5000, tol: float = 1e-4
+) -> torch.Tensor:
     """Multinomial logistic regression with an unpenalised bias, ``(features + 1, classes)``.
 
     The objective and solver are sklearn's ``LogisticRegression()`` (C = 1): mean cross-entropy
@@ -189,12 +191,19 @@ def fit_logistic_regression(A: torch.Tensor, y: torch.Tensor, n_classes: int, ma
         return float(loss + 0.5 * l2 * W.square().sum()), G.reshape(-1).numpy()
 
     with threadpool_limits(limits=1, user_api="blas"):
-        res = scipy.optimize.minimize(loss_and_grad, np.zeros((f + 1) * n_classes), method="L-BFGS-B", jac=True,
-                                      options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
-                                               "ftol": 64 * np.finfo(float).eps})
+        res = scipy.optimize.minimize(
+            loss_and_grad,
+            np.zeros((f + 1) * n_classes),
+            method="L-BFGS-B",
+            jac=True,
+            options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
+        )
     if res.status == 1:
-        warnings.warn(f"logistic regression stopped at max_iter={max_iter} before converging", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"logistic regression stopped at max_iter={max_iter} before converging",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return torch.from_numpy(res.x).view(f + 1, n_classes)
 
 
@@ -209,10 +218,6 @@ def linear_probe_accuracy(A_train, y_train, A_test, y_test, max_iter: int = 5000
     return float((pred == torch.as_tensor(y_test).cpu()).double().mean())
 
 
-def uniform_entropy(k: int) -> float:
-    return math.log(k)
-
-
 NEVER_FIRES = 0.001  # firing-frequency rule: a unit active on < 0.1% of samples is dead
 
 
@@ -221,13 +226,22 @@ def activation_summary(A, W) -> dict:
     """The per-run numbers every notebook reports, from test-set activations A and weights W.
 
     ``dead_units`` is the paper's variance rule; ``dead_by_firing`` counts units active on fewer
-    than 0.1% of samples, a rule that does not depend on the activations' scale.
+    than 0.1% of samples, a rule that does not depend on the activations' scale; ``never_fires``
+    the units active on no sample at all.
     """
     freq = firing_frequency(A)
-    return {"dead_units": dead_units(A), "dead_by_firing": int((freq < NEVER_FIRES).sum()),
-            "redundancy": redundancy_score(A), "weight_redundancy": weight_redundancy(W),
-            "effective_rank": effective_rank(W), "responsibility_entropy": responsibility_entropy(A),
-            "l0": l0(A), "mean_activation": float(_as64(A).mean()), "mean_firing_frequency": float(freq.mean())}
+    return {
+        "dead_units": dead_units(A),
+        "dead_by_firing": int((freq < NEVER_FIRES).sum()),
+        "never_fires": int((freq == 0).sum()),
+        "redundancy": redundancy_score(A),
+        "weight_redundancy": weight_redundancy(W),
+        "effective_rank": effective_rank(W),
+        "responsibility_entropy": responsibility_entropy(A),
+        "l0": l0(A),
+        "mean_activation": float(_as64(A).mean()),
+        "mean_firing_frequency": float(freq.mean()),
+    }
 
 
 def plateau_epoch(losses, tol: float = 1e-3) -> int:
@@ -257,4 +271,3 @@ def improvement_epoch(losses, fraction: float = 0.9) -> int:
         return 1
     reached = np.nonzero(losses[0] - losses >= fraction * decrease)[0]
     return int(reached[0] + 1)
-

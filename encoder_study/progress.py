@@ -55,8 +55,15 @@ class Progress:
     replacing its line by ``summary`` when given.
     """
 
-    def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "",
-                 unit: str = "it", initial: int = 0, disable: bool = False) -> None:
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        total: int | None = None,
+        desc: str = "",
+        unit: str = "it",
+        initial: int = 0,
+        disable: bool = False,
+    ) -> None:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
@@ -91,8 +98,17 @@ class Progress:
         self._last = now
         if self._handle is not None:
             self._handle.update({"text/plain": self._line(summary)}, raw=True)
-        _console_write({"id": self._id, "desc": self.desc, "n": self.n, "total": self.total, "unit": self.unit,
-                        "status": summary if summary is not None else self.text, "done": done})
+        _console_write(
+            {
+                "id": self._id,
+                "desc": self.desc,
+                "n": self.n,
+                "total": self.total,
+                "unit": self.unit,
+                "status": summary if summary is not None else self.text,
+                "done": done,
+            }
+        )
 
     def update(self, n: int = 1) -> None:
         if self.disabled:
@@ -137,7 +153,13 @@ class Progress:
         self.close()
 
 
-def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it",
-             initial: int = 0, disable: bool = False) -> Progress:
+def progress(
+    iterable: Iterable | None = None,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    initial: int = 0,
+    disable: bool = False,
+) -> Progress:
     """A ``Progress`` (use like tqdm: ``for x in progress(items, desc=...)``)."""
     return Progress(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable)

@@ -4,8 +4,8 @@
 results from the run cache or trains it with the batched engine, checkpointing as it goes, so an
 interrupted book resumes where it stopped. The cache key covers everything that can move the
 group's numbers: every run's config, the data's bytes, the code of every module that computes
-them (``NUMERIC_SOURCES``, comments and docstrings left out), the engine's kernels (the built C
-library's bytes), the torch version and the thread count. So any change to that code retrains
+them (``NUMERIC_SOURCES``, comments and docstrings left out), the torch version and the thread
+count. So any change to that code retrains
 the runs it could move, and nothing needs a hand-bumped version. Set ENCODER_STUDY_FRESH=1
 (``make book FRESH=1``) to ignore the cache and retrain.
 
@@ -26,26 +26,50 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import fused
+from .config import RunConfig
 from .data import cache_dir
 from .engine import RunResult, group_runs, train_group
 from .progress import Progress
 from .storage import load_or_discard, save_torch, warn
-from .training import RunConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The modules whose code computes a run's numbers (training, initialisation, data orders, the
-# objective, the metrics kept in a run's history, the CPU warm-up in __init__). Their source is
-# part of the run cache's key. The other modules (progress, storage, validation, runs itself,
-# the book's helpers, the API) only check, show or store; tests/test_robustness.py holds that every
-# module the engine imports is in one list or the other.
-NUMERIC_SOURCES = ("__init__.py", "data.py", "engine.py", "fused.py", "losses.py", "metrics.py", "model.py",
-                   "training.py")
+# The modules whose code computes a run's numbers (configs and their defaults, CPU arithmetic
+# settings, training, every model kind, initialisation, data orders, the objective, the metrics
+# kept in a run's history); a name ending in "/" stands for every module in that folder, so a new
+# model kind's file is covered when it is added. Their code is part of the run cache's key. The
+# other modules (progress, storage, validation, runs itself, the book's helpers, the API) only
+# check, show or store; tests/test_robustness.py holds that every module the engine imports is in
+# one list or the other.
+NUMERIC_SOURCES = (
+    "__init__.py",
+    "config.py",
+    "cpu.py",
+    "data.py",
+    "engine.py",
+    "kinds/",
+    "losses.py",
+    "metrics.py",
+    "model.py",
+    "stacking.py",
+    "training.py",
+)
+
+
+def numeric_files() -> list[str]:
+    """NUMERIC_SOURCES with each folder expanded to its modules (paths relative to the package)."""
+    files = []
+    for name in NUMERIC_SOURCES:
+        if name.endswith("/"):
+            files += sorted(str(p.relative_to(PACKAGE_DIR)) for p in (PACKAGE_DIR / name).glob("*.py"))
+        else:
+            files.append(name)
+    return files
 
 
 def _code_of(source: str) -> str:
@@ -54,20 +78,23 @@ def _code_of(source: str) -> str:
     tree = ast.parse(source)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
     return ast.dump(tree)
 
 
 @functools.cache
 def code_fingerprint() -> str:
-    """sha256 of the numeric modules' code and of the engine's kernels (the built C library's
-    bytes, or 'torch' where the engine does not use it)."""
+    """sha256 of the numeric modules' code (``numeric_files``)."""
     h = hashlib.sha256()
-    for name in NUMERIC_SOURCES:
+    for name in numeric_files():
         h.update(f"{name}\0{_code_of((PACKAGE_DIR / name).read_text())}\0".encode())
-    h.update(fused.identity().encode())
     return h.hexdigest()[:16]
 
 
@@ -79,19 +106,44 @@ def data_fingerprint(x: torch.Tensor) -> str:
 
 
 def group_cache_key(configs: list[RunConfig], fingerprint: str) -> str:
-    blob = json.dumps({"configs": [c.as_dict() for c in configs], "data": fingerprint, "code": code_fingerprint(),
-                       "torch": torch.__version__, "threads": torch.get_num_threads()}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "configs": [c.as_dict() for c in configs],
+            "data": fingerprint,
+            "code": code_fingerprint(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def _to_record(r: RunResult) -> dict:
-    return {"config": r.config.as_dict(), "state": r.state, "history": r.history,
-            "diverged_epoch": r.diverged_epoch, "seconds": r.seconds, "group_size": r.group_size}
+@dataclass
+class GroupJob:
+    """One group of runs to train: a name for messages and its configs."""
+
+    name: str
+    configs: list[RunConfig]
 
 
-def _from_record(d: dict) -> RunResult:
-    return RunResult(RunConfig(**d["config"]), d["state"], d["history"], d["diverged_epoch"], d["seconds"],
-                     d["group_size"])
+def to_record(r: RunResult) -> dict:
+    """A result as plain data (what the run cache and a Ray task hold)."""
+    return {
+        "config": r.config.as_dict(),
+        "state": r.state,
+        "history": r.history,
+        "diverged_epoch": r.diverged_epoch,
+        "seconds": r.seconds,
+        "group_size": r.group_size,
+    }
+
+
+def from_record(d: dict) -> RunResult:
+    """The result ``to_record`` made plain."""
+    return RunResult(
+        RunConfig(**d["config"]), d["state"], d["history"], d["diverged_epoch"], d["seconds"], d["group_size"]
+    )
 
 
 def _load_group(path: Path, group: list[RunConfig]) -> list[RunResult] | None:
@@ -101,7 +153,7 @@ def _load_group(path: Path, group: list[RunConfig]) -> list[RunResult] | None:
     if records is None:
         return None
     try:
-        results = [_from_record(d) for d in records]  # type: ignore[union-attr]
+        results = [from_record(d) for d in records]  # type: ignore[union-attr]
         if [r.config for r in results] != group:
             raise ValueError("it holds other runs than its key names")
     except (TypeError, KeyError, ValueError) as e:
@@ -113,10 +165,12 @@ def _load_group(path: Path, group: list[RunConfig]) -> list[RunResult] | None:
 
 def _save_group(path: Path, results: list[RunResult]) -> None:
     try:
-        save_torch([_to_record(r) for r in results], path)
+        save_torch([to_record(r) for r in results], path)
     except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
-        warn(f"could not save a finished group to the run cache ({path}: {str(e)[:120]}); its results are "
-             f"kept in memory for this run only")
+        warn(
+            f"could not save a finished group to the run cache ({path}: {str(e)[:120]}); its results are "
+            f"kept in memory for this run only"
+        )
 
 
 @contextmanager
@@ -139,8 +193,10 @@ def _check_distinct(configs: list[RunConfig]) -> None:
     seen: dict[RunConfig, int] = {}
     for i, c in enumerate(configs):
         if c in seen:
-            raise ValueError(f"configs {seen[c]} and {i} are the same run (model={c.model!r}, seed={c.seed}); "
-                             f"a repeated seed is not another sample: remove the duplicate")
+            raise ValueError(
+                f"configs {seen[c]} and {i} are the same run (model={c.model!r}, seed={c.seed}); "
+                f"a repeated seed is not another sample: remove the duplicate"
+            )
         seen[c] = i
 
 
@@ -150,21 +206,31 @@ def as_data_tensor(name: str, x: object) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a NumPy array or a torch tensor (samples x features), "
-                        f"got {type(x).__name__}")
+        raise TypeError(
+            f"{name} must be a NumPy array or a torch tensor (samples x features), got {type(x).__name__}"
+        )
     if x.dim() != 2 or x.shape[0] < 2 or x.shape[1] < 1:
-        raise ValueError(f"{name} must be 2-D (samples x features) with at least 2 samples; got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must be 2-D (samples x features) with at least 2 samples; got shape {tuple(x.shape)}"
+        )
     if not x.is_floating_point():
-        raise TypeError(f"{name} has dtype {x.dtype}; give floating-point data (scale integer data first, "
-                        f"for example bytes / 255)")
+        raise TypeError(
+            f"{name} has dtype {x.dtype}; give floating-point data (scale integer data first, "
+            f"for example bytes / 255)"
+        )
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} holds NaN or infinite values; remove or impute them first")
     return x
 
 
-def run_experiments(configs: list[RunConfig], train_x: torch.Tensor | np.ndarray,
-                    test_x: torch.Tensor | np.ndarray | None = None, fresh: bool | None = None,
-                    progress: bool = True, cache: str | Path | None = None) -> list[RunResult]:
+def run_experiments(
+    configs: list[RunConfig],
+    train_x: torch.Tensor | np.ndarray,
+    test_x: torch.Tensor | np.ndarray | None = None,
+    fresh: bool | None = None,
+    progress: bool = True,
+    cache: str | Path | None = None,
+) -> list[RunResult]:
     """Results for every config, in order: from the cache where a group was finished before,
     else trained (one stacked program per group) and cached. ``fresh`` (default: the
     ENCODER_STUDY_FRESH environment variable) retrains everything; ``cache`` is the run cache's
@@ -182,35 +248,78 @@ def run_experiments(configs: list[RunConfig], train_x: torch.Tensor | np.ndarray
     fresh = os.environ.get("ENCODER_STUDY_FRESH", "") not in ("", "0") if fresh is None else fresh
     if cache is not None and not isinstance(cache, (str, os.PathLike)):
         raise TypeError(f"cache={cache!r} must be a folder path (str or Path) or None")
-    root = Path(cache) if cache is not None else cache_dir() / "runs"
-    root.mkdir(parents=True, exist_ok=True)
-    fingerprint = data_fingerprint(train_x) + (data_fingerprint(test_x) if test_x is not None else "")
-    started = time.time()
-    results: list[RunResult | None] = [None] * len(configs)
+    cache = _RunCache(
+        Path(cache) if cache is not None else cache_dir() / "runs",
+        fresh,
+        data_fingerprint(train_x) + (data_fingerprint(test_x) if test_x is not None else ""),
+    )
     groups = list(group_runs(configs).values())
-    overall = Progress(total=len(groups), desc="groups of runs", unit="done", disable=not progress)
-    from_cache = 0
-    for g, idx in enumerate(groups):
-        group = [configs[i] for i in idx]
-        key = group_cache_key(group, fingerprint)
-        path = root / f"{key}.pt"
-        desc = f"group {g + 1}/{len(groups)}: {group[0].model} x{len(group)}"
-        with _group_lock(root / f"{key}.lock", desc):
-            # fresh: only results written since this call began (by another process, while we waited) count
-            usable = path.exists() and (not fresh or path.stat().st_mtime >= started)
-            loaded = _load_group(path, group) if usable else None
-            if loaded is not None:
-                from_cache += 1
-            else:
-                checkpoint = root / f"{key}.partial.pt"
-                if fresh and checkpoint.exists():
-                    checkpoint.unlink()
-                loaded = train_group(group, train_x, test_x, checkpoint=checkpoint, progress=progress, desc=desc)
-                _save_group(path, loaded)
-        for i, r in zip(idx, loaded):
-            results[i] = r
-        overall.status(f"{from_cache} from the run cache")
+    jobs = [
+        GroupJob(
+            f"group {g + 1}/{len(groups)}: {configs[idx[0]].model} x{len(idx)}", [configs[i] for i in idx]
+        )
+        for g, idx in enumerate(groups)
+    ]
+    found: dict[str, list[RunResult]] = {}
+    overall = Progress(total=len(jobs), desc="groups of runs", unit="done", disable=not progress)
+    for job in jobs:
+        found[job.name] = cache.load_or_train(job, train_x, test_x, progress)
+        overall.status(f"{cache.hits} from the run cache")
         overall.update()
-    overall.close(f"{len(groups)} group{'s' if len(groups) > 1 else ''} of {len(configs)} runs: "
-                  f"{len(groups) - from_cache} trained, {from_cache} loaded from the run cache")
+    overall.close(
+        f"{len(jobs)} group{'s' if len(jobs) > 1 else ''} of {len(configs)} runs: "
+        f"{len(jobs) - cache.hits} trained, {cache.hits} loaded from the run cache"
+    )
+    results: list[RunResult | None] = [None] * len(configs)
+    for idx, job in zip(groups, jobs):
+        for i, r in zip(idx, found[job.name]):
+            results[i] = r
     return results  # type: ignore[return-value]
+
+
+class _RunCache:
+    """The run cache's folder as run_experiments uses it: a file per finished group, named by the
+    group's key; an OS lock per group while it is read, trained (locally) or written."""
+
+    def __init__(self, root: Path, fresh: bool, data: str) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.fresh, self.data, self.started, self.hits = root, fresh, data, time.time(), 0
+
+    def _paths(self, job: GroupJob) -> tuple[Path, Path, Path]:
+        key = group_cache_key(job.configs, self.data)
+        return self.root / f"{key}.pt", self.root / f"{key}.lock", self.root / f"{key}.partial.pt"
+
+    def _cached(self, job: GroupJob) -> list[RunResult] | None:
+        path = self._paths(job)[0]
+        # fresh: only results written since this call began (by another process, while we waited) count
+        usable = path.exists() and (not self.fresh or path.stat().st_mtime >= self.started)
+        loaded = _load_group(path, job.configs) if usable else None
+        self.hits += loaded is not None
+        return loaded
+
+    def load(self, job: GroupJob) -> list[RunResult] | None:
+        """The group's cached results, or None."""
+        with _group_lock(self._paths(job)[1], job.name):
+            return self._cached(job)
+
+    def save(self, job: GroupJob, results: list[RunResult]) -> list[RunResult]:
+        with _group_lock(self._paths(job)[1], job.name):
+            _save_group(self._paths(job)[0], results)
+        return results
+
+    def load_or_train(
+        self, job: GroupJob, train_x: torch.Tensor, test_x: torch.Tensor | None, progress: bool
+    ) -> list[RunResult]:
+        """The group from the cache, else trained here (checkpointing) and saved, all under its lock:
+        a second process that needs the group waits, then loads it."""
+        path, lock, checkpoint = self._paths(job)
+        with _group_lock(lock, job.name):
+            loaded = self._cached(job)
+            if loaded is None:
+                if self.fresh and checkpoint.exists():
+                    checkpoint.unlink()
+                loaded = train_group(
+                    job.configs, train_x, test_x, checkpoint=checkpoint, progress=progress, desc=job.name
+                )
+                _save_group(path, loaded)
+        return loaded

@@ -113,9 +113,10 @@ f32 = metrics.set_index("dtype").loc["float32"]
 plain32 = pd.DataFrame(autograd_rows).set_index("dtype").loc["float32"]
 comparison = pd.DataFrame({
     "paper (float32)": ["1.0000", "4.47e-08", "2.79e-09"],
-    "this book, lse_loss (float32)": [f"{f32.correlation:.4f}", f"{f32.max_abs_error:.2e}", f"{f32.mean_abs_error:.2e}"],
-    "this book, autograd of logsumexp (float32)": [f"{plain32.correlation:.4f}", f"{plain32.max_abs_error:.2e}",
-                                                   f"{plain32.mean_abs_error:.2e}"],
+    "this book, lse_loss (float32)": [f"{f32.correlation:.4f}", f"{f32.max_abs_error:.2e}",
+                                      f"{f32.mean_abs_error:.2e}"],
+    "this book, autograd of logsumexp (float32)": [
+        f"{plain32.correlation:.4f}", f"{plain32.max_abs_error:.2e}", f"{plain32.mean_abs_error:.2e}"],
 }, index=["correlation", "max abs error", "mean abs error"])
 record.table("paper_comparison", comparison.reset_index(names="quantity"))
 record.close(figures=[str(p.name) for p in paths])

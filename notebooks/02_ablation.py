@@ -63,13 +63,20 @@ import numpy as np
 import pandas as pd
 
 from encoder_study.book import COLORS, Record, mean_std, repo_path, save_figure, use_style
+from encoder_study.config import LossConfig, RunConfig
 from encoder_study.data import mnist_tensors
-from encoder_study.losses import LossConfig
-from encoder_study.metrics import (activation_summary, correlation, dead_units, features, firing_frequency,
-                                   linear_probe_accuracy, plateau_epoch, usage_distribution)
+from encoder_study.metrics import (
+    activation_summary,
+    correlation,
+    dead_units,
+    features,
+    firing_frequency,
+    linear_probe_accuracy,
+    plateau_epoch,
+    usage_distribution,
+)
 from encoder_study.progress import progress
 from encoder_study.runs import run_experiments
-from encoder_study.training import RunConfig
 
 use_style()
 record = Record(repo_path(results_dir), params)
@@ -82,8 +89,8 @@ CONFIGS = {  # name: (lambda_lse, lambda_var, lambda_tc), as in the paper
     "var_tc_only": (0.0, 1.0, 1.0),
 }
 runs = [(name, RunConfig(seed=s, epochs=epochs, batch_size=batch_size, lr=lr,
-                         loss=LossConfig(lse=l, var=v, tc=t, wr=0.0)))
-        for name, (l, v, t) in CONFIGS.items() for s in seeds]
+                         loss=LossConfig(lse=lse, var=v, tc=t, wr=0.0)))
+        for name, (lse, v, t) in CONFIGS.items() for s in seeds]
 
 start = time.perf_counter()
 results = run_experiments([cfg for _, cfg in runs], data["train_x"], data["test_x"])
@@ -106,7 +113,8 @@ for (name, cfg), res in progress(list(zip(runs, results)), desc="metrics and pro
                  "final_loss": res.history[-1]["total"], "diverged_epoch": res.diverged_epoch,
                  "train_seconds": res.seconds})
     for j, (u, f, v) in enumerate(zip(usage_distribution(A), firing_frequency(A), A.var(dim=0).tolist())):
-        units.append({"config": name, "seed": cfg.seed, "unit": j, "usage": u, "firing_frequency": f, "variance": v})
+        units.append({"config": name, "seed": cfg.seed, "unit": j, "usage": u, "firing_frequency": f,
+                      "variance": v})
     curves += [{"config": name, "seed": cfg.seed, **h} for h in res.history]
 metrics = pd.DataFrame(rows)
 record.duration("metrics and probes", time.perf_counter() - probe_start)
@@ -150,7 +158,8 @@ for k, (col, label) in enumerate([("dead_units", "dead units (of 64), variance <
         if col == "redundancy" and (metrics.loc[metrics.config == name, "dead_units"] == 64).all():
             ax.text(xi, 1, "undefined\n(all dead)", ha="center", va="bottom", fontsize=8)
             continue  # the table's "-": a correlation of silent units is not zero, it does not exist
-        ax.bar(xi, vals.mean(), yerr=vals.std(ddof=1) if len(vals) > 1 else None, capsize=3, color=COLORS[name])
+        ax.bar(xi, vals.mean(), yerr=vals.std(ddof=1) if len(vals) > 1 else None, capsize=3,
+               color=COLORS[name])
         ax.scatter(np.full(len(vals), xi), vals, color="k", s=8, zorder=3)
     ax.set_xticks(x, list(CONFIGS))
     ax.set_ylabel(label)
@@ -196,8 +205,8 @@ comparison = pd.DataFrame({
     "ours: dead (variance rule)": {k: f"{mean.loc[k, 'dead_units']:.1f}/64" for k in CONFIGS},
     "ours: dead (never fires)": {k: f"{mean.loc[k, 'dead_by_firing']:.1f}/64" for k in CONFIGS},
     "paper: redundancy": {k: v[1] for k, v in PAPER.items()},
-    "ours: redundancy": {k: ("- (all dead)" if mean.loc[k, "dead_units"] == 64 else f"{mean.loc[k, 'redundancy']:.0f}")
-                         for k in CONFIGS},
+    "ours: redundancy": {k: "- (all dead)" if mean.loc[k, "dead_units"] == 64
+                         else f"{mean.loc[k, 'redundancy']:.0f}" for k in CONFIGS},
 })
 record.table("paper_comparison", comparison.reset_index(names="config"))
 record.close(figures=[p.name for p in paths + loss_paths])

@@ -33,8 +33,8 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.progress import progress
 from encoder_study.book import ParameterGuard
+from encoder_study.progress import progress
 
 guard = ParameterGuard(globals())
 
@@ -60,12 +60,11 @@ import numpy as np
 import pandas as pd
 
 from encoder_study.book import COLORS, Record, mean_std, repo_path, save_figure, use_style
+from encoder_study.config import RunConfig
 from encoder_study.data import mnist_tensors
-from encoder_study.metrics import (activation_summary, features, fvu, linear_probe_accuracy, readout_fvu,
-                                   reconstruction_mse)
-from encoder_study.model import count_parameters
+from encoder_study.evaluation import evaluate_run
+from encoder_study.metrics import features, linear_probe_accuracy, reconstruction_mse
 from encoder_study.runs import run_experiments
-from encoder_study.training import RunConfig
 
 use_style()
 record = Record(repo_path(results_dir), params)
@@ -92,17 +91,9 @@ record.duration("training (or loading from the run cache)", time.perf_counter() 
 rows = []
 probe_start = time.perf_counter()
 for (name, cfg), res in progress(list(zip(runs, results)), desc="probes and readouts", unit="runs"):
+    row = {"model": name, "seed": cfg.seed, **evaluate_run(res, Xtr, Xte, ytr, yte, probe_max_iter)}
     model = res.model()
-    A_tr, A_te = features(model, Xtr), features(model, Xte)
-    t0 = time.perf_counter()
-    row = {"model": name, "seed": cfg.seed,
-           "probe_accuracy": linear_probe_accuracy(A_tr, ytr, A_te, yte, max_iter=probe_max_iter),
-           "probe_seconds": time.perf_counter() - t0,
-           "n_params": count_parameters(model), "fvu": readout_fvu(A_tr, Xtr, A_te, Xte),
-           "decoder_fvu": fvu(Xte, model(Xte)[0].detach()) if name == "sae" else np.nan,
-           "recon_mse_through_WT": reconstruction_mse(Xte, A_te, model.W),
-           **activation_summary(A_te, model.W), "train_seconds": res.seconds,
-           "runs_trained_together": res.group_size}
+    row["recon_mse_through_WT"] = reconstruction_mse(Xte, features(model, Xte), model.W)
     rows.append(row)
 metrics = pd.DataFrame(rows)
 record.duration("probes and readouts", time.perf_counter() - probe_start)
@@ -110,7 +101,8 @@ record.table("metrics", metrics)
 metrics.round(4)
 
 # %%
-cols = ["probe_accuracy", "l0", "n_params", "fvu", "decoder_fvu", "recon_mse_through_WT", "dead_units",
+cols = ["probe_accuracy", "l0", "n_params", "readout_fvu", "decoder_fvu", "recon_mse_through_WT",
+        "dead_units",
         "dead_by_firing", "mean_activation", "train_seconds"]
 summary = mean_std(metrics, "model", cols)
 summary.T
@@ -134,8 +126,9 @@ print(f"raw-pixel probe accuracy: {raw_acc:.4f}")
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(9, 2.9))
-panels = [("probe_accuracy", "linear-probe test accuracy (%)", 100), ("l0", "L0: active units per image (of 64)", 1),
-          ("fvu", "FVU of a linear readout (test)", 1)]
+panels = [("probe_accuracy", "linear-probe test accuracy (%)", 100),
+          ("l0", "L0: active units per image (of 64)", 1),
+          ("readout_fvu", "FVU of a linear readout (test)", 1)]
 jitter = np.linspace(-0.08, 0.08, len(seeds))
 for ax, (col, label, k) in zip(axes, panels):
     for i, name in enumerate(["ours", "sae"]):  # a dot plot: the axis need not start at zero
@@ -149,7 +142,8 @@ for ax, (col, label, k) in zip(axes, panels):
 if raw_pixel_probe:
     axes[0].axhline(raw_acc * 100, color=COLORS["paper"], ls="--", lw=1, label="raw pixels")
     axes[0].legend(loc="lower left")
-fig.suptitle(f"MNIST, 64 units: coloured dots are single seeds ({len(seeds)}), black the mean ± std over seeds")
+fig.suptitle(f"MNIST, 64 units: coloured dots are single seeds ({len(seeds)}), "
+             "black the mean ± std over seeds")
 paths = save_figure(fig, "fig3_benchmark", repo_path(figures_dir))
 
 # %% [markdown]
@@ -184,7 +178,8 @@ comparison = pd.DataFrame({
     "this book: ours": [fmt("ours", "probe_accuracy"), f"{g.l0.mean()['ours']:.1f}",
                         f"{int(g.n_params.first()['ours']):,}"],
     "paper: SAE": ["90.26 ± 0.32", "32.2", "101,200"],
-    "this book: SAE": [fmt("sae", "probe_accuracy"), f"{g.l0.mean()['sae']:.1f}", f"{int(g.n_params.first()['sae']):,}"],
+    "this book: SAE": [fmt("sae", "probe_accuracy"), f"{g.l0.mean()['sae']:.1f}",
+                       f"{int(g.n_params.first()['sae']):,}"],
 }, index=["linear probe accuracy (%)", "L0 (of 64)", "parameters"])
 record.table("paper_comparison", comparison.reset_index(names="metric"))
 record.close(figures=[p.name for p in paths + feature_paths], raw_pixel_probe_accuracy=raw_acc)

@@ -36,8 +36,8 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.progress import progress
 from encoder_study.book import ParameterGuard
+from encoder_study.progress import progress
 
 guard = ParameterGuard(globals())
 
@@ -63,10 +63,11 @@ import numpy as np
 import pandas as pd
 
 from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.config import RunConfig
 from encoder_study.data import mnist_tensors
-from encoder_study.metrics import activation_summary, features, improvement_epoch, linear_probe_accuracy
+from encoder_study.evaluation import evaluate_run
+from encoder_study.metrics import improvement_epoch
 from encoder_study.runs import run_experiments
-from encoder_study.training import RunConfig
 
 use_style()
 record = Record(repo_path(results_dir), params)
@@ -81,23 +82,21 @@ record.duration("training (or loading from the run cache)", time.perf_counter() 
 rows, curves = [], []
 for cfg, res in progress(list(zip(runs, results)), desc="probes", unit="runs"):
     losses = [h["total"] for h in res.history]
-    finite = res.diverged_epoch is None
-    model = res.model()
-    A_tr, A_te = features(model, data["train_x"]), features(model, data["test_x"])
-    summary = activation_summary(A_te, model.W) if finite else {}
+    scores = evaluate_run(res, data["train_x"], data["test_x"], data["train_y"], data["test_y"],
+                          probe_max_iter)
     rows.append({"optimizer": cfg.optimizer, "lr": cfg.lr, "seed": cfg.seed,
-                 "final_loss": losses[-1] if finite else np.nan,
-                 "probe_accuracy": linear_probe_accuracy(A_tr, data["train_y"], A_te, data["test_y"],
-                                                         max_iter=probe_max_iter) if finite else np.nan,
-                 "epoch_90pct_decrease": improvement_epoch(losses) if finite else np.nan,
-                 "diverged_epoch": res.diverged_epoch, "dead_units": summary.get("dead_units"),
-                 "l0": summary.get("l0"), "redundancy": summary.get("redundancy"), "train_seconds": res.seconds})
+                 "final_loss": np.nan if scores["diverged"] else losses[-1],
+                 "probe_accuracy": scores["probe_accuracy"],
+                 "epoch_90pct_decrease": np.nan if scores["diverged"] else improvement_epoch(losses),
+                 "diverged_epoch": res.diverged_epoch, "dead_units": scores.get("dead_units"),
+                 "l0": scores["l0"], "redundancy": scores.get("redundancy"), "train_seconds": res.seconds})
     curves += [{"optimizer": cfg.optimizer, "lr": cfg.lr, "seed": cfg.seed, **h} for h in res.history]
 metrics = pd.DataFrame(rows)
 curves = pd.DataFrame(curves)
 record.table("metrics", metrics)
 record.table("loss_curves", curves)
-table = metrics.groupby(["optimizer", "lr"])[["final_loss", "probe_accuracy", "epoch_90pct_decrease", "dead_units", "l0"]]
+table = metrics.groupby(["optimizer", "lr"])[["final_loss", "probe_accuracy", "epoch_90pct_decrease",
+                                              "dead_units", "l0"]]
 table.mean().round(4)
 
 # %% [markdown]
@@ -105,7 +104,8 @@ table.mean().round(4)
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.1))
-shades = {lr: 0.35 + 0.65 * i / max(len(learning_rates) - 1, 1) for i, lr in enumerate(sorted(learning_rates))}
+shades = {lr: 0.35 + 0.65 * i / max(len(learning_rates) - 1, 1)
+          for i, lr in enumerate(sorted(learning_rates))}
 for ax, opt in zip(axes[:2], optimizers):
     for lr in learning_rates:
         c = curves[(curves.optimizer == opt) & (curves.lr == lr)].groupby("epoch").total.mean()
@@ -115,7 +115,8 @@ for ax, opt in zip(axes[:2], optimizers):
 ax = axes[2]
 for opt in optimizers:
     m = metrics[metrics.optimizer == opt]
-    ax.scatter(m.final_loss, m.probe_accuracy * 100, color=COLORS[opt], alpha=[shades[lr] for lr in m.lr], label=opt.upper())
+    ax.scatter(m.final_loss, m.probe_accuracy * 100, color=COLORS[opt], alpha=[shades[lr] for lr in m.lr],
+               label=opt.upper())
 ax.set_xlabel("final training loss"), ax.set_ylabel("linear-probe test accuracy (%)")
 ax.set_title("lower loss, better features?"), ax.legend()
 paths = save_figure(fig, "fig5_dynamics", repo_path(figures_dir))
@@ -123,7 +124,8 @@ paths = save_figure(fig, "fig5_dynamics", repo_path(figures_dir))
 # %%
 ok = metrics.dropna(subset=["final_loss", "probe_accuracy"])
 rho = ok[["final_loss", "probe_accuracy"]].corr(method="spearman").iloc[0, 1] if len(ok) > 2 else np.nan
-by_opt = ok.groupby("optimizer").agg(best_final_loss=("final_loss", "min"), mean_final_loss=("final_loss", "mean"),
+by_opt = ok.groupby("optimizer").agg(best_final_loss=("final_loss", "min"),
+                                     mean_final_loss=("final_loss", "mean"),
                                      min_probe=("probe_accuracy", "min"), max_probe=("probe_accuracy", "max"),
                                      mean_probe=("probe_accuracy", "mean"))
 record.table("by_optimizer", by_opt.reset_index())

@@ -52,8 +52,8 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.progress import progress
 from encoder_study.book import ParameterGuard
+from encoder_study.progress import progress
 
 guard = ParameterGuard(globals())
 
@@ -87,13 +87,11 @@ import pandas as pd
 import torch
 
 from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
-from encoder_study.losses import LossConfig
+from encoder_study.config import LossConfig, RunConfig
+from encoder_study.evaluation import evaluate_run
 from encoder_study.llm import ce_loss_recovered, get_llm_activations, load_language_model, next_token_loss
-from encoder_study.metrics import (apply_linear_readout, features, firing_frequency, fit_linear_readout, fvu, l0,
-                                   redundancy_score)
-from encoder_study.model import count_parameters
+from encoder_study.metrics import apply_linear_readout, features, fit_linear_readout, l0
 from encoder_study.runs import run_experiments
-from encoder_study.training import RunConfig
 
 use_style()
 record = Record(repo_path(results_dir), params)
@@ -174,23 +172,23 @@ def reconstructor(name: str, model: torch.nn.Module, readout: torch.Tensor | Non
 
 rows = []
 for (name, cfg), res in progress(list(zip(runs, results)), desc="metrics and splices", unit="runs"):
+    scores = evaluate_run(res, X[readout_rows], Xt)  # readout fitted on readout_tokens training vectors
     model = res.model()
     with torch.no_grad():
-        A_te, A_fit = features(model, Xt), features(model, X[readout_rows])
-        readout = fit_linear_readout(A_fit, X[readout_rows])
-        readout_fvu = fvu(Xt, apply_linear_readout(A_te, readout))
-        decoder_fvu = fvu(Xt, model(Xt)[0]) if name != "ours" else np.nan
+        fit_rows = X[readout_rows]
+        readout = fit_linear_readout(features(model, fit_rows), fit_rows) if name == "ours" else None
         ce = next_token_loss(lm, ce_tokens, layer, reconstructor(name, model, readout))
-    red = redundancy_score(A_te)
     rows.append({"model": name, "hidden_dim": cfg.hidden_dim, "input_dim": X.shape[1], "seed": cfg.seed,
                  "k": cfg.k if name == "topk" else np.nan, "l1": cfg.l1 if name == "sae" else np.nan,
                  "lambda_lse": cfg.loss.lse if name == "ours" else np.nan,
-                 "l0": l0(A_te), "fvu": readout_fvu if name == "ours" else decoder_fvu, "readout_fvu": readout_fvu,
-                 "dead_fraction": float((firing_frequency(A_te) == 0).mean()), "redundancy": red,
-                 "redundancy_per_pair": red / (cfg.hidden_dim * (cfg.hidden_dim - 1)),
+                 "l0": scores["l0"], "fvu": scores["fvu"], "readout_fvu": scores["readout_fvu"],
+                 "dead_fraction": scores.get("never_fires", np.nan) / cfg.hidden_dim,
+                 "redundancy": scores.get("redundancy", np.nan),
+                 "redundancy_per_pair": scores.get("redundancy", np.nan)
+                 / (cfg.hidden_dim * (cfg.hidden_dim - 1)),
                  "ce_spliced": ce, "ce_loss_recovered": ce_loss_recovered(ce_clean, ce_zero, ce),
-                 "n_params": count_parameters(model), "train_seconds": res.seconds,
-                 "diverged": res.diverged_epoch is not None})
+                 "n_params": scores["n_params"], "train_seconds": res.seconds,
+                 "diverged": scores["diverged"]})
 metrics = pd.DataFrame(rows)
 references = pd.DataFrame([{"reference": "clean", "ce": ce_clean},
                            {"reference": "zero ablation", "ce": ce_zero},
@@ -199,7 +197,7 @@ references = pd.DataFrame([{"reference": "clean", "ce": ce_clean},
 record.duration("metrics, readouts and splices", time.perf_counter() - t0)
 record.table("metrics", metrics)
 record.table("ce_references", references)
-display(references.round(4))
+display(references.round(4))  # noqa: F821 (IPython's display, defined in every kernel)
 metrics.round(4)
 
 # %% [markdown]
@@ -241,7 +239,8 @@ paths = save_figure(fig, "fig6_llm_frontier", repo_path(figures_dir))
 # %%
 cols = ["model", "hidden_dim", "lambda_lse", "k", "l1", "l0", "fvu", "readout_fvu", "ce_loss_recovered",
         "dead_fraction", "redundancy_per_pair"]
-summary = metrics[cols].groupby(["model", "hidden_dim", "lambda_lse", "k", "l1"], dropna=False).mean().reset_index()
+summary = (metrics[cols].groupby(["model", "hidden_dim", "lambda_lse", "k", "l1"], dropna=False)
+           .mean().reset_index())
 record.table("summary", summary)
 record.close(figures=[p.name for p in paths], ce_clean=ce_clean, ce_zero=ce_zero, ce_mean=ce_mean,
              scale=train.scale, manifest=train.manifest, matched_k=matched_k)

@@ -36,8 +36,8 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.progress import progress
 from encoder_study.book import ParameterGuard
+from encoder_study.progress import progress
 
 guard = ParameterGuard(globals())
 
@@ -62,16 +62,14 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import NullFormatter, ScalarFormatter
 import pandas as pd
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.config import LossConfig, RunConfig
 from encoder_study.data import mnist_tensors
-from encoder_study.losses import LossConfig
-from encoder_study.metrics import NEVER_FIRES, features, firing_frequency, fvu, l0, linear_probe_accuracy, readout_fvu
-from encoder_study.model import count_parameters
+from encoder_study.evaluation import evaluate_run
 from encoder_study.runs import run_experiments
-from encoder_study.training import RunConfig
 
 use_style()
 record = Record(repo_path(results_dir), params)
@@ -79,7 +77,8 @@ data = mnist_tensors(n_train=n_train, n_test=n_test)
 Xtr, ytr, Xte, yte = data["train_x"], data["train_y"], data["test_x"], data["test_y"]
 
 base = RunConfig(hidden_dim=hidden_dim, epochs=epochs)
-runs = [("ours", "lambda_lse", w, base.with_(seed=s, loss=LossConfig(lse=w))) for w in ours_lse for s in seeds]
+runs = [("ours", "lambda_lse", w, base.with_(seed=s, loss=LossConfig(lse=w)))
+        for w in ours_lse for s in seeds]
 runs += [("sae", "l1", w, base.with_(model="sae", seed=s, l1=w)) for w in sae_l1 for s in seeds]
 runs += [("topk", "k", k, base.with_(model="topk", seed=s, k=k)) for k in topk_k for s in seeds]
 start = time.perf_counter()
@@ -88,17 +87,14 @@ record.duration("training (or loading from the run cache)", time.perf_counter() 
 
 # %%
 rows = []
+COLUMNS = ("probe_accuracy", "l0", "fvu", "readout_fvu", "dead_by_firing", "n_params", "train_seconds",
+           "diverged")
 t0 = time.perf_counter()
-for (name, knob, value, cfg), res in progress(list(zip(runs, results)), desc="probes and readouts", unit="runs"):
-    model = res.model()
-    A_tr, A_te = features(model, Xtr), features(model, Xte)
-    r_fvu = readout_fvu(A_tr, Xtr, A_te, Xte)
+for (name, knob, value, cfg), res in progress(list(zip(runs, results)), desc="probes and readouts",
+                                             unit="runs"):
+    scores = evaluate_run(res, Xtr, Xte, ytr, yte, probe_max_iter)
     rows.append({"model": name, "knob": knob, "knob_value": value, "seed": cfg.seed, "hidden_dim": hidden_dim,
-                 "probe_accuracy": linear_probe_accuracy(A_tr, ytr, A_te, yte, max_iter=probe_max_iter),
-                 "l0": l0(A_te), "fvu": r_fvu if name == "ours" else fvu(Xte, model(Xte)[0].detach()),
-                 "readout_fvu": r_fvu, "dead_by_firing": int((firing_frequency(A_te) < NEVER_FIRES).sum()),
-                 "n_params": count_parameters(model), "train_seconds": res.seconds,
-                 "diverged": res.diverged_epoch is not None})
+                 **{c: scores.get(c, np.nan) for c in COLUMNS}})
 metrics = pd.DataFrame(rows)
 record.duration("probes and readouts", time.perf_counter() - t0)
 record.table("metrics", metrics)
@@ -136,7 +132,8 @@ if len(outside):
     fig.supxlabel("outside the axes: " + "; ".join(
         f"{labels[r.model].split(' (')[0]} {r.knob_value:g} (L0 {r.l0:.2g}, probe {r.probe_accuracy:.1%}, "
         f"FVU {r.fvu:.2f})" for r in outside.itertuples()), fontsize=7)
-fig.suptitle(f"MNIST, {hidden_dim} units, {epochs} epochs, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
+fig.suptitle(f"MNIST, {hidden_dim} units, {epochs} epochs, "
+             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}")
 paths = save_figure(fig, "fig7_mnist_frontier", repo_path(figures_dir))
 
 # %% [markdown]

@@ -93,34 +93,52 @@ def index_page(entries: list[dict]) -> str:
     md = markdown_it.MarkdownIt()
     cards = []
     for e in entries:
-        thumb = (f'<a href="{e["page"]}"><img src="figures/{e["figure"]}" alt="{html.escape(e["figure"])}"></a>'
-                 if e["figure"] else "")
-        cards.append(f'<section><div class="text"><h2><a href="{e["page"]}">{html.escape(e["title"])}</a></h2>'
-                     f'{md.render(e["question"])}<p class="finding"><b>First finding.</b></p>'
-                     f'{md.render(e["headline"])}</div>{thumb}</section>')
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "section{display:flex;gap:1.5em;border-top:1px solid #ddd;padding:1em 0;align-items:flex-start}"
-             "section .text{flex:1}section img{width:340px;border:1px solid #eee}h2{margin:0 0 .4em;font-size:1.2em}"
-             "p{line-height:1.45}.finding{margin-bottom:0}")
-    head = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>encoder-study: the record</title>'
-            f'<style>{style}</style><script type="text/x-mathjax-config">MathJax.Hub.Config({{tex2jax: '
-            f'{{inlineMath: [["$","$"], ["\\\\(","\\\\)"]], processEscapes: true}}}});</script>'
-            f'<script src="{MATHJAX_URL}"></script></head><body>')
-    intro = ("<h1>encoder-study: the executed book</h1><p>Each section is one notebook of the record, run at the "
-             "paper's settings by <code>make book</code>. Click a title or a figure for the whole notebook.</p>")
+        thumb = (
+            f'<a href="{e["page"]}"><img src="figures/{e["figure"]}" alt="{html.escape(e["figure"])}"></a>'
+            if e["figure"]
+            else ""
+        )
+        cards.append(
+            f'<section><div class="text"><h2><a href="{e["page"]}">{html.escape(e["title"])}</a></h2>'
+            f'{md.render(e["question"])}<p class="finding"><b>First finding.</b></p>'
+            f"{md.render(e['headline'])}</div>{thumb}</section>"
+        )
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "section{display:flex;gap:1.5em;border-top:1px solid #ddd;padding:1em 0;align-items:flex-start}"
+        "section .text{flex:1}section img{width:340px;border:1px solid #eee}"
+        "h2{margin:0 0 .4em;font-size:1.2em}"
+        "p{line-height:1.45}.finding{margin-bottom:0}"
+    )
+    head = (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>encoder-study: the record</title>'
+        f'<style>{style}</style><script type="text/x-mathjax-config">MathJax.Hub.Config({{tex2jax: '
+        f'{{inlineMath: [["$","$"], ["\\\\(","\\\\)"]], processEscapes: true}}}});</script>'
+        f'<script src="{MATHJAX_URL}"></script></head><body>'
+    )
+    intro = (
+        "<h1>encoder-study: the executed book</h1><p>Each section is one notebook of the record, run at the "
+        "paper's settings by <code>make book</code>. Click a title or a figure for the whole notebook.</p>"
+    )
     return head + intro + "".join(cards) + "</body></html>"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", default=str(ROOT / "executed"), help="folder of executed notebooks")
-    ap.add_argument("--figures", default=None, help="folder of figure files (default: figures/ for the record, "
-                                                     "else SRC/figures)")
+    ap.add_argument(
+        "--figures",
+        default=None,
+        help="folder of figure files (default: figures/ for the record, else SRC/figures)",
+    )
     ap.add_argument("--out", default=str(ROOT / "html"), help="where the HTML book goes")
     args = ap.parse_args()
     src, out = Path(args.src).resolve(), Path(args.out).resolve()
-    figures = Path(args.figures).resolve() if args.figures else (
-        ROOT / "figures" if src == (ROOT / "executed").resolve() else src / "figures")
+    figures = (
+        Path(args.figures).resolve()
+        if args.figures
+        else (ROOT / "figures" if src == (ROOT / "executed").resolve() else src / "figures")
+    )
     notebooks = sorted(src.glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         raise SystemExit(f"--src {src}: no executed notebooks (NN_name.ipynb) there")
@@ -138,8 +156,15 @@ def main() -> None:
             shutil.copy2(figures / figure, out / "figures" / figure)
         else:
             figure = None
-        entries.append({"page": page, "title": title_of(nb, nb_path.stem), "question": question_of(nb),
-                        "headline": headline_of(nb), "figure": figure})
+        entries.append(
+            {
+                "page": page,
+                "title": title_of(nb, nb_path.stem),
+                "question": question_of(nb),
+                "headline": headline_of(nb),
+                "figure": figure,
+            }
+        )
     (out / "index.html").write_text(offline(index_page(entries), "index.html"))
     print(f"HTML book: {out / 'index.html'} ({len(entries)} notebooks, math typeset offline)")
 

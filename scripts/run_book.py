@@ -41,8 +41,10 @@ def notebooks(only: list[str] | None) -> list[Path]:
     if only:
         found = [p for p in found if any(p.stem.startswith(o) or p.stem == o for o in only)]
         if not found:
-            sys.exit(f"--only {only}: no notebook matches; the notebooks are "
-                     f"{[p.stem for p in sorted((ROOT / 'notebooks').glob('[0-9][0-9]_*.py'))]}")
+            sys.exit(
+                f"--only {only}: no notebook matches; the notebooks are "
+                f"{[p.stem for p in sorted((ROOT / 'notebooks').glob('[0-9][0-9]_*.py'))]}"
+            )
     return found
 
 
@@ -98,8 +100,13 @@ class ConsoleProgress:
                 continue
             bar = self.bars.get(event["id"])
             if bar is None:
-                bar = self.bars[event["id"]] = tqdm(total=event["total"], desc=f"   {event['desc']}",
-                                                    unit=event["unit"], file=sys.stderr, leave=True)
+                bar = self.bars[event["id"]] = tqdm(
+                    total=event["total"],
+                    desc=f"   {event['desc']}",
+                    unit=event["unit"],
+                    file=sys.stderr,
+                    leave=True,
+                )
             bar.n = event["n"]
             bar.set_postfix_str(event["status"] or "", refresh=False)
             bar.refresh()
@@ -124,8 +131,15 @@ def run_notebook(py: Path, params: dict, out: Path, workdir: Path) -> float:
     follower = ConsoleProgress(console, py.stem)
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(ipynb), str(out / f"{py.stem}.ipynb"), parameters=params, cwd=str(ROOT),
-                            kernel_name="python3", progress_bar=False, request_save_on_cell_execute=True)
+        pm.execute_notebook(
+            str(ipynb),
+            str(out / f"{py.stem}.ipynb"),
+            parameters=params,
+            cwd=str(ROOT),
+            kernel_name="python3",
+            progress_bar=False,
+            request_save_on_cell_execute=True,
+        )
     finally:
         follower.close()
         os.environ.pop(CONSOLE_ENV, None)
@@ -161,8 +175,12 @@ def write_timings(out: Path, timings: list[tuple[str, float]], params: str, part
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default=str(ROOT / "params" / "paper"), help="folder of NN_name.yaml parameter files")
-    ap.add_argument("--out", default=str(RECORD), help="where executed notebooks and tables go (default: the record)")
+    ap.add_argument(
+        "--params", default=str(ROOT / "params" / "paper"), help="folder of NN_name.yaml parameter files"
+    )
+    ap.add_argument(
+        "--out", default=str(RECORD), help="where executed notebooks and tables go (default: the record)"
+    )
     ap.add_argument("--only", nargs="*", help="run only notebooks whose names start with these")
     args = ap.parse_args()
     params_dir, out = Path(args.params).resolve(), Path(args.out).resolve()

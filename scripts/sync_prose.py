@@ -22,7 +22,11 @@ def main(names: list[str]) -> None:
         source = jupytext.read(ROOT / "notebooks" / f"{name}.py")
         path = ROOT / "executed" / f"{name}.ipynb"
         executed = nbformat.read(path, as_version=4)
-        code = lambda nb: [c.source for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]  # noqa: E731
+        code = lambda nb: [
+            c.source
+            for c in nb.cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])
+        ]  # noqa: E731
         if code(source) != code(executed):
             sys.exit(f"{name}: code cells differ from the record; re-run the notebook instead")
         md_src = [c for c in source.cells if c.cell_type == "markdown"]

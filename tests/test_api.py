@@ -50,8 +50,13 @@ def test_save_and_load_round_trip_to_identical_features(ours, digits, tmp_path):
     assert isinstance(again.model(), Encoder)
 
 
-@pytest.mark.parametrize("kind,knobs,keys", [("sae", {"l1": 0.05}, {"encoder.weight", "decoder.weight"}),
-                                              ("topk", {"k": 4}, {"pre_bias", "decoder.weight"})])
+@pytest.mark.parametrize(
+    "kind,knobs,keys",
+    [
+        ("sae", {"l1": 0.05}, {"encoder.weight", "decoder.weight"}),
+        ("topk", {"k": 4}, {"pre_bias", "decoder.weight"}),
+    ],
+)
 def test_sae_kinds_fit_save_and_load(digits, cache, tmp_path, kind, knobs, keys):
     d = es.fit(digits, kind=kind, hidden_dim=16, epochs=1, cache=cache, progress=False, **knobs)
     assert keys <= set(d.state)
@@ -67,20 +72,23 @@ def test_fit_again_loads_the_same_run_from_the_cache(ours, digits, cache):
         assert torch.equal(again.state[name], t)
 
 
-@pytest.mark.parametrize("kwargs,error,words", [
-    ({"X": np.zeros(64, np.float32)}, ValueError, "X must be 2-D"),
-    ({"X": np.full((20, 4), np.nan, np.float32)}, ValueError, "X holds NaN"),
-    ({"X": np.zeros((20, 4), np.uint8)}, TypeError, "X has dtype torch.uint8"),
-    ({"X": [[0.0, 1.0]] * 10}, TypeError, "X must be a NumPy array or a torch tensor"),
-    ({"hidden_dim": "many"}, TypeError, "hidden_dim='many' must be an integer"),
-    ({"lr": "1e-3"}, TypeError, "lr='1e-3' must be a real number"),
-    ({"kind": "pca"}, ValueError, "kind='pca' is not allowed"),
-    ({"l1": 0.1}, TypeError, "kind='ours' does not take l1"),
-    ({"kind": "topk"}, TypeError, "kind='topk' needs k="),
-    ({"kind": "topk", "k": 40}, ValueError, "k=40 is not allowed"),
-    ({"batch_size": 5000}, ValueError, "batch_size=5000 is larger than X's"),
-    ({"cache": 3}, TypeError, "cache=3 must be a folder path"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,words",
+    [
+        ({"X": np.zeros(64, np.float32)}, ValueError, "X must be 2-D"),
+        ({"X": np.full((20, 4), np.nan, np.float32)}, ValueError, "X holds NaN"),
+        ({"X": np.zeros((20, 4), np.uint8)}, TypeError, "X has dtype torch.uint8"),
+        ({"X": [[0.0, 1.0]] * 10}, TypeError, "X must be a NumPy array or a torch tensor"),
+        ({"hidden_dim": "many"}, TypeError, "hidden_dim='many' must be an integer"),
+        ({"lr": "1e-3"}, TypeError, "lr='1e-3' must be a real number"),
+        ({"kind": "pca"}, ValueError, "kind='pca' is not allowed"),
+        ({"l1": 0.1}, TypeError, "kind='ours' does not take l1"),
+        ({"kind": "topk"}, TypeError, "kind='topk' needs k="),
+        ({"kind": "topk", "k": 40}, ValueError, "k=40 is not allowed"),
+        ({"batch_size": 5000}, ValueError, "batch_size=5000 is larger than X's"),
+        ({"cache": 3}, TypeError, "cache=3 must be a folder path"),
+    ],
+)
 def test_bad_input_is_named(digits, cache, kwargs, error, words):
     args = {"X": digits, "hidden_dim": 16, "epochs": 1, "cache": cache, "progress": False, **kwargs}
     with pytest.raises(error, match=words.replace("(", r"\(").replace("[", r"\[")):

@@ -98,8 +98,12 @@ def test_idx_folder(tmp_path, gz):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    arrays = {"train_x": rng.integers(0, 256, (60000, 28, 28)), "train_y": rng.integers(0, 10, 60000),
-              "test_x": rng.integers(0, 256, (10000, 28, 28)), "test_y": rng.integers(0, 10, 10000)}
+    arrays = {
+        "train_x": rng.integers(0, 256, (60000, 28, 28)),
+        "train_y": rng.integers(0, 10, 60000),
+        "test_x": rng.integers(0, 256, (10000, 28, 28)),
+        "test_y": rng.integers(0, 10, 10000),
+    }
     for key, name in D.IDX_FILES.items():
         _write_idx(raw / (name + (".gz" if gz else "")), arrays[key], gz)
     t = D.mnist_tensors(root=tmp_path)
@@ -113,7 +117,9 @@ def test_idx_errors(tmp_path):
         D.mnist_tensors(root=tmp_path)
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    (raw / "train-images-idx3-ubyte").write_bytes(struct.pack(">BBBBIII", 0, 0, 8, 3, 60000, 28, 28) + b"\0" * 10)
+    (raw / "train-images-idx3-ubyte").write_bytes(
+        struct.pack(">BBBBIII", 0, 0, 8, 3, 60000, 28, 28) + b"\0" * 10
+    )
     with pytest.raises(ValueError, match="truncated"):
         D._read_idx(raw / "train-images-idx3-ubyte")
 

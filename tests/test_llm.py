@@ -30,8 +30,10 @@ def tokens(lm):
 def test_packaged_model_is_smollm2(lm):
     model, tokenizer = lm
     assert model.config.hidden_size == 576 and len(llm.blocks(model)) == 30
-    assert tokenizer.bos_token_id is None or tokenizer("Hi", add_special_tokens=True)["input_ids"][0] != \
-        tokenizer.bos_token_id  # no BOS is prepended for this model
+    assert (
+        tokenizer.bos_token_id is None
+        or tokenizer("Hi", add_special_tokens=True)["input_ids"][0] != tokenizer.bos_token_id
+    )  # no BOS is prepended for this model
     assert next(model.parameters()).dtype == torch.float32
     assert llm.load_language_model() is llm.load_language_model(llm.PACKAGED_MODEL, "cpu")  # loaded once
 
@@ -107,11 +109,21 @@ def test_ce_loss_recovered_by_hand():
 def test_activation_cache_is_built_reused_and_rebuilt(lm, tmp_path, monkeypatch):
     model, _ = lm
     cache = tmp_path / "acts"
-    kwargs = dict(layer=2, cache_path=cache, text_path=TINY, context=24, test_fraction=0.25, batch_size=64,
-                  device="cpu", progress=False)
+    kwargs = dict(
+        layer=2,
+        cache_path=cache,
+        text_path=TINY,
+        context=24,
+        test_fraction=0.25,
+        batch_size=64,
+        device="cpu",
+        progress=False,
+    )
     train, test = llm.get_llm_activations(**kwargs)
     manifest = json.loads((cache / "manifest.json").read_text())
-    assert manifest["model"] == llm.PACKAGED_MODEL and manifest["layer"] == 2 and manifest["dtype"] == "float16"
+    assert (
+        manifest["model"] == llm.PACKAGED_MODEL and manifest["layer"] == 2 and manifest["dtype"] == "float16"
+    )
     assert manifest["text_sha256"] == __import__("hashlib").sha256(llm.read_text(TINY).encode()).hexdigest()
     n, c = manifest["n_contexts"], manifest["context"]
     assert manifest["n_tokens"] == n * c and len(train.tokens) + len(test.tokens) == n

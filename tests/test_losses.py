@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from encoder_study.losses import (LossConfig, combined_loss, correlation_loss, lse_loss, sae_loss,
-                                  uniform_lse_value, variance_loss, weight_redundancy_loss)
+from encoder_study.losses import (
+    LossConfig,
+    combined_loss,
+    correlation_loss,
+    lse_loss,
+    sae_loss,
+    uniform_lse_value,
+    variance_loss,
+    weight_redundancy_loss,
+)
 
 
 def _grad_and_resp(a):
@@ -23,7 +31,9 @@ INPUTS = {
     "large": lambda dt: torch.rand(128, 64, dtype=dt) * 1e4,
     "tiny": lambda dt: torch.rand(128, 64, dtype=dt) * 1e-7,
     "all_equal": lambda dt: torch.full((128, 64), 2.5, dtype=dt),
-    "one_winner": lambda dt: torch.cat([torch.zeros(128, 1, dtype=dt), torch.full((128, 63), 800.0, dtype=dt)], 1),
+    "one_winner": lambda dt: torch.cat(
+        [torch.zeros(128, 1, dtype=dt), torch.full((128, 63), 800.0, dtype=dt)], 1
+    ),
 }
 
 
@@ -105,7 +115,12 @@ def test_combined_total_is_weighted_sum():
     W = torch.randn(8, 10, dtype=torch.float64)
     cfg = LossConfig(lse=0.5, var=2.0, tc=3.0, wr=0.25)
     out = combined_loss(a, W, cfg)
-    ref = 0.5 * lse_loss(a)[0] + 2 * variance_loss(a) + 3 * correlation_loss(a) + 0.25 * weight_redundancy_loss(W)
+    ref = (
+        0.5 * lse_loss(a)[0]
+        + 2 * variance_loss(a)
+        + 3 * correlation_loss(a)
+        + 0.25 * weight_redundancy_loss(W)
+    )
     assert out["total"].item() == pytest.approx(ref.item(), rel=1e-12)
 
 
@@ -116,8 +131,15 @@ def test_sae_loss_matches_definition():
     assert out["total"].item() == pytest.approx(ref.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("field,value,exc", [("lse", -1.0, ValueError), ("var", "1", TypeError),
-                                             ("tc", float("nan"), ValueError), ("wr", None, TypeError)])
+@pytest.mark.parametrize(
+    "field,value,exc",
+    [
+        ("lse", -1.0, ValueError),
+        ("var", "1", TypeError),
+        ("tc", float("nan"), ValueError),
+        ("wr", None, TypeError),
+    ],
+)
 def test_bad_lambdas_are_named(field, value, exc):
     with pytest.raises(exc, match=f"lambda_{field}"):
         LossConfig(**{field: value})

@@ -10,7 +10,9 @@ from encoder_study import metrics as M
 
 
 def test_dead_units_and_firing():
-    A = torch.stack([torch.zeros(100), torch.full((100,), 5.0), torch.rand(100) * 10, torch.rand(100) * 0.1], 1)
+    A = torch.stack(
+        [torch.zeros(100), torch.full((100,), 5.0), torch.rand(100) * 10, torch.rand(100) * 0.1], 1
+    )
     assert M.dead_units(A) == 3  # constant zero, constant 5, and a unit of variance < 0.01
     freq = M.firing_frequency(torch.tensor([[0.0, 1.0], [0.02, 1.0], [0.0, 0.0], [0.005, 1.0]]))
     assert freq.tolist() == [0.25, 0.75]
@@ -75,7 +77,9 @@ def test_linear_readout_is_the_minimum_norm_least_squares_solution():
 def test_linear_probe_on_separable_and_random_labels():
     g = torch.Generator().manual_seed(1)
     y = torch.randint(3, (600,), generator=g)
-    A = torch.nn.functional.one_hot(y, 3).double() * 5 + 0.1 * torch.randn(600, 3, generator=g, dtype=torch.float64)
+    A = torch.nn.functional.one_hot(y, 3).double() * 5 + 0.1 * torch.randn(
+        600, 3, generator=g, dtype=torch.float64
+    )
     assert M.linear_probe_accuracy(A[:400], y[:400], A[400:], y[400:]) == 1.0
     r = torch.randint(3, (600,), generator=g)
     assert M.linear_probe_accuracy(A[:400], r[:400], A[400:], r[400:]) < 0.5

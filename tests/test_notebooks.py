@@ -25,19 +25,41 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 CONTRACT = {
     "01_verify_theorem": ["dtype", "n_points", "max_abs_error", "mean_abs_error", "correlation"],
-    "02_ablation": ["config", "seed", "dead_units", "redundancy", "weight_redundancy", "effective_rank",
-                    "responsibility_entropy", "l0", "probe_accuracy"],
+    "02_ablation": [
+        "config",
+        "seed",
+        "dead_units",
+        "redundancy",
+        "weight_redundancy",
+        "effective_rank",
+        "responsibility_entropy",
+        "l0",
+        "probe_accuracy",
+    ],
     "03_benchmark": ["model", "seed", "probe_accuracy", "l0", "n_params", "fvu", "train_seconds"],
     "04_dynamics": ["optimizer", "lr", "seed", "final_loss", "probe_accuracy", "epoch_90pct_decrease"],
-    "05_llm_activations": ["model", "hidden_dim", "input_dim", "seed", "l0", "fvu", "dead_fraction",
-                           "ce_loss_recovered"],
+    "05_llm_activations": [
+        "model",
+        "hidden_dim",
+        "input_dim",
+        "seed",
+        "l0",
+        "fvu",
+        "dead_fraction",
+        "ce_loss_recovered",
+    ],
     "06_mnist_frontier": ["model", "knob", "knob_value", "seed", "probe_accuracy", "l0", "fvu"],
     "07_controls": ["model", "hidden_dim", "seed", "probe_accuracy", "l0", "fvu", "fit_seconds", "n_params"],
 }
-FIGURES = {"01_verify_theorem": ["fig1_theorem"], "02_ablation": ["fig2_ablation"],
-           "03_benchmark": ["fig3_benchmark", "fig4_features"], "04_dynamics": ["fig5_dynamics"],
-           "05_llm_activations": ["fig6_llm_frontier"], "06_mnist_frontier": ["fig7_mnist_frontier"],
-           "07_controls": ["fig8_controls"]}
+FIGURES = {
+    "01_verify_theorem": ["fig1_theorem"],
+    "02_ablation": ["fig2_ablation"],
+    "03_benchmark": ["fig3_benchmark", "fig4_features"],
+    "04_dynamics": ["fig5_dynamics"],
+    "05_llm_activations": ["fig6_llm_frontier"],
+    "06_mnist_frontier": ["fig7_mnist_frontier"],
+    "07_controls": ["fig8_controls"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +67,20 @@ def smoke_book(tmp_path_factory):
     out = tmp_path_factory.mktemp("book")
     before = {p: p.stat().st_mtime for p in (ROOT / "executed").rglob("*") if p.is_file()}
     env = {**os.environ, "ENCODER_STUDY_FRESH": "1"}  # smoke runs train, never reuse stale results
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "run_book.py"), "--params", "params/smoke",
-                    "--out", str(out)], check=True, cwd=ROOT, env=env, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "run_book.py"),
+            "--params",
+            "params/smoke",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+    )
     after = {p: p.stat().st_mtime for p in (ROOT / "executed").rglob("*") if p.is_file()}
     assert before == after, "the smoke run touched the committed record"
     return out
@@ -60,12 +94,16 @@ def test_every_notebook_has_a_contract():
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_smoke_notebook(smoke_book, name):
     nb = nbformat.read(smoke_book / f"{name}.ipynb", as_version=4)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"
+    ]
     assert not errors, errors[:1]
     assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
     df = pd.read_csv(smoke_book / name / "metrics.csv")
     assert set(CONTRACT[name]) <= set(df.columns), set(CONTRACT[name]) - set(df.columns)
-    finished = df[df["diverged_epoch"].isna()] if "diverged_epoch" in df else df  # a diverged run has no probe
+    finished = (
+        df[df["diverged_epoch"].isna()] if "diverged_epoch" in df else df
+    )  # a diverged run has no probe
     assert len(finished) > 0 and finished[CONTRACT[name]].notna().all().all()
     info = json.loads((smoke_book / name / "run_info.json").read_text())
     assert {"parameters", "environment", "durations_s"} <= set(info)
@@ -105,16 +143,32 @@ def test_theorem_numbers_in_smoke(smoke_book):
 
 def test_controls_smoke_has_every_method_and_the_em_comparison(smoke_book):
     df = pd.read_csv(smoke_book / "07_controls" / "metrics.csv")
-    assert {"ours", "sae", "topk", "pca", "pca_relu", "random", "kmeans", "gmm", "gmm_log", "sparse_coding", "ica",
-            "nmf"} <= set(df.model)
+    assert {
+        "ours",
+        "sae",
+        "topk",
+        "pca",
+        "pca_relu",
+        "random",
+        "kmeans",
+        "gmm",
+        "gmm_log",
+        "sparse_coding",
+        "ica",
+        "nmf",
+    } <= set(df.model)
     assert (df.hidden_dim == 64).all() and df.probe_accuracy.between(0, 1).all()
     em = pd.read_csv(smoke_book / "07_controls" / "em_agreement.csv")
-    assert {"seed", "nmi_hard", "nmi_soft"} <= set(em.columns) and em[["nmi_hard", "nmi_soft"]].stack().between(0, 1).all()
+    assert {"seed", "nmi_hard", "nmi_soft"} <= set(em.columns) and em[
+        ["nmi_hard", "nmi_soft"]
+    ].stack().between(0, 1).all()
 
 
 def test_llm_smoke_matches_topk_to_ours_sparsity(smoke_book):
     df = pd.read_csv(smoke_book / "05_llm_activations" / "metrics.csv")
-    assert {"ours", "topk", "sae"} <= set(df.model) and (df.hidden_dim > df.input_dim).any()  # one overcomplete
+    assert {"ours", "topk", "sae"} <= set(df.model) and (
+        df.hidden_dim > df.input_dim
+    ).any()  # one overcomplete
     for h, g in df.groupby("hidden_dim"):
         ours_l0 = g[(g.model == "ours") & (g.lambda_lse == 1.0)].l0.mean()  # the paper's lambdas
         assert round(ours_l0) in set(g[g.model == "topk"].k), (h, ours_l0)
@@ -131,9 +185,14 @@ def _as_ipynb(name, folder) -> Path:
 
 
 def _run(name, tmp_path, params):
-    pm.execute_notebook(str(_as_ipynb(name, tmp_path)), str(tmp_path / "out.ipynb"),
-                        parameters={"results_dir": str(tmp_path / "r"), "figures_dir": str(tmp_path / "f"), **params},
-                        cwd=str(ROOT), kernel_name="python3", progress_bar=False)
+    pm.execute_notebook(
+        str(_as_ipynb(name, tmp_path)),
+        str(tmp_path / "out.ipynb"),
+        parameters={"results_dir": str(tmp_path / "r"), "figures_dir": str(tmp_path / "f"), **params},
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+    )
 
 
 def test_unknown_parameter_fails_by_name(tmp_path, smoke_book):
@@ -161,8 +220,13 @@ def test_notebook_source_round_trips_and_writes_to_scratch_by_default(name):
 
 
 def _git_status() -> str:
-    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True,
-                          text=True, check=True).stdout
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def _free_port():
@@ -178,10 +242,21 @@ def test_jupyterlab_opens_runs_and_saves_a_notebook_without_changing_the_reposit
     port = _free_port()
     jupyter = Path(sys.executable).parent / "jupyter"
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([str(jupyter), "server", "--no-browser", "--allow-root", f"--port={port}",
-                             "--ip=127.0.0.1", "--IdentityProvider.token=testtoken", f"--ServerApp.root_dir={ROOT}"],
-                            stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)})
+    proc = subprocess.Popen(
+        [
+            str(jupyter),
+            "server",
+            "--no-browser",
+            "--allow-root",
+            f"--port={port}",
+            "--ip=127.0.0.1",
+            "--IdentityProvider.token=testtoken",
+            f"--ServerApp.root_dir={ROOT}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)},
+    )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
     try:
         url = f"http://127.0.0.1:{port}/api/contents/notebooks/01_verify_theorem.py?type=notebook&content=1"
@@ -203,10 +278,16 @@ def test_jupyterlab_opens_runs_and_saves_a_notebook_without_changing_the_reposit
         assert any("parameters" in c["metadata"].get("tags", []) for c in cells)
         assert cells[0]["cell_type"] == "markdown"
         nb = nbformat.from_dict(model["content"])
-        NotebookClient(nb, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        NotebookClient(
+            nb, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
         assert _outputs(nb)[0] >= 1  # the figure, shown in the notebook
-        put = urllib.request.Request(url.split("?")[0], method="PUT", headers={"Authorization": "token testtoken"},
-                                     data=json.dumps({"type": "notebook", "format": "json", "content": nb}).encode())
+        put = urllib.request.Request(
+            url.split("?")[0],
+            method="PUT",
+            headers={"Authorization": "token testtoken"},
+            data=json.dumps({"type": "notebook", "format": "json", "content": nb}).encode(),
+        )
         with opener.open(put, timeout=30) as r:
             assert r.status in (200, 201)
         assert _git_status() == before
@@ -221,14 +302,22 @@ def test_jupyterlab_opens_runs_and_saves_a_notebook_without_changing_the_reposit
 def test_plain_papermill_with_a_parameter_file_leaves_the_repository_alone(tmp_path):
     before = _git_status()
     params = yaml.safe_load((ROOT / "params" / "smoke" / "02_ablation.yaml").read_text())
-    pm.execute_notebook(str(_as_ipynb("02_ablation", tmp_path)), str(tmp_path / "out.ipynb"), parameters=params,
-                        cwd=str(ROOT), kernel_name="python3", progress_bar=False)
+    pm.execute_notebook(
+        str(_as_ipynb("02_ablation", tmp_path)),
+        str(tmp_path / "out.ipynb"),
+        parameters=params,
+        cwd=str(ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     assert (ROOT / "scratch" / "02_ablation" / "metrics.csv").exists()
     assert _git_status() == before
 
 
 def test_no_file_points_outside_the_repository():
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     # written in pieces so that this file does not match itself
     outside = ("../" + "shared", "/" + "work/", str(Path.home()) + "/", "site-" + "packages/")
     hits = []
@@ -243,14 +332,27 @@ def test_no_file_points_outside_the_repository():
 
 def test_html_book_is_offline_with_figures_and_an_index(smoke_book, tmp_path):
     out = tmp_path / "html"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "render_html.py"), "--src", str(smoke_book),
-                    "--out", str(out)], check=True, cwd=ROOT, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "render_html.py"),
+            "--src",
+            str(smoke_book),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
     assert (out / "mathjax" / "MathJax.js").exists()
     for name in NOTEBOOKS:
         page = (out / f"{name}.html").read_text()
         assert "data:image/png;base64" in page
         assert 'src="mathjax/MathJax.js' in page
-        loads = re.findall(r"<(?:script|link|img|iframe|source)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", page)
+        loads = re.findall(
+            r"<(?:script|link|img|iframe|source)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", page
+        )
         assert not loads, f"{name} loads from the network: {loads[:3]}"
     index = (out / "index.html").read_text()
     assert index.count("<section>") == len(NOTEBOOKS) and index.count('<img src="figures/') == len(NOTEBOOKS)

@@ -14,8 +14,12 @@ print(all(torch.equal(f(x), f(x)) for f in (lambda t: torch.exp(-t), torch.log, 
 
 def test_first_transcendental_calls_are_exact_in_fresh_processes():
     # Without the warm-up about one fresh process in six failed this on the 2-core machine.
-    outs = [subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout.strip()
-            for _ in range(12)]
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(12)
+    ]
     assert outs == ["True"] * 12
 
 
@@ -24,11 +28,13 @@ def test_training_is_bitwise_reproducible_across_processes():
 import torch, encoder_study
 from encoder_study.data import get_synthetic
 from encoder_study.engine import train_many
-from encoder_study.training import RunConfig
+from encoder_study.config import RunConfig
 X, _ = get_synthetic(1024, 32, 8, seed=0)
 r = train_many([RunConfig(seed=s, epochs=3, hidden_dim=12, device="cpu") for s in (1, 2)], X, progress=False)
 print(float(sum(v.double().sum() for res in r for v in res.state.values())).hex())
 """
-    outs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-            for _ in range(3)}
+    outs = {
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+        for _ in range(3)
+    }
     assert len(outs) == 1, outs

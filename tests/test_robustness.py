@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from encoder_study import llm, runs, storage
+from encoder_study import llm, storage
 from encoder_study.book import ParameterGuard
+from encoder_study.config import RunConfig
 from encoder_study.data import DamagedWheelError, _arrays_from_wheel, sha256_file
 from encoder_study.engine import divergence_bound, train_group
 from encoder_study.metrics import dead_units, l0, linear_probe_accuracy
 from encoder_study.progress import CONSOLE_ENV
-from encoder_study.runs import NUMERIC_SOURCES, code_fingerprint, run_experiments
-from encoder_study.training import RunConfig
+from encoder_study.runs import numeric_files, run_experiments
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "encoder_study"
@@ -31,12 +31,16 @@ PACKAGE = ROOT / "encoder_study"
 
 # --- the run cache's key covers the code --------------------------------------------------------
 
+
 def _fingerprint_of(package_parent: Path) -> str:
-    code = ("import encoder_study.runs as r; assert r.__file__.startswith(%r), r.__file__; "
-            "print(r.code_fingerprint())" % str(package_parent))
-    env = {**os.environ, "PYTHONPATH": str(package_parent), "ENCODER_STUDY_KERNELS": "torch"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
-                         cwd=package_parent)  # not the checkout's folder, whose package -c would import first
+    code = (
+        f"import encoder_study.runs as r; assert r.__file__.startswith({str(package_parent)!r}), r.__file__; "
+        "print(r.code_fingerprint())"
+    )
+    env = {**os.environ, "PYTHONPATH": str(package_parent)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=package_parent
+    )  # not the checkout's folder, whose package -c would import first
     assert out.stdout.strip(), out.stderr
     return out.stdout.strip()
 
@@ -55,19 +59,34 @@ def test_editing_a_constant_in_the_numeric_code_changes_the_run_cache_key(tmp_pa
     api = copy / "encoder_study" / "api.py"  # code that only stores or shows keeps the cache
     api.write_text(api.read_text() + "\n# a comment\n")
     engine = copy / "encoder_study" / "engine.py"  # and so does prose in the numeric code
-    engine.write_text(engine.read_text().replace('"""Many runs trained', '"""Many, many runs trained', 1)
-                      + "\n# a comment\n")
+    engine.write_text(
+        engine.read_text().replace('"""Many runs trained', '"""Many, many runs trained', 1)
+        + "\n# a comment\n"
+    )
     assert _fingerprint_of(copy) == before
-    engine.write_text(engine.read_text().replace("AUXK_COEF = 1 / 32", "AUXK_COEF = 1 / 16"))
+    topk = copy / "encoder_study" / "kinds" / "topk.py"  # a model kind's constant
+    topk.write_text(topk.read_text().replace("AUXK_COEF = 1 / 32", "AUXK_COEF = 1 / 16"))
+    assert _fingerprint_of(copy) != before
+    topk.write_text(topk.read_text().replace("AUXK_COEF = 1 / 16", "AUXK_COEF = 1 / 32"))
+    assert _fingerprint_of(copy) == before
+    (copy / "encoder_study" / "kinds" / "gelu.py").write_text("SCALE = 1.0\n")  # a new kind's file counts
     assert _fingerprint_of(copy) != before
 
 
 def _package_imports(module: str) -> set[str]:
+    """The package's own modules that ``module`` (a path relative to the package) imports."""
     tree = ast.parse((PACKAGE / module).read_text())
+    here = Path(module).parent
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found |= {f"{node.module}.py"} if node.module else {f"{a.name}.py" for a in node.names}
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            base = here
+            for _ in range(node.level - 1):
+                base = base.parent
+            names = [node.module] if node.module else [a.name for a in node.names]
+            for name in names:
+                path = base.joinpath(*name.split("."))
+                found.add(str(path / "__init__.py") if (PACKAGE / path).is_dir() else f"{path}.py")
     return found
 
 
@@ -81,19 +100,23 @@ def test_every_module_the_engine_reaches_is_declared_numeric_or_not():
         if m not in seen:
             seen.add(m)
             todo += sorted(_package_imports(m))
-    undeclared = seen - set(NUMERIC_SOURCES) - not_numeric - {"runs.py"}
+    assert "kinds/topk.py" in seen and "config.py" in seen  # the walk follows the subpackage
+    undeclared = seen - set(numeric_files()) - not_numeric - {"runs.py"}
     assert not undeclared, f"declare {undeclared} in runs.NUMERIC_SOURCES or here"
 
 
 # --- caches verify what they read -----------------------------------------------------------------
+
 
 def _fake_activation_cache(folder: Path) -> dict:
     folder.mkdir()
     np.save(folder / "acts.npy", np.arange(48, dtype=np.float16).reshape(2, 4, 6))
     np.save(folder / "tokens.npy", np.arange(8, dtype=np.int32).reshape(2, 4))
     wanted = {"format": llm.CACHE_FORMAT, "model": "m", "layer": 1}
-    files = {n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
-             for n in ("acts.npy", "tokens.npy")}
+    files = {
+        n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
+        for n in ("acts.npy", "tokens.npy")
+    }
     (folder / "manifest.json").write_text(json.dumps({**wanted, "files": files}))
     return wanted
 
@@ -147,8 +170,10 @@ def test_a_failed_save_keeps_the_results_and_leaves_no_temporary_file(tmp_path, 
 
     def disk_full(obj, f):
         Path(f).write_bytes(b"half")
-        raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file: "
-                           "No space left on device")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file: "
+            "No space left on device"
+        )
 
     monkeypatch.setattr(storage.torch, "save", disk_full)
     results = run_experiments(cfg, X, cache=tmp_path, progress=False)
@@ -168,10 +193,13 @@ def test_a_damaged_mnist_wheel_is_named(tmp_path):
 
 # --- divergence ---------------------------------------------------------------------------------
 
+
 def test_a_finite_blow_up_is_divergence_and_an_all_diverged_group_says_so():
     X = torch.rand(512, 20)
-    cfgs = [RunConfig(model="sae", seed=s, epochs=3, hidden_dim=8, batch_size=64, lr=1e4, device="cpu")
-            for s in (1, 2)]
+    cfgs = [
+        RunConfig(model="sae", seed=s, epochs=3, hidden_dim=8, batch_size=64, lr=1e4, device="cpu")
+        for s in (1, 2)
+    ]
     results = train_group(cfgs, X, progress=False)  # once: IndexError when every run diverged
     assert all(r.diverged_epoch is not None for r in results)
     assert all(r.history[-1].get("diverged") for r in results)
@@ -182,16 +210,24 @@ def test_a_finite_blow_up_is_divergence_and_an_all_diverged_group_says_so():
 
 # --- bad input, named before long work --------------------------------------------------------
 
+
 def test_a_last_minibatch_of_one_sample_is_refused_by_name():
-    with pytest.raises(ValueError, match="129 training samples with batch_size=128 leave a last minibatch of one"):
-        train_group([RunConfig(seed=1, epochs=1, hidden_dim=4, device="cpu")], torch.rand(129, 6), progress=False)
+    with pytest.raises(
+        ValueError, match="129 training samples with batch_size=128 leave a last minibatch of one"
+    ):
+        train_group(
+            [RunConfig(seed=1, epochs=1, hidden_dim=4, device="cpu")], torch.rand(129, 6), progress=False
+        )
 
 
 def test_a_model_too_large_for_memory_is_refused_before_allocating():
     t0 = time.perf_counter()
     with pytest.raises(MemoryError, match=r"hidden_dim=10000000 with 784 inputs .* needs about"):
-        train_group([RunConfig(seed=1, epochs=1, hidden_dim=10**7, device="cpu")], torch.rand(256, 784),
-                    progress=False)
+        train_group(
+            [RunConfig(seed=1, epochs=1, hidden_dim=10**7, device="cpu")],
+            torch.rand(256, 784),
+            progress=False,
+        )
     assert time.perf_counter() - t0 < 30  # refused up front, not after the allocator gave up
 
 
@@ -227,8 +263,11 @@ def test_parameter_guard_explains_yaml_strings_and_names_empty_lists():
     ns: dict = {}
     guard = ParameterGuard(ns)
     ns.update({"__annotations__": {"lr": float, "seeds": list[int]}, "lr": "1e-3", "seeds": [1]})
-    with pytest.raises(TypeError, match=r"parameter lr='1e-3' has type str; expected float \('1e-3' is a string: "
-                                        r"YAML reads .* write 1.0e-3\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"parameter lr='1e-3' has type str; expected float \('1e-3' is a string: "
+        r"YAML reads .* write 1.0e-3\)",
+    ):
         guard.check(ns)
     ns.update({"lr": 1e-3, "seeds": []})
     with pytest.raises(ValueError, match=r"parameter seeds=\[\] is empty"):
@@ -236,14 +275,20 @@ def test_parameter_guard_explains_yaml_strings_and_names_empty_lists():
 
 
 def _run_book(*args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "run_book.py"), *args], cwd=cwd,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "run_book.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_run_book_refuses_a_missing_parameter_folder_or_file_and_names_bad_yaml(tmp_path):
     r = _run_book("--params", "params/paperr", "--out", str(tmp_path / "o"), cwd=ROOT)
     assert r.returncode != 0 and "--params params/paperr: no such folder" in r.stderr
-    r = _run_book("--params", "params/paper", "--out", str(tmp_path / "o"), cwd=tmp_path)  # relative to the cwd
+    r = _run_book(
+        "--params", "params/paper", "--out", str(tmp_path / "o"), cwd=tmp_path
+    )  # relative to the cwd
     assert r.returncode != 0 and "no such folder" in r.stderr
     params = tmp_path / "p"
     params.mkdir()
@@ -256,12 +301,15 @@ def test_run_book_refuses_a_missing_parameter_folder_or_file_and_names_bad_yaml(
 
 # --- what reaches the console; two processes on one cache ---------------------------------------
 
+
 def test_warnings_also_reach_the_book_console(tmp_path, monkeypatch):
     console = tmp_path / "console.jsonl"
     monkeypatch.setenv(CONSOLE_ENV, str(console))
     with pytest.warns(UserWarning, match="rebuilding"):
         storage.warn("MNIST cache x is damaged; rebuilding it")
-    assert json.loads(console.read_text().splitlines()[-1]) == {"message": "MNIST cache x is damaged; rebuilding it"}
+    assert json.loads(console.read_text().splitlines()[-1]) == {
+        "message": "MNIST cache x is damaged; rebuilding it"
+    }
 
 
 CHILD = textwrap.dedent("""

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from encoder_study.config import LossConfig, RunConfig
 from encoder_study.data import get_synthetic
 from encoder_study.engine import train_group, train_many
-from encoder_study.losses import LossConfig
 from encoder_study.metrics import dead_units, features
 from encoder_study.runs import run_experiments
-from encoder_study.training import RunConfig, train_run
+from encoder_study.training import train_run
 
 
 def centred_cosine(C, W):
@@ -40,7 +40,10 @@ def test_full_objective_recovers_components(synthetic):
 
 def test_lse_alone_collapses(synthetic):
     X, _ = synthetic
-    runs = [RunConfig(seed=s, epochs=30, hidden_dim=12, device="cpu", loss=LossConfig(var=0, tc=0)) for s in (1, 2)]
+    runs = [
+        RunConfig(seed=s, epochs=30, hidden_dim=12, device="cpu", loss=LossConfig(var=0, tc=0))
+        for s in (1, 2)
+    ]
     for r in train_many(runs, X, progress=False):
         assert dead_units(features(r.model(), X)) == 12
 
@@ -49,41 +52,26 @@ def _max_diff(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.fixture(params=["torch", "c"])
-def kernels(request, monkeypatch):
-    """Each engine test runs once with the torch path and once with the C kernels (whatever the
-    processor: ENCODER_STUDY_KERNELS=c forces them where ``auto`` would not take them)."""
-    from encoder_study import fused
-
-    monkeypatch.setenv(fused.KERNELS_ENV, request.param)
-    return request.param
-
-
-@pytest.mark.parametrize("with_wr", [False, True], ids=["hand-derived gradient", "autograd (weight redundancy)"])
-@pytest.mark.parametrize("runs_per_thread", [None, 2], ids=["3 runs", "2 runs per thread: the one-call C step"])
-def test_engine_matches_plain_loop_encoder_float64(mnist, with_wr, runs_per_thread, monkeypatch, kernels):
+@pytest.mark.parametrize(
+    "with_wr", [False, True], ids=["hand-derived gradient", "autograd (weight redundancy)"]
+)
+def test_engine_matches_plain_loop_encoder_float64(mnist, with_wr):
     # The LSE + InfoMax objective amplifies rounding (about 10% a step early on), so the
     # comparison runs in float64, where 200 steps stay far inside the tolerance. Without the
     # weight-redundancy term the engine uses its hand-derived gradient, with it autograd; the
-    # plain loop always uses autograd through combined_loss. With as many runs as threads times 2
-    # (each on its own seed) the hand-derived step is one C call, optimizer included.
-    from encoder_study import fused
-
-    X = mnist["train_x"][:128 * 40].double()
-    runs = [RunConfig(seed=1, epochs=5, device="cpu"),
-            RunConfig(seed=2, epochs=5, device="cpu", lr=3e-3, loss=LossConfig(tc=0.0, wr=0.5 if with_wr else 0.0)),
-            RunConfig(seed=3, epochs=5, device="cpu", optimizer="adam", loss=LossConfig(lse=0.0, var=2.0))]
-    if runs_per_thread:
-        extra = runs_per_thread * torch.get_num_threads() - len(runs)
-        # (SGD at 1e-3 on this objective amplifies float64 rounding past 1e-6 in 200 steps, on every
-        # path: measured; at 1e-4 without the correlation term it stays put, as in the test below)
-        runs = (runs + [RunConfig(seed=4 + i, epochs=5, device="cpu", optimizer="sgd", lr=1e-4 * (i + 1),
-                                  loss=LossConfig(tc=0.0)) for i in range(extra)])[:runs_per_thread * torch.get_num_threads()]
-    calls = []
-    real = fused.relu_infomax_stepper
-    monkeypatch.setattr(fused, "relu_infomax_stepper", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # plain loop always uses autograd through combined_loss.
+    X = mnist["train_x"][: 128 * 40].double()
+    runs = [
+        RunConfig(seed=1, epochs=5, device="cpu"),
+        RunConfig(
+            seed=2, epochs=5, device="cpu", lr=3e-3, loss=LossConfig(tc=0.0, wr=0.5 if with_wr else 0.0)
+        ),
+        RunConfig(seed=3, epochs=5, device="cpu", optimizer="adam", loss=LossConfig(lse=0.0, var=2.0)),
+        # (SGD at 1e-3 on this objective amplifies float64 rounding past 1e-6 in 200 steps:
+        # measured; at 1e-4 without the correlation term it stays put, as in the test below)
+        RunConfig(seed=4, epochs=5, device="cpu", optimizer="sgd", lr=1e-4, loss=LossConfig(tc=0.0)),
+    ]
     together = train_group(runs, X, progress=False)
-    assert bool(calls) == (runs_per_thread is not None and not with_wr and kernels == "c")
     for cfg, res in zip(runs, together):
         model, hist = train_run(cfg, X)
         assert _max_diff(model.state_dict(), res.state) < 1e-6  # weights are ~0.1; fp32 drifts to ~1e-2
@@ -94,28 +82,34 @@ def test_engine_matches_plain_loop_encoder_float64(mnist, with_wr, runs_per_thre
 
 
 @pytest.mark.parametrize("kind", ["encoder", "sae"])
-def test_runs_sharing_a_seed_share_minibatches_and_still_match_alone_float64(mnist, kind, kernels):
+def test_runs_sharing_a_seed_share_minibatches_and_still_match_alone_float64(mnist, kind):
     # Two seeds, three runs each (lambdas, optimizers and learning rates differing within a seed):
     # each seed's minibatch is gathered once and its three runs are one GEMM. Each must still
     # end where the plain loop takes it alone. A third seed with one run breaks the equal counts
     # and must fall back to a row per run.
     from encoder_study.engine import RunStack
 
-    X = mnist["train_x"][:128 * 30].double()
+    X = mnist["train_x"][: 128 * 30].double()
     base = RunConfig(model=kind, epochs=3, device="cpu")
     vary = [dict(), dict(optimizer="sgd", lr=1e-2), dict(lr=3e-3)]
     if kind == "encoder":
-        vary = [dict(), dict(optimizer="sgd", lr=1e-4, loss=LossConfig(tc=0.0)), dict(loss=LossConfig(lse=0.5))]
+        vary = [
+            dict(),
+            dict(optimizer="sgd", lr=1e-4, loss=LossConfig(tc=0.0)),
+            dict(loss=LossConfig(lse=0.5)),
+        ]
     else:
         vary[2]["l1"] = 0.1
     runs = [base.with_(seed=s, **v) for s in (2, 1) for v in vary]
     stack = lambda group: RunStack(sorted(group, key=lambda c: c.seed), 784, torch.device("cpu"))  # noqa: E731
-    assert stack(runs).per_seed == 3 and stack(runs[:4]).per_seed == 1
+    assert stack(runs).layout.per_seed == 3 and stack(runs[:4]).layout.per_seed == 1
     groups = [runs, runs[:4]]
     if kind == "encoder" and torch.get_num_threads() == 2:
         # 3 seeds x 4 runs on 2 threads: each seed's runs split over 2 rows of 2 (6 rows)
-        split = [base.with_(seed=s, epochs=2, loss=LossConfig(lse=lse)) for s in (1, 2, 3) for lse in (1, 2, 3, 4)]
-        assert stack(split).per_seed == 2 and stack(split).data_seeds == [1, 1, 2, 2, 3, 3]
+        split = [
+            base.with_(seed=s, epochs=2, loss=LossConfig(lse=lse)) for s in (1, 2, 3) for lse in (1, 2, 3, 4)
+        ]
+        assert stack(split).layout.per_seed == 2 and stack(split).layout.data_seeds == [1, 1, 2, 2, 3, 3]
         groups.append(split)
     for group in groups:
         for cfg, res in zip(group, train_group(group, X, progress=False)):
@@ -130,12 +124,18 @@ def test_hand_derived_gradient_equals_autograd():
     g = torch.Generator().manual_seed(0)
     a = torch.relu(torch.randn(3, 32, 8, generator=g, dtype=torch.float64) * 2)
     a[1, :, 4] = 0.0  # a unit silent on the whole batch
-    w = {"lse": torch.tensor([1.0, 0.0, 0.5]), "var": torch.tensor([1.0, 1.0, 2.0]),
-         "tc": torch.tensor([1.0, 1.0, 0.0]), "wr": torch.zeros(3)}
+    w = {
+        "lse": torch.tensor([1.0, 0.0, 0.5]),
+        "var": torch.tensor([1.0, 1.0, 2.0]),
+        "tc": torch.tensor([1.0, 1.0, 0.0]),
+        "wr": torch.zeros(3),
+    }
     w = {k: v.double() for k, v in w.items()}
     for reduction in ("sum", "mean"):
         leaf = a.clone().requires_grad_(True)
-        ref = combined_loss(leaf, torch.zeros(3, 8, 5, dtype=torch.float64), LossConfig(reduction=reduction), weights=w)
+        ref = combined_loss(
+            leaf, torch.zeros(3, 8, 5, dtype=torch.float64), LossConfig(reduction=reduction), weights=w
+        )
         (g_ref,) = torch.autograd.grad(ref["total"].sum(), leaf)
         units_major = a.transpose(1, 2).contiguous().transpose(1, 2)  # same values, other memory layout
         for inp in (a, units_major):
@@ -147,7 +147,7 @@ def test_hand_derived_gradient_equals_autograd():
 
 
 def test_engine_matches_plain_loop_sae_and_sgd_float32(mnist):
-    X = mnist["train_x"][:128 * 60]
+    X = mnist["train_x"][: 128 * 60]
     runs = [RunConfig(model="sae", seed=s, epochs=5, device="cpu", l1=l1) for s, l1 in ((1, 0.01), (2, 0.1))]
     runs += [RunConfig(seed=4, epochs=1, device="cpu", optimizer="sgd", lr=1e-4, loss=LossConfig(tc=0))]
     for cfg, res in zip(runs, train_many(runs, X, progress=False)):
@@ -161,7 +161,7 @@ def _topk_reference(cfg: RunConfig, X: torch.Tensor) -> tuple[dict, list[float],
     Gao et al.'s recipe as the engine is meant to implement it. Returns the final state, the
     per-epoch mean losses and the most latents AuxK ever saw dead at once."""
     from encoder_study.data import epoch_permutation
-    from encoder_study.engine import AUXK_COEF, AUXK_MAX
+    from encoder_study.kinds.topk import AUXK_COEF, AUXK_MAX
     from encoder_study.model import build_model
 
     m = build_model("topk", X.shape[1], cfg.hidden_dim, seed=cfg.seed, k=cfg.k).double()
@@ -173,14 +173,14 @@ def _topk_reference(cfg: RunConfig, X: torch.Tensor) -> tuple[dict, list[float],
     n, losses, most_dead = len(X), [], 0
 
     def keep_top(z, k):
-        kth = z.sort(dim=1, descending=True).values[:, k - 1:k]
+        kth = z.sort(dim=1, descending=True).values[:, k - 1 : k]
         return torch.where(z >= kth, z.clamp_min(0), torch.zeros_like(z))
 
     for epoch in range(cfg.epochs):
         total, steps = 0.0, 0
         order = epoch_permutation(cfg.seed, epoch, n)
         for i in range(0, n, cfg.batch_size):
-            x = X[order[i:i + cfg.batch_size]]
+            x = X[order[i : i + cfg.batch_size]]
             z = (x - m.pre_bias) @ m.encoder.weight.T + m.encoder.bias
             a = keep_top(z, cfg.k)
             x_hat = a @ m.decoder.weight.T + m.pre_bias
@@ -205,9 +205,11 @@ def _topk_reference(cfg: RunConfig, X: torch.Tensor) -> tuple[dict, list[float],
 
 def test_engine_topk_matches_an_independent_reference_float64(mnist):
     # Small k on a short epoch: some latents stop firing, so AuxK's dead-latent path is exercised.
-    X = mnist["train_x"][:64 * 20].double()
-    runs = [RunConfig(model="topk", hidden_dim=64, k=k, seed=s, epochs=6, batch_size=64, device="cpu", lr=lr)
-            for k, s, lr in ((2, 1, 3e-3), (5, 2, 1e-3))]  # each run its own k, in one stack
+    X = mnist["train_x"][: 64 * 20].double()
+    runs = [
+        RunConfig(model="topk", hidden_dim=64, k=k, seed=s, epochs=6, batch_size=64, device="cpu", lr=lr)
+        for k, s, lr in ((2, 1, 3e-3), (5, 2, 1e-3))
+    ]  # each run its own k, in one stack
     dead_seen = []
     for cfg, res in zip(runs, train_group(runs, X, progress=False)):
         state, losses, most_dead = _topk_reference(cfg, X)
@@ -221,9 +223,13 @@ def test_engine_topk_matches_an_independent_reference_float64(mnist):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_engine_on_cuda_matches_cpu(mnist):
     # float64 on both, so the only difference is the order of summation inside the kernels.
-    X = mnist["train_x"][:128 * 20].double()
-    base = [RunConfig(seed=1, epochs=3), RunConfig(seed=2, epochs=3, lr=3e-3, loss=LossConfig(tc=0.0)),
-            RunConfig(model="sae", seed=1, epochs=3), RunConfig(model="topk", hidden_dim=64, k=8, seed=1, epochs=3)]
+    X = mnist["train_x"][: 128 * 20].double()
+    base = [
+        RunConfig(seed=1, epochs=3),
+        RunConfig(seed=2, epochs=3, lr=3e-3, loss=LossConfig(tc=0.0)),
+        RunConfig(model="sae", seed=1, epochs=3),
+        RunConfig(model="topk", hidden_dim=64, k=8, seed=1, epochs=3),
+    ]
     cpu = train_many([c.with_(device="cpu") for c in base], X, progress=False)
     gpu = train_many([c.with_(device="cuda") for c in base], X, progress=False)
     for c, a, b in zip(base, cpu, gpu):
@@ -237,7 +243,7 @@ def test_topk_is_not_trained_by_the_plain_loop():
 
 
 def test_diverging_run_is_stopped_without_spoiling_others(mnist):
-    X = mnist["train_x"][:128 * 20]
+    X = mnist["train_x"][: 128 * 20]
     good = RunConfig(model="sae", seed=1, epochs=3, device="cpu", optimizer="sgd", lr=1e-2)
     bad = good.with_(seed=2, lr=1e8)  # overflows to inf/NaN within the first epoch
     alone = train_group([good], X, progress=False)[0]
@@ -246,37 +252,6 @@ def test_diverging_run_is_stopped_without_spoiling_others(mnist):
     assert all(torch.isfinite(v).all() for v in pair[1].state.values())  # its last finite state
     assert pair[0].diverged_epoch is None and len(pair[0].history) == 3
     assert _max_diff(alone.state, pair[0].state) < 1e-6
-
-
-@pytest.mark.parametrize("kind", ["encoder", "topk"])
-def test_interrupted_group_resumes_to_the_same_numbers(mnist, tmp_path, monkeypatch, kind):
-    # TopK: small k on short epochs, so latents die and AuxK's dead-latent counts must resume too
-    X = mnist["train_x"][:128 * 10]
-    runs = [RunConfig(seed=s, epochs=6, device="cpu") for s in (1, 2)] if kind == "encoder" else \
-        [RunConfig(model="topk", hidden_dim=64, k=2, seed=s, epochs=6, batch_size=64, lr=3e-3, device="cpu")
-         for s in (1, 2)]
-    straight = train_group(runs, X, progress=False)
-    import encoder_study.engine as E
-
-    calls = {"n": 0}
-    real = E.save_torch
-
-    def save_then_stop(obj, path):
-        real(obj, path)
-        calls["n"] += 1
-        raise KeyboardInterrupt  # interrupted right after the first checkpoint (epoch 2)
-
-    monkeypatch.setattr(E, "save_torch", save_then_stop)
-    ck = tmp_path / "group.partial.pt"
-    with pytest.raises(KeyboardInterrupt):
-        train_group(runs, X, checkpoint=ck, checkpoint_every=2, progress=False)
-    assert ck.exists() and calls["n"] == 1
-    monkeypatch.setattr(E, "save_torch", real)
-    resumed = train_group(runs, X, checkpoint=ck, checkpoint_every=2, progress=False)
-    for a, b in zip(straight, resumed):
-        assert _max_diff(a.state, b.state) == 0.0
-        assert [h["total"] for h in a.history] == [h["total"] for h in b.history]
-    assert not ck.exists()
 
 
 def test_run_cache_reuses_and_fresh_retrains(mnist, tmp_path):
@@ -292,20 +267,23 @@ def test_run_cache_reuses_and_fresh_retrains(mnist, tmp_path):
     assert _max_diff(first[0].state, fresh[0].state) == 0.0
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"optimizer": "rmsprop"}, "optimizer='rmsprop'.*'adam', 'sgd'"),
-    ({"lr": -1.0}, "lr=-1.0"),
-    ({"lr": "fast"}, "lr='fast'"),
-    ({"epochs": 0}, "epochs=0"),
-    ({"device": "tpu"}, "device='tpu'"),
-    ({"activation": "gelu"}, "activation='gelu'"),
-    ({"l1": -0.1}, "l1=-0.1"),
-    ({"model": "topk", "k": 0}, "k=0 is not allowed for model='topk'"),
-    ({"model": "topk", "k": 65}, "k=65 is not allowed for model='topk' with hidden_dim=64"),
-    ({"model": "sae", "k": 8}, "k=8 is not allowed for model='sae'"),
-    ({"loss": {"lse": -1.0}}, "lambda_lse=-1.0"),
-    ({"loss": {"tc": "a lot"}}, "lambda_tc='a lot'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"optimizer": "rmsprop"}, "optimizer='rmsprop'.*'adam', 'sgd'"),
+        ({"lr": -1.0}, "lr=-1.0"),
+        ({"lr": "fast"}, "lr='fast'"),
+        ({"epochs": 0}, "epochs=0"),
+        ({"device": "tpu"}, "device='tpu'"),
+        ({"activation": "gelu"}, "activation='gelu'"),
+        ({"l1": -0.1}, "l1=-0.1"),
+        ({"model": "topk", "k": 0}, "k=0 is not allowed for model='topk'"),
+        ({"model": "topk", "k": 65}, "k=65 is not allowed for model='topk' with hidden_dim=64"),
+        ({"model": "sae", "k": 8}, "k=8 is not allowed for model='sae'"),
+        ({"loss": {"lse": -1.0}}, "lambda_lse=-1.0"),
+        ({"loss": {"tc": "a lot"}}, "lambda_tc='a lot'"),
+    ],
+)
 def test_bad_run_configs_are_named(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         RunConfig(**kwargs)
@@ -322,7 +300,7 @@ def test_wrong_data_shape_is_named():
 def test_flush_denormals_reaches_every_cpu_thread():
     # A parallel op splits this tensor between the threads: each half must be flushed inside the
     # context (torch.set_flush_denormal alone sets only the calling thread) and kept outside it.
-    from encoder_study.training import flush_denormals
+    from encoder_study.cpu import flush_denormals
 
     tiny = torch.from_numpy(np.full(1 << 18, 1e-39, dtype=np.float32))
     assert (tiny != 0).all()
@@ -336,8 +314,10 @@ def test_flush_denormals_reaches_every_cpu_thread():
 def test_flush_denormals_left_open_does_not_hang_the_exit():
     # entered by hand and never left: Python closes it at exit, after torch's OpenMP threads are
     # gone; an OpenMP region then waited for them forever (seen, before the guard)
-    script = ("import torch\nfrom encoder_study.training import flush_denormals\n"
-              "x = torch.randn(512, 512)\nx @ x\n"
-              "open_ctx = flush_denormals()\nopen_ctx.__enter__()\nx @ x\nprint('done')\n")
+    script = (
+        "import torch\nfrom encoder_study.cpu import flush_denormals\n"
+        "x = torch.randn(512, 512)\nx @ x\n"
+        "open_ctx = flush_denormals()\nopen_ctx.__enter__()\nx @ x\nprint('done')\n"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]

@@ -1,0 +1,178 @@
+"""What every model kind shares: the contract the engine trains through, and the modules' helpers.
+
+A model kind is two things in one file of ``kinds/``: the single-run ``nn.Module`` (what a reader
+loads, encodes with and inspects) and a ``ModelKind`` subclass, the kind's part of training a
+stack of R runs at once: its per-run hyperparameters, its loss terms and their gradients with
+respect to the stacked parameters (addressed by the module's own state-dict names), and what it
+does before the first step and after each. The engine (``engine.py``) owns everything else:
+data orders, seeds, the optimizer over the stack, divergence, checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..stacking import SeedLayout
+
+ACTIVATIONS = {"relu": F.relu, "identity": lambda z: z, "softplus": F.softplus}
+# dL/dz from dL/da for each activation a = f(z), for hand-derived backward passes
+
+
+def relu_backward(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """g where z > 0, else 0. Relies on ``aten.threshold_backward``, the kernel autograd runs for
+    ReLU's backward (one pass, no mask tensor); its signature is (grad, input, threshold)."""
+    return torch.ops.aten.threshold_backward(g, z, 0.0)
+
+
+ACTIVATION_GRADS = {
+    "relu": relu_backward,
+    "identity": lambda z, g: g,
+    "softplus": lambda z, g: g * torch.sigmoid(z),
+}
+Params = dict[str, torch.Tensor]
+
+
+def check_input(x: torch.Tensor, input_dim: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1 or x.shape[-1] != input_dim:
+        raise ValueError(f"x must have shape (..., {input_dim}); got {tuple(x.shape)}")
+
+
+class FirstLayer:
+    """W, b and get_weights() of a model's first linear layer (the features every notebook shows),
+    the submodule named ``first_layer``."""
+
+    first_layer = "encoder"
+
+    @property
+    def W(self) -> torch.Tensor:
+        """(hidden_dim, input_dim): row j is unit j's weight vector (for ours, component j's prototype)."""
+        return getattr(self, self.first_layer).weight
+
+    @property
+    def b(self) -> torch.Tensor:
+        return getattr(self, self.first_layer).bias
+
+    def get_weights(self) -> torch.Tensor:
+        """A detached copy of W."""
+        return self.W.detach().clone()
+
+
+class ModelKind:
+    """A model kind's part of training R runs of one group as a stack.
+
+    Subclasses set ``name``, ``terms`` (the loss terms logged besides "total") and ``module``, and
+    implement ``build`` and ``loss_and_grads``; the rest has defaults. ``params`` arguments map the
+    module's state-dict names to stacked tensors (leading dimension: run).
+    """
+
+    name: ClassVar[str]
+    terms: ClassVar[tuple[str, ...]]
+    module: ClassVar[type[nn.Module]]
+
+    def __init__(self, configs: list, layout: SeedLayout, device: torch.device, dtype: torch.dtype) -> None:
+        self.configs, self.layout = list(configs), layout
+        self.device, self.dtype = device, dtype
+
+    def per_run(self, values: list[float]) -> torch.Tensor:
+        """A per-run hyperparameter as a tensor (R,) on the stack's device."""
+        return torch.tensor(values, dtype=self.dtype, device=self.device)
+
+    # -- the run config and the single-run module --------------------------------------------------
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse, by name, a RunConfig field this kind cannot use (the SAEs take ReLU and no k)."""
+        if config.activation != "relu":
+            raise ValueError(
+                f"activation={config.activation!r} is not allowed for model={cls.name!r}; it uses 'relu'"
+            )
+        if config.k != 0:
+            raise ValueError(
+                f"k={config.k} is not allowed for model={cls.name!r}; k is the TopK SAE's (leave it 0)"
+            )
+
+    @classmethod
+    def build(cls, input_dim: int, config) -> nn.Module:
+        """The single-run module of ``config``, initialised from torch's current random state."""
+        raise NotImplementedError
+
+    @classmethod
+    def divergence_bound(cls, config, train_x: torch.Tensor) -> float:
+        """The largest |epoch loss| a run can have and still count as training: for a model with a
+        decoder, a thousand times the mean squared input (a thousand times worse than
+        reconstructing every input as zero)."""
+        return 1e3 * float(train_x.double().square().mean())
+
+    # -- training a stack ---------------------------------------------------------------------------
+    def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
+        """Per-run loss terms ("total" and ``terms``, each (R,)) on minibatches x (S, B, D) laid out
+        as ``self.layout`` says, and the gradient of the runs' summed totals for each parameter.
+
+        This default is the short fallback any kind gets: each run's module forward
+        (``torch.func.functional_call`` on a template module with that run's parameters) and its
+        ``run_loss``, one run after the other, and autograd's gradient. A kind overrides it with
+        a stacked forward (one batched GEMM for all runs) or a hand-derived gradient where that
+        pays; the tests hold every kind's gradient to autograd of its single-run loss.
+        """
+        from torch.func import functional_call
+
+        if not hasattr(self, "_template"):
+            input_dim = params[f"{self.module.first_layer}.weight"].shape[-1]
+            self._template = self.build(input_dim, self.configs[0]).to(self.device, self.dtype)
+        xr = self.layout.run_inputs(x)
+        outs = []
+        for r in range(self.layout.runs):
+            mine = {n: p[r] for n, p in params.items()}
+            outs.append(self.run_loss(r, mine, functional_call(self._template, mine, (xr[r],)), xr[r]))
+        out = {t: torch.stack([o[t] for o in outs]) for t in ("total", *self.terms)}
+        grads = torch.autograd.grad(out["total"].sum(), list(params.values()))
+        return out, dict(zip(params, grads))
+
+    def run_loss(self, r: int, params: Params, output: object, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run r's loss terms ("total" and ``terms``, scalars) on its minibatch x (B, D), given its
+        parameters and its module's output on x: what a kind defines to use the default
+        ``loss_and_grads``."""
+        raise NotImplementedError(f"model kind {self.name!r} defines neither loss_and_grads nor run_loss")
+
+    def encode(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """Activations (R, N, K) for inputs x (N, D) shared by every run."""
+        raise NotImplementedError
+
+    def prepare(self, params: Params, train_x: torch.Tensor) -> None:
+        """Anything data-dependent before the first step (nothing by default)."""
+
+    def after_step(self, params: Params) -> None:
+        """Anything after each optimizer step, such as a projection onto a constraint (nothing by default)."""
+
+    def keep(self, idx: torch.Tensor) -> None:
+        """Keep only the runs ``idx`` (a diverged run leaves the stack): every per-run tensor's rows."""
+        self.configs = [self.configs[i] for i in idx.tolist()]
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.Tensor) and name in self.per_run_state:
+                setattr(self, name, value[idx])
+            elif isinstance(value, dict) and name in self.per_run_state:
+                setattr(self, name, {k: v[idx] for k, v in value.items()})
+
+    per_run_state: ClassVar[tuple[str, ...]] = ()
+    """Attributes holding per-run tensors (or dicts of them), first dimension run: ``keep`` filters them."""
+
+    checkpointed: ClassVar[tuple[str, ...]] = ()
+    """Attributes of training state (not hyperparameters) a checkpoint must hold, such as counters."""
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self.checkpointed}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        for name in self.checkpointed:
+            setattr(self, name, state[name].to(self.device))
+
+
+def log_units(hidden_dim: int) -> float:
+    """ln K, the all-zero LSE value of one sample (at least ln 2)."""
+    return math.log(max(hidden_dim, 2))

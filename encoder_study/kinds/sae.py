@@ -1,0 +1,74 @@
+"""The paper's baseline: the standard sparse autoencoder, MSE + L1."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..stacking import linear_shared_input
+from ..validation import check_positive_int
+from .base import ACTIVATION_GRADS, FirstLayer, ModelKind, Params, check_input
+
+
+class StandardSAE(FirstLayer, nn.Module):
+    """Linear + ReLU encoder, untied Linear decoder; loss: mean squared error + l1 * mean |a|."""
+
+    def __init__(self, input_dim: int = 784, hidden_dim: int = 64) -> None:
+        super().__init__()
+        check_positive_int("input_dim", input_dim)
+        check_positive_int("hidden_dim", hidden_dim)
+        self.input_dim, self.hidden_dim = input_dim, hidden_dim
+        self.encoder = nn.Linear(input_dim, hidden_dim)
+        self.decoder = nn.Linear(hidden_dim, input_dim)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.input_dim)
+        return F.relu(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (reconstruction x_hat, activations a)."""
+        a = self.encode(x)
+        return self.decoder(a), a
+
+
+class SAEKind(ModelKind):
+    """Training stacks of the L1 SAE, each run with its own l1; gradients by hand (equal to the
+    plain loop's autograd through ``losses.sae_loss``: tests/test_training.py)."""
+
+    name, terms, module = "sae", ("mse", "l1"), StandardSAE
+    per_run_state = ("l1",)
+
+    def __init__(self, configs: list, layout, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(configs, layout, device, dtype)
+        self.l1 = self.per_run([c.l1 for c in configs])
+
+    @classmethod
+    def build(cls, input_dim: int, config) -> nn.Module:
+        return StandardSAE(input_dim, config.hidden_dim)
+
+    @torch.no_grad()
+    def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
+        Wd, bd = params["decoder.weight"], params["decoder.bias"]
+        R, (S, B, D) = self.layout.runs, x.shape
+        z = self.layout.linear(x, params["encoder.weight"], params["encoder.bias"])
+        a = torch.relu(z)
+        # x_hat - x = a Wd^T + (bd - x): the GEMM accumulates onto bd - x, one pass fewer
+        bd_minus_x = (bd.view(S, -1, 1, D) - x.unsqueeze(1)).view(R, B, D)
+        diff = bd_minus_x.baddbmm_(a, Wd.transpose(1, 2))
+        mse = torch.linalg.vector_norm(diff, dim=(1, 2)).square() / (B * D)
+        sparsity = a.sum((1, 2)) / a[0].numel()  # a >= 0, so mean |a| = mean a
+        out = {"total": mse + self.l1 * sparsity, "mse": mse, "l1": sparsity}
+        g_xhat = diff.mul_(2.0 / (B * D))
+        # d(l1 mean|a|)/da = l1 sign(a) / (B K): on every unit with z > 0, the only ones that pass
+        g_a = torch.bmm(g_xhat, Wd).add_((self.l1 / a[0].numel()).view(R, 1, 1))
+        W_grad, b_grad = self.layout.linear_grads(ACTIVATION_GRADS["relu"](z, g_a), x)
+        return out, {
+            "encoder.weight": W_grad,
+            "encoder.bias": b_grad,
+            "decoder.weight": torch.bmm(g_xhat.transpose(1, 2), a),
+            "decoder.bias": g_xhat.sum(1),
+        }
+
+    def encode(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(linear_shared_input(x, params["encoder.weight"], params["encoder.bias"]))

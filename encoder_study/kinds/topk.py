@@ -1,0 +1,155 @@
+"""The TopK sparse autoencoder (Gao et al. 2024, "Scaling and evaluating sparse autoencoders")."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..validation import check_positive_int
+from .base import FirstLayer, ModelKind, Params, check_input
+
+AUXK_COEF = 1 / 32  # Gao et al.'s weight of the AuxK loss
+AUXK_MAX = 256  # AuxK reconstructs the residual with the top min(256, hidden/2) dead latents
+
+
+def topk_relu(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest entries of each row of z (the rest 0), then ReLU."""
+    values, idx = z.topk(k, dim=-1)
+    return torch.zeros_like(z).scatter(-1, idx, values.relu())
+
+
+class TopKSAE(FirstLayer, nn.Module):
+    """a = ReLU(TopK_k(W_enc (x - b_pre) + b_enc)): exactly the k largest pre-activations survive
+    (fewer only where one of them is negative); x_hat = W_dec a + b_pre.
+
+    The decoder's columns (one per latent) have unit norm, and the decoder starts as the
+    encoder's transpose. Training (``TopKKind``) keeps the norms at 1, sets b_pre to the data
+    mean before the first step (Gao et al. use the geometric median) and adds their AuxK loss
+    for dead latents.
+    """
+
+    def __init__(self, input_dim: int = 784, hidden_dim: int = 64, k: int = 16) -> None:
+        super().__init__()
+        check_positive_int("input_dim", input_dim)
+        check_positive_int("hidden_dim", hidden_dim)
+        check_positive_int("k", k)
+        if k > hidden_dim:
+            raise ValueError(f"k={k} is not allowed with hidden_dim={hidden_dim}; need 1 <= k <= hidden_dim")
+        self.input_dim, self.hidden_dim, self.k = input_dim, hidden_dim, k
+        self.encoder = nn.Linear(input_dim, hidden_dim)
+        self.decoder = nn.Linear(hidden_dim, input_dim, bias=False)
+        self.pre_bias = nn.Parameter(torch.zeros(input_dim))
+        with torch.no_grad():
+            self.encoder.bias.zero_()
+            self.decoder.weight.copy_(self.encoder.weight.T)
+            self.normalize_decoder_()
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        self.decoder.weight.div_(self.decoder.weight.norm(dim=0, keepdim=True))
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.input_dim)
+        return self.encoder(x - self.pre_bias)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return topk_relu(self.pre_activations(x), self.k)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (reconstruction x_hat, activations a)."""
+        a = self.encode(x)
+        return self.decoder(a) + self.pre_bias, a
+
+
+class TopKKind(ModelKind):
+    """Training stacks of TopK SAEs, each run with its own k; gradients by autograd.
+
+    Loss: MSE (mean over all elements) + AUXK_COEF x AuxK. AuxK: the dead latents' top-k_aux
+    pre-activations reconstruct the main reconstruction's residual (held fixed), so latents that
+    stopped firing get a gradient; a latent is dead after one epoch of samples without firing.
+    Each decoder column's gradient loses its component along the column, and the columns are
+    renormalised after each step.
+    """
+
+    name, terms, module = "topk", ("mse", "auxk"), TopKSAE
+    per_run_state = ("k", "idle")
+    checkpointed = ("idle",)
+
+    def __init__(self, configs: list, layout, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(configs, layout, device, dtype)
+        self.k = torch.tensor([c.k for c in configs], device=device)
+        self.k_aux = max(1, min(AUXK_MAX, configs[0].hidden_dim // 2))
+        self.idle = torch.zeros(len(configs), configs[0].hidden_dim, dtype=torch.long, device=device)
+        self.dead_after = 0  # training samples without firing after which a latent is dead (prepare sets it)
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        if config.activation != "relu":
+            raise ValueError(
+                f"activation={config.activation!r} is not allowed for model='topk'; it uses 'relu'"
+            )
+        if not 1 <= config.k <= config.hidden_dim:
+            raise ValueError(
+                f"k={config.k} is not allowed for model='topk' with hidden_dim={config.hidden_dim}; "
+                f"need 1 <= k <= hidden_dim"
+            )
+
+    @classmethod
+    def build(cls, input_dim: int, config) -> nn.Module:
+        return TopKSAE(input_dim, config.hidden_dim, config.k)
+
+    def _pre_activations(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """W_enc (x - b_pre) + b_enc for per-run inputs x (R, B, D)."""
+        return torch.baddbmm(
+            params["encoder.bias"].unsqueeze(1),
+            x - params["pre_bias"].unsqueeze(1),
+            params["encoder.weight"].transpose(1, 2),
+        )
+
+    def _topk_per_run(self, z: torch.Tensor) -> torch.Tensor:
+        """topk_relu with each run's own k: the top max(k) per row, the ranks past run r's k zeroed."""
+        values, idx = z.topk(int(self.k.max()), dim=-1)
+        keep = torch.arange(values.shape[-1], device=z.device) < self.k.view(-1, 1, 1)
+        return torch.zeros_like(z).scatter(-1, idx, torch.where(keep, values.relu(), 0.0))
+
+    def _losses(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        x = self.layout.run_inputs(x)
+        z = self._pre_activations(params, x)
+        a = self._topk_per_run(z)
+        Wd_t = params["decoder.weight"].transpose(1, 2)
+        x_hat = torch.baddbmm(params["pre_bias"].unsqueeze(1), a, Wd_t)
+        mse = (x_hat - x).square().mean((1, 2))
+        dead = (
+            self.idle >= self.dead_after
+            if self.dead_after > 0
+            else torch.zeros_like(self.idle, dtype=torch.bool)
+        )
+        a_aux = topk_relu(z.masked_fill(~dead.unsqueeze(1), float("-inf")), self.k_aux)
+        auxk = (torch.bmm(a_aux, Wd_t) - (x - x_hat).detach()).square().mean((1, 2))
+        return {"total": mse + AUXK_COEF * auxk, "mse": mse, "auxk": auxk}, a
+
+    def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
+        """Autograd gradients, each decoder column's component along itself removed (the step then
+        moves along the unit sphere, to first order); updates the idle counts."""
+        out, a = self._losses(params, x)
+        grads = dict(zip(params, torch.autograd.grad(out["total"].sum(), list(params.values()))))
+        with torch.no_grad():
+            w, g = params["decoder.weight"], grads["decoder.weight"]
+            grads["decoder.weight"] = g - (g * w).sum(1, keepdim=True) * w
+            self.idle = torch.where((a > 0).any(1), 0, self.idle + a.shape[1])
+        return out, grads
+
+    def encode(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return self._topk_per_run(self._pre_activations(params, x.expand(self.layout.runs, -1, -1)))
+
+    @torch.no_grad()
+    def prepare(self, params: Params, train_x: torch.Tensor) -> None:
+        """b_pre = the mean of the training data; the dead-latent horizon = one epoch of samples."""
+        params["pre_bias"].copy_(train_x.mean(0).expand(self.layout.runs, -1))
+        self.dead_after = len(train_x)
+
+    @torch.no_grad()
+    def after_step(self, params: Params) -> None:
+        """The decoder's columns back to unit norm."""
+        w = params["decoder.weight"]
+        w.div_(w.norm(dim=1, keepdim=True))
