@@ -21,6 +21,7 @@ import ast
 import fcntl
 import functools
 import hashlib
+import inspect
 import json
 import os
 import time
@@ -35,24 +36,26 @@ import torch
 from .config import RunConfig
 from .data import cache_dir
 from .engine import RunResult, group_runs, train_group
+from .executors import executor_name, run_ray
 from .progress import Progress
 from .storage import load_or_discard, save_torch, warn
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The modules whose code computes a run's numbers (configs and their defaults, CPU arithmetic
-# settings, training, every model kind, initialisation, data orders, the objective, the metrics
-# kept in a run's history); a name ending in "/" stands for every module in that folder, so a new
-# model kind's file is covered when it is added. Their code is part of the run cache's key. The
-# other modules (progress, storage, validation, runs itself, the book's helpers, the API) only
-# check, show or store; tests/test_robustness.py holds that every module the engine imports is in
-# one list or the other.
+# The modules whose code computes every run's numbers (configs and their defaults, CPU arithmetic
+# settings, the engine, initialisation, data orders, the objective, the metrics kept in a run's
+# history, what every model kind shares). Their code is part of every group's run-cache key; a
+# group's key also holds its own model kind's code (``kind_files``), so adding a kind (one file
+# and a registry line) retrains nothing that was trained before. The other modules (progress,
+# storage, validation, runs itself, the registry, the book's helpers, the API) only check, show,
+# store or look up; tests/test_robustness.py holds that every module the engine imports is in one
+# list or the other.
 NUMERIC_SOURCES = (
     "__init__.py",
     "config.py",
     "cpu.py",
     "data.py",
     "engine.py",
-    "kinds/",
+    "kinds/base.py",
     "losses.py",
     "metrics.py",
     "model.py",
@@ -61,15 +64,33 @@ NUMERIC_SOURCES = (
 )
 
 
-def numeric_files() -> list[str]:
-    """NUMERIC_SOURCES with each folder expanded to its modules (paths relative to the package)."""
-    files = []
-    for name in NUMERIC_SOURCES:
-        if name.endswith("/"):
-            files += sorted(str(p.relative_to(PACKAGE_DIR)) for p in (PACKAGE_DIR / name).glob("*.py"))
-        else:
-            files.append(name)
-    return files
+def relative_imports(path: Path) -> set[Path]:
+    """The modules of this package that the module at ``path`` imports (``from .x import``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            base = path.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+            for name in [node.module] if node.module else [a.name for a in node.names]:
+                target = base.joinpath(*name.split("."))
+                found.add(target / "__init__.py" if target.is_dir() else target.with_suffix(".py"))
+    return found
+
+
+def kind_files(kind: str) -> list[Path]:
+    """The source of model kind ``kind``: the file that defines its registered class and every
+    module of ``kinds/`` that file reaches by relative imports (a kind may reuse another's code)."""
+    from .kinds import KINDS
+
+    start = Path(inspect.getsourcefile(KINDS[kind])).resolve()
+    seen, todo = set(), [start]
+    while todo:
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo += [p for p in relative_imports(path) if p.parent == PACKAGE_DIR / "kinds" and p.exists()]
+    return sorted(seen - {PACKAGE_DIR / "kinds" / "__init__.py", PACKAGE_DIR / "kinds" / "base.py"})
 
 
 def _code_of(source: str) -> str:
@@ -90,11 +111,13 @@ def _code_of(source: str) -> str:
 
 
 @functools.cache
-def code_fingerprint() -> str:
-    """sha256 of the numeric modules' code (``numeric_files``)."""
+def code_fingerprint(kind: str) -> str:
+    """sha256 of the code that computes a run of model kind ``kind``: the shared numeric modules
+    (``NUMERIC_SOURCES``) and the kind's own files (``kind_files``)."""
     h = hashlib.sha256()
-    for name in numeric_files():
-        h.update(f"{name}\0{_code_of((PACKAGE_DIR / name).read_text())}\0".encode())
+    for path in [PACKAGE_DIR / name for name in NUMERIC_SOURCES] + kind_files(kind):
+        name = path.relative_to(PACKAGE_DIR) if path.is_relative_to(PACKAGE_DIR) else path.name
+        h.update(f"{name}\0{_code_of(path.read_text())}\0".encode())
     return h.hexdigest()[:16]
 
 
@@ -110,7 +133,7 @@ def group_cache_key(configs: list[RunConfig], fingerprint: str) -> str:
         {
             "configs": [c.as_dict() for c in configs],
             "data": fingerprint,
-            "code": code_fingerprint(),
+            "code": code_fingerprint(configs[0].model),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         },
@@ -230,17 +253,21 @@ def run_experiments(
     fresh: bool | None = None,
     progress: bool = True,
     cache: str | Path | None = None,
+    executor: str | None = None,
 ) -> list[RunResult]:
     """Results for every config, in order: from the cache where a group was finished before,
     else trained (one stacked program per group) and cached. ``fresh`` (default: the
     ENCODER_STUDY_FRESH environment variable) retrains everything; ``cache`` is the run cache's
-    folder (default: ``runs/`` under the data cache)."""
+    folder (default: ``runs/`` under the data cache); ``executor`` trains the missing groups here
+    ("local", one after another, checkpointing) or as tasks on a Ray cluster ("ray", see
+    ``executors.py``); default: the ENCODER_STUDY_EXECUTOR environment variable, else local."""
     if not configs:
         raise ValueError("configs is empty; give at least one RunConfig")
     bad = [type(c).__name__ for c in configs if not isinstance(c, RunConfig)]
     if bad:
         raise TypeError(f"configs must be RunConfig objects; got {bad[:3]}")
     _check_distinct(configs)
+    executor = executor_name(executor)
     train_x = as_data_tensor("train_x", train_x)
     test_x = None if test_x is None else as_data_tensor("test_x", test_x)
     if test_x is not None and test_x.shape[1] != train_x.shape[1]:
@@ -261,15 +288,26 @@ def run_experiments(
         for g, idx in enumerate(groups)
     ]
     found: dict[str, list[RunResult]] = {}
-    overall = Progress(total=len(jobs), desc="groups of runs", unit="done", disable=not progress)
-    for job in jobs:
-        found[job.name] = cache.load_or_train(job, train_x, test_x, progress)
-        overall.status(f"{cache.hits} from the run cache")
-        overall.update()
-    overall.close(
-        f"{len(jobs)} group{'s' if len(jobs) > 1 else ''} of {len(configs)} runs: "
-        f"{len(jobs) - cache.hits} trained, {cache.hits} loaded from the run cache"
-    )
+    if executor == "ray":
+        missing = [job for job in jobs if not cache.load_into(job, found)]
+        if missing:  # every group cached: no cluster is started
+            run_ray(
+                missing,
+                train_x,
+                test_x,
+                lambda job, res: found.update({job.name: cache.save(job, res)}),
+                progress,
+            )
+    else:
+        overall = Progress(total=len(jobs), desc="groups of runs", unit="done", disable=not progress)
+        for job in jobs:
+            found[job.name] = cache.load_or_train(job, train_x, test_x, progress)
+            overall.status(f"{cache.hits} from the run cache")
+            overall.update()
+        overall.close(
+            f"{len(jobs)} group{'s' if len(jobs) > 1 else ''} of {len(configs)} runs: "
+            f"{len(jobs) - cache.hits} trained, {cache.hits} loaded from the run cache"
+        )
     results: list[RunResult | None] = [None] * len(configs)
     for idx, job in zip(groups, jobs):
         for i, r in zip(idx, found[job.name]):
@@ -297,10 +335,13 @@ class _RunCache:
         self.hits += loaded is not None
         return loaded
 
-    def load(self, job: GroupJob) -> list[RunResult] | None:
-        """The group's cached results, or None."""
+    def load_into(self, job: GroupJob, found: dict[str, list[RunResult]]) -> bool:
+        """Whether the group is cached; if so its results go into ``found`` under its name."""
         with _group_lock(self._paths(job)[1], job.name):
-            return self._cached(job)
+            loaded = self._cached(job)
+        if loaded is not None:
+            found[job.name] = loaded
+        return loaded is not None
 
     def save(self, job: GroupJob, results: list[RunResult]) -> list[RunResult]:
         with _group_lock(self._paths(job)[1], job.name):

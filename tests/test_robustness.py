@@ -1,7 +1,6 @@
 """Nothing silently wrong: each case here once gave wrong numbers without a word, or an unclear
 crash. Each test replays one and checks for a correct result or a clear, named error."""
 
-import ast
 import json
 import os
 import shutil
@@ -21,9 +20,10 @@ from encoder_study.book import ParameterGuard
 from encoder_study.config import RunConfig
 from encoder_study.data import DamagedWheelError, _arrays_from_wheel, sha256_file
 from encoder_study.engine import divergence_bound, train_group
+from encoder_study.kinds import KINDS
 from encoder_study.metrics import dead_units, l0, linear_probe_accuracy
 from encoder_study.progress import CONSOLE_ENV
-from encoder_study.runs import numeric_files, run_experiments
+from encoder_study.runs import NUMERIC_SOURCES, kind_files, relative_imports, run_experiments
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "encoder_study"
@@ -35,7 +35,7 @@ PACKAGE = ROOT / "encoder_study"
 def _fingerprint_of(package_parent: Path) -> str:
     code = (
         f"import encoder_study.runs as r; assert r.__file__.startswith({str(package_parent)!r}), r.__file__; "
-        "print(r.code_fingerprint())"
+        "print(r.code_fingerprint('encoder'), r.code_fingerprint('topk'))"
     )
     env = {**os.environ, "PYTHONPATH": str(package_parent)}
     out = subprocess.run(
@@ -48,12 +48,14 @@ def _fingerprint_of(package_parent: Path) -> str:
 def test_editing_a_constant_in_the_numeric_code_changes_the_run_cache_key(tmp_path):
     copy = tmp_path / "pkg"
     shutil.copytree(PACKAGE, copy / "encoder_study", ignore=shutil.ignore_patterns("__pycache__"))
-    before = _fingerprint_of(copy)
+    before = _fingerprint_of(copy)  # "encoder's topk's"
+    encoder_before, topk_before = before.split()
     losses = copy / "encoder_study" / "losses.py"
     text = losses.read_text()
     assert "VARIANCE_EPS = 1e-6" in text
     losses.write_text(text.replace("VARIANCE_EPS = 1e-6", "VARIANCE_EPS = 1e-1"))
-    assert _fingerprint_of(copy) != before  # a miss: the runs it could move are retrained
+    changed = _fingerprint_of(copy).split()  # shared code: every kind's runs are retrained
+    assert changed[0] != encoder_before and changed[1] != topk_before
     losses.write_text(text)
     assert _fingerprint_of(copy) == before
     api = copy / "encoder_study" / "api.py"  # code that only stores or shows keeps the cache
@@ -64,44 +66,48 @@ def test_editing_a_constant_in_the_numeric_code_changes_the_run_cache_key(tmp_pa
         + "\n# a comment\n"
     )
     assert _fingerprint_of(copy) == before
-    topk = copy / "encoder_study" / "kinds" / "topk.py"  # a model kind's constant
+    topk = copy / "encoder_study" / "kinds" / "topk.py"  # a kind's constant: that kind's runs only
     topk.write_text(topk.read_text().replace("AUXK_COEF = 1 / 32", "AUXK_COEF = 1 / 16"))
-    assert _fingerprint_of(copy) != before
+    assert (
+        _fingerprint_of(copy).split() == [encoder_before, _fingerprint_of(copy).split()[1]] != before.split()
+    )
     topk.write_text(topk.read_text().replace("AUXK_COEF = 1 / 16", "AUXK_COEF = 1 / 32"))
     assert _fingerprint_of(copy) == before
-    (copy / "encoder_study" / "kinds" / "gelu.py").write_text("SCALE = 1.0\n")  # a new kind's file counts
-    assert _fingerprint_of(copy) != before
-
-
-def _package_imports(module: str) -> set[str]:
-    """The package's own modules that ``module`` (a path relative to the package) imports."""
-    tree = ast.parse((PACKAGE / module).read_text())
-    here = Path(module).parent
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level >= 1:
-            base = here
-            for _ in range(node.level - 1):
-                base = base.parent
-            names = [node.module] if node.module else [a.name for a in node.names]
-            for name in names:
-                path = base.joinpath(*name.split("."))
-                found.add(str(path / "__init__.py") if (PACKAGE / path).is_dir() else f"{path}.py")
-    return found
+    # a new kind (one file and a registry line) retrains nothing that was trained before
+    (copy / "encoder_study" / "kinds" / "gelu.py").write_text(
+        "from .encoder import EncoderKind\n\n\nclass GeluKind(EncoderKind):\n    name = 'gelu'\n"
+    )
+    registry = copy / "encoder_study" / "kinds" / "__init__.py"
+    text = registry.read_text().replace(
+        "from .topk import TopKKind\n", "from .topk import TopKKind\nfrom .gelu import GeluKind\n"
+    )
+    registry.write_text(
+        text.replace('    "topk": TopKKind,\n', '    "topk": TopKKind,\n    "gelu": GeluKind,\n')
+    )
+    assert _fingerprint_of(copy) == before
 
 
 def test_every_module_the_engine_reaches_is_declared_numeric_or_not():
-    # a module the engine imports either computes numbers (its source keys the run cache) or is
-    # one of these, which only check, show or store
-    not_numeric = {"progress.py", "storage.py", "validation.py"}
-    seen, todo = set(), ["engine.py", "runs.py"]
+    # a module the engine imports either computes numbers (its code keys the run cache: shared, or
+    # a model kind's own) or is one of these, which only check, show, store, look up or send
+    not_numeric = {
+        "progress.py",
+        "storage.py",
+        "validation.py",
+        "runs.py",
+        "executors.py",
+        "kinds/__init__.py",
+    }
+    seen, todo = set(), [PACKAGE / "engine.py", PACKAGE / "runs.py"]
     while todo:
-        m = todo.pop()
-        if m not in seen:
-            seen.add(m)
-            todo += sorted(_package_imports(m))
-    assert "kinds/topk.py" in seen and "config.py" in seen  # the walk follows the subpackage
-    undeclared = seen - set(numeric_files()) - not_numeric - {"runs.py"}
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo += sorted(relative_imports(path))
+    kind_modules = {p for kind in KINDS for p in kind_files(kind)}
+    names = {str(p.relative_to(PACKAGE)) for p in seen - kind_modules}
+    assert "kinds/topk.py" in {str(p.relative_to(PACKAGE)) for p in seen}  # the walk follows the subpackage
+    undeclared = names - set(NUMERIC_SOURCES) - not_numeric
     assert not undeclared, f"declare {undeclared} in runs.NUMERIC_SOURCES or here"
 
 
