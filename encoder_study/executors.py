@@ -15,6 +15,7 @@ and what makes a group's numbers the same as the local executor's on the same ma
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -69,10 +70,14 @@ def ray_started() -> None:
     if ray.is_initialized():
         return
     address = os.environ.get(RAY_ADDRESS_ENV) or None
+    quiet = {
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,
+    }  # Ray's start-up lines stay out of the record
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
 
 
 def run_ray(
