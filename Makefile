@@ -56,6 +56,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/training_speed.py
+	$(PY) benchmarks/ray_overhead.py
 
 lab: setup
 	$(VENV)/bin/jupyter lab --allow-root notebooks/

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -63,17 +64,24 @@ def _train_group_task(
     return [to_record(r) for r in results]
 
 
+def quiet_ray():
+    """The ``ray`` module, imported without the notices it prints in a notebook kernel (tqdm's
+    IProgress warning, a hint to install ipywidgets), which would land in the record."""
+    logging.getLogger("ray.widgets.util").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import ray
+    return ray
+
+
 def ray_started() -> None:
     """Connect to the cluster at ENCODER_STUDY_RAY_ADDRESS, else start a local one (once)."""
-    import ray
-
+    ray = quiet_ray()
     if ray.is_initialized():
         return
     address = os.environ.get(RAY_ADDRESS_ENV) or None
-    quiet = {
-        "log_to_driver": False,
-        "logging_level": logging.ERROR,
-    }  # Ray's start-up lines stay out of the record
+    # Ray's start-up lines stay out of the record
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
     if address:
         ray.init(address=address, **quiet)
     else:
@@ -90,12 +98,11 @@ def run_ray(
     A task that raises or whose worker dies is run again up to RAY_RETRIES times; a group that
     still fails is named in the ``GroupsFailed`` raised once every other group is done.
     """
-    import ray
-
     from .progress import Progress
     from .runs import from_record
 
     ray_started()
+    ray = quiet_ray()
     threads = torch.get_num_threads()
     train_ref = ray.put(train_x.cpu())
     test_ref = ray.put(None if test_x is None else test_x.cpu())
@@ -122,8 +129,7 @@ def run_ray(
 
 def _as_completed(pending: dict) -> Iterator[tuple[object, GroupJob]]:
     """(task reference, job) pairs in the order the tasks finish."""
-    import ray
-
+    ray = quiet_ray()
     refs = list(pending)
     while refs:
         ready, refs = ray.wait(refs, num_returns=1)

@@ -57,8 +57,16 @@ def section() -> str:
             + ", ".join(map(str, sorted(df.seed.unique())))
             + ")",
             "",
-            table_row("config", "dead units (ours)", "dead (paper)", "redundancy (ours)",
-                      "redundancy (paper)", "L0", "resp. entropy (nats)", "probe accuracy (%)"),
+            table_row(
+                "config",
+                "dead units (ours)",
+                "dead (paper)",
+                "redundancy (ours)",
+                "redundancy (paper)",
+                "L0",
+                "resp. entropy (nats)",
+                "probe accuracy (%)",
+            ),
             "|---|---|---|---|---|---|---|---|",
         ]
         for name, g in df.groupby("config", sort=False):
@@ -82,16 +90,36 @@ def section() -> str:
             "",
             "| metric | ours (LSE + InfoMax, no decoder) | paper: ours | standard SAE | paper: SAE |",
             "|---|---|---|---|---|",
-            table_row("linear probe accuracy (%)", pm(ours.probe_accuracy, 100), "93.43 ± 0.38",
-                      pm(sae.probe_accuracy, 100), "90.26 ± 0.32"),
+            table_row(
+                "linear probe accuracy (%)",
+                pm(ours.probe_accuracy, 100),
+                "93.43 ± 0.38",
+                pm(sae.probe_accuracy, 100),
+                "90.26 ± 0.32",
+            ),
             table_row("L0 (of 64)", pm(ours.l0, digits=1), "17.2", pm(sae.l0, digits=1), "32.2"),
-            table_row("parameters", f"{int(ours.n_params.iloc[0]):,}", "50,240",
-                      f"{int(sae.n_params.iloc[0]):,}", "101,200"),
-            table_row("FVU, fitted linear readout (test)", pm(ours.readout_fvu, digits=3), "-",
-                      pm(sae.readout_fvu, digits=3), "-"),
+            table_row(
+                "parameters",
+                f"{int(ours.n_params.iloc[0]):,}",
+                "50,240",
+                f"{int(sae.n_params.iloc[0]):,}",
+                "101,200",
+            ),
+            table_row(
+                "FVU, fitted linear readout (test)",
+                pm(ours.readout_fvu, digits=3),
+                "-",
+                pm(sae.readout_fvu, digits=3),
+                "-",
+            ),
             table_row("FVU, SAE's own decoder (test)", "-", "-", pm(sae.decoder_fvu, digits=3), "-"),
-            table_row("training seconds per run (batched)", pm(ours.train_seconds, digits=1), "-",
-                      pm(sae.train_seconds, digits=1), "-"),
+            table_row(
+                "training seconds per run (batched)",
+                pm(ours.train_seconds, digits=1),
+                "-",
+                pm(sae.train_seconds, digits=1),
+                "-",
+            ),
             "",
         ]
     t = EXEC / "04_dynamics" / "metrics.csv"
@@ -100,8 +128,14 @@ def section() -> str:
         out += [
             "**4. Optimizer dynamics** (final training loss and probe accuracy, mean over seeds)",
             "",
-            table_row("optimizer", "lr", "final loss", "probe accuracy (%)",
-                      "epoch of 90% of the loss decrease", "diverged runs"),
+            table_row(
+                "optimizer",
+                "lr",
+                "final loss",
+                "probe accuracy (%)",
+                "epoch of 90% of the loss decrease",
+                "diverged runs",
+            ),
             "|---|---|---|---|---|---|",
         ]
         for (o, lr), d in df.groupby(["optimizer", "lr"]):
@@ -181,20 +215,7 @@ def section() -> str:
             "| method | probe accuracy (%) | L0 | FVU (linear readout) | fit seconds |",
             "|---|---|---|---|---|",
         ]
-        order = [
-            "ours",
-            "sae",
-            "topk",
-            "pca",
-            "pca_relu",
-            "random",
-            "kmeans",
-            "gmm",
-            "gmm_log",
-            "sparse_coding",
-            "ica",
-            "nmf",
-        ]
+        order = "ours sae topk pca pca_relu random kmeans gmm gmm_log sparse_coding ica nmf".split()
         for m in [m for m in order if m in set(df.model)]:
             g = df[df.model == m]
             out.append(
