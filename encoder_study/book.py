@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import platform
 import resource
 import sys
@@ -159,7 +160,7 @@ def save_figure(fig: plt.Figure, name: str, figures_dir: str | Path, show: bool 
 # The record
 # ---------------------------------------------------------------------------------------------
 
-RECORDED_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib", "papermill")
+RECORDED_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib", "papermill", "ray")
 
 
 def environment() -> dict:
@@ -175,6 +176,7 @@ def environment() -> dict:
         "platform": platform.platform(),
         "processor": cpu_model(),
         "torch_threads": torch.get_num_threads(),
+        "executor": os.environ.get("ENCODER_STUDY_EXECUTOR") or "local",
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "packages": versions,
     }

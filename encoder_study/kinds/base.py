@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from ..stacking import SeedLayout
 
 ACTIVATIONS = {"relu": F.relu, "identity": lambda z: z, "softplus": F.softplus}
-# dL/dz from dL/da for each activation a = f(z), for hand-derived backward passes
 
 
 def relu_backward(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -29,6 +28,7 @@ def relu_backward(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.threshold_backward(g, z, 0.0)
 
 
+# dL/dz from dL/da for each activation a = f(z), for hand-derived backward passes
 ACTIVATION_GRADS = {
     "relu": relu_backward,
     "identity": lambda z, g: g,
