@@ -21,17 +21,6 @@ from .engine import RunResult
 from .metrics import activation_summary, features, fvu, l0, linear_probe_accuracy, readout_fvu
 from .model import count_parameters
 
-MODEL_NAMES = {"encoder": "ours", "sae": "sae", "topk": "topk"}
-"""The book's name of each engine model kind (``RunConfig.model``)."""
-DISPLAY_NAMES = {"ours": "ours (LSE + InfoMax, no decoder)", "sae": "L1 SAE", "topk": "TopK SAE"}
-"""How figures and tables label the book's models."""
-
-
-def book_name(result_or_kind: RunResult | str) -> str:
-    """The book's name of a run's model kind ("ours" for the decoder-free encoder)."""
-    kind = result_or_kind if isinstance(result_or_kind, str) else result_or_kind.config.model
-    return MODEL_NAMES.get(kind, kind)
-
 
 @torch.no_grad()
 def evaluate_codes(

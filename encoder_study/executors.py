@@ -25,6 +25,7 @@ import torch
 
 from .config import RunConfig, resolve_device
 from .engine import RunResult, train_group
+from .progress import Progress
 from .validation import check_choice
 
 if TYPE_CHECKING:
@@ -74,11 +75,12 @@ def quiet_ray():
     return ray
 
 
-def ray_started() -> None:
-    """Connect to the cluster at ENCODER_STUDY_RAY_ADDRESS, else start a local one (once)."""
+def ray_started():
+    """The ``ray`` module, connected to the cluster at ENCODER_STUDY_RAY_ADDRESS, else to a local
+    one it starts (once per process)."""
     ray = quiet_ray()
     if ray.is_initialized():
-        return
+        return ray
     address = os.environ.get(RAY_ADDRESS_ENV) or None
     # Ray's start-up lines stay out of the record
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
@@ -86,6 +88,7 @@ def ray_started() -> None:
         ray.init(address=address, **quiet)
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+    return ray
 
 
 def run_ray(
@@ -98,21 +101,20 @@ def run_ray(
     A task that raises or whose worker dies is run again up to RAY_RETRIES times; a group that
     still fails is named in the ``GroupsFailed`` raised once every other group is done.
     """
-    from .progress import Progress
-    from .runs import from_record
+    from .runs import from_record  # runs imports this module
 
-    ray_started()
-    ray = quiet_ray()
+    ray = ray_started()
     threads = torch.get_num_threads()
     train_ref = ray.put(train_x.cpu())
     test_ref = ray.put(None if test_x is None else test_x.cpu())
+    task = ray.remote(max_retries=RAY_RETRIES, retry_exceptions=True)(_train_group_task)
     pending = {}
     for job in jobs:
         gpus = 1 if resolve_device(job.configs[0].device).type == "cuda" else 0
-        task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=RAY_RETRIES, retry_exceptions=True)(
-            _train_group_task
+        ref = task.options(num_cpus=threads, num_gpus=gpus).remote(
+            [c.as_dict() for c in job.configs], train_ref, test_ref, threads
         )
-        pending[task.remote([c.as_dict() for c in job.configs], train_ref, test_ref, threads)] = job
+        pending[ref] = job
     failures: dict[str, str] = {}
     bar = Progress(total=len(jobs), desc="groups on the Ray cluster", unit="groups", disable=not progress)
     for ref, job in _as_completed(pending):

@@ -153,13 +153,4 @@ class Progress:
         self.close()
 
 
-def progress(
-    iterable: Iterable | None = None,
-    total: int | None = None,
-    desc: str = "",
-    unit: str = "it",
-    initial: int = 0,
-    disable: bool = False,
-) -> Progress:
-    """A ``Progress`` (use like tqdm: ``for x in progress(items, desc=...)``)."""
-    return Progress(iterable, total=total, desc=desc, unit=unit, initial=initial, disable=disable)
+progress = Progress  # the lower-case name reads like tqdm: ``for x in progress(items, desc=...)``
