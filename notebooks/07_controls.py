@@ -55,9 +55,10 @@
 # k-means and NMF are fitted in float32 (the encoders' precision; against float64 it cut NMF's fit
 # from 204 to 142 s and k-means' from 85 to 56 s for three seeds, the same probe accuracy within
 # 0.2 points), the other controls in float64. Fitting NMF on 20,000 images instead of all 60,000
-# cut its time from 142 to about 53 s here, which keeps the notebook inside its time budget. A second size of 256 features is left out: the
-# TopK SAE and NMF alone take minutes at 64 here and their cost grows with the number of features
-# (roughly four times that at 256), past the notebook's time budget.
+# cut its time from 142 to about 53 s here, which keeps the notebook inside its time budget. A
+# second size of 256 features is left out: the TopK SAE and NMF alone take minutes at 64 here and
+# their cost grows with the number of features (roughly four times that at 256), past the
+# notebook's time budget.
 #
 # Stochastic methods run with the seeds in `seeds`; deterministic ones (pca, pca_relu, nmf) once,
 # recorded with seed 0. `fit_seconds` is the time to fit the map (training share of the batched
