@@ -5,12 +5,14 @@
     A = d.encode(X)                                                # (n, 64) features, same type as X
     d.save("my_dictionary")                                        # a folder: weights + config
     same = es.load("my_dictionary")
+    d.save("for_saelens", format="saelens", readout_x=X)           # SAELens's layout (saelens.py)
 
 ``fit`` trains through the book's engine and run cache (``runs.run_experiments``), so the same
 data, settings and seed give the same numbers as the notebooks would, and a second call with
 them loads the finished run instead of training again. A saved dictionary is a folder holding
 ``weights.safetensors`` (the model's state, tensor names as in ``model.py``) and ``config.json``
 (kind, shapes, knobs, training settings, the final training loss and the package version).
+With ``format="saelens"`` the folder is SAELens's instead (``saelens.py``); ``load`` reads both.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .metrics import features
 from .model import build_run_model
 from .runs import as_data_tensor, run_experiments
 from .storage import write_atomic
-from .validation import check_choice
+from .validation import check_choice, check_positive
 
 # The names a user gives a model kind, and the engine's names for them (kinds.KINDS).
 KINDS = {"ours": "encoder", "sae": "sae", "topk": "topk"}
@@ -46,6 +48,7 @@ KNOBS = {
 }
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "weights.safetensors"
 FORMAT = "encoder-study-dictionary/1"
+SAVE_FORMATS = ("encoder-study", "saelens")
 
 
 @dataclass
@@ -57,6 +60,10 @@ class Dictionary:
     state: dict[str, torch.Tensor]
     history: list[dict] = field(default_factory=list)
     train_seconds: float = float("nan")
+    readout: torch.Tensor | None = None
+    """Ours only, once fitted: the least-squares affine readout (K + 1, D), bias last, that stands
+    in for a decoder (``saelens.readout_of``); kept so a dictionary read from SAELens's layout
+    writes the same folder again."""
 
     @property
     def kind(self) -> str:
@@ -81,18 +88,47 @@ class Dictionary:
         A = features(self.model(), x.to(torch.float32), batch_size)
         return A.numpy() if isinstance(X, np.ndarray) else A
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the folder ``path`` (created if needed): weights in safetensors, config in JSON."""
+    def save(
+        self,
+        path: str | os.PathLike,
+        format: str = "encoder-study",
+        readout_x: np.ndarray | torch.Tensor | None = None,
+        input_scale: float = 1.0,
+        hook_name: str | None = None,
+        model_name: str | None = None,
+    ) -> Path:
+        """Write the folder ``path`` (created if needed).
+
+        format "encoder-study": weights in safetensors, config in JSON (``load`` reads it back).
+        format "saelens": SAELens's layout (``saelens.py``). Ours has no decoder, so it needs
+        ``readout_x`` (samples, in the units it was trained on) to fit the linear readout that
+        becomes W_dec and b_dec, unless it already has one. ``input_scale``: s if the dictionary
+        was trained on inputs divided by s; the folder is then written for raw inputs.
+        ``hook_name`` and ``model_name`` go into SAELens's metadata (where the inputs came from).
+        """
         from safetensors.torch import save_file
 
-        folder = _as_path("path", path)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise OSError(f"path={str(path)!r} is not a writable folder: {e.strerror or e}") from e
+        check_choice("format", format, SAVE_FORMATS)
+        check_positive("input_scale", input_scale)
+        folder = _writable_folder(path)
+        if format == "saelens":
+            from . import saelens
+
+            readout, samples = self.readout, None
+            if self.kind == "ours" and readout_x is not None:
+                x = as_data_tensor("readout_x", readout_x)
+                if x.shape[1] != self.input_dim:
+                    raise ValueError(
+                        f"readout_x has {x.shape[1]} features; this dictionary takes {self.input_dim}"
+                    )
+                readout, samples = saelens.readout_of(self, x), len(x)
+                self.readout = readout
+            elif self.kind == "ours" and readout is None:
+                raise ValueError(
+                    "readout_x=None: ours has no decoder; give samples (readout_x=) to fit the linear "
+                    "readout that SAELens's W_dec and b_dec hold"
+                )
+            return saelens.write(self, folder, readout, samples, input_scale, hook_name, model_name)
         final_loss = self.history[-1]["total"] if self.history else None
         config = {
             "format": FORMAT,
@@ -113,6 +149,25 @@ class Dictionary:
         )
         write_atomic(folder / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
         return folder
+
+
+def _writable_folder(path: object) -> Path:
+    folder = _as_path("path", path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"path={str(path)!r} is not a writable folder: {e.strerror or e}") from e
+    return folder
+
+
+def save(dictionary: Dictionary, path: str | os.PathLike, format: str = "encoder-study", **options) -> Path:
+    """``dictionary.save(path, format, **options)``: see ``Dictionary.save``."""
+    if not isinstance(dictionary, Dictionary):
+        raise TypeError(f"dictionary must be an encoder_study.Dictionary, got {type(dictionary).__name__}")
+    return dictionary.save(path, format, **options)
 
 
 def _as_path(name: str, path: object) -> Path:
@@ -219,10 +274,14 @@ def fit(
 
 
 def load(path: str | os.PathLike) -> Dictionary:
-    """A dictionary saved by ``Dictionary.save``."""
+    """A dictionary saved by ``Dictionary.save``, in either format."""
     from safetensors.torch import load_file
 
+    from . import saelens
+
     folder = _as_path("path", path)
+    if not (folder / CONFIG_FILE).exists() and saelens.is_saelens_folder(folder):
+        return _load_saelens(folder)
     cfg_file, weights_file = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for f in (cfg_file, weights_file):
         if not f.is_file():
@@ -256,3 +315,23 @@ def load(path: str | os.PathLike) -> Dictionary:
         history,
         float(seconds) if seconds is not None and math.isfinite(seconds) else float("nan"),
     )
+
+
+def _load_saelens(folder: Path) -> Dictionary:
+    from . import saelens
+
+    meta, state, readout = saelens.read(folder)
+    hidden_dim, input_dim = state["linear.weight" if meta["kind"] == "ours" else "encoder.weight"].shape
+    t = meta["training"]
+    config = _run_config(
+        meta["kind"],
+        hidden_dim,
+        t["epochs"],
+        t["seed"],
+        t["batch_size"],
+        t["lr"],
+        t["optimizer"],
+        "auto",
+        meta["knobs"],
+    )
+    return Dictionary(config, input_dim, state, readout=readout)

@@ -228,6 +228,25 @@ def residual_stream(model: torch.nn.Module, tokens: torch.Tensor, layer: int) ->
     return captured[0]
 
 
+def _next_token_logits(
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    layer: int | None,
+    splice: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:
+    """float32 logits (B, T - 1, vocab) predicting tokens 1.. of ``batch``; with ``splice``, the
+    residual stream after block ``layer`` at positions 1.. replaced by splice(residual) (position
+    0, the attention sink, is left alone)."""
+
+    def replace(hidden):
+        out = hidden.clone()
+        out[:, 1:] = splice(hidden[:, 1:]).to(hidden.dtype)
+        return out
+
+    with _hook(model, layer, replace) if splice is not None else nullcontext():
+        return model(batch).logits[:, :-1].float()
+
+
 @torch.no_grad()
 def next_token_loss(
     model: torch.nn.Module,
@@ -236,27 +255,49 @@ def next_token_loss(
     splice: Callable[[torch.Tensor], torch.Tensor] | None = None,
     batch_size: int = 8,
 ) -> float:
-    """Mean next-token cross-entropy (nats) over the contexts. With ``splice``, the residual
-    stream after block ``layer`` at positions 1.. is replaced by splice(residual) (position 0,
-    the attention sink, is left alone)."""
+    """Mean next-token cross-entropy (nats) over the contexts, clean or with ``splice`` (see
+    ``_next_token_logits``)."""
     if splice is not None:
         _check_layer(model, layer)
-
-    def replace(hidden):
-        out = hidden.clone()
-        out[:, 1:] = splice(hidden[:, 1:]).to(hidden.dtype)
-        return out
-
     total, count = 0.0, 0
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i : i + batch_size].to(model.device)
-        with _hook(model, layer, replace) if splice is not None else nullcontext():
-            logits = model(batch).logits
-        total += float(
-            F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")
-        )
+        logits = _next_token_logits(model, batch, layer, splice)
+        total += float(F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum"))
         count += batch[:, 1:].numel()
     return total / count
+
+
+@torch.no_grad()
+def splice_metrics(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    layer: int,
+    splices: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    batch_size: int = 8,
+) -> dict[str, dict[str, float]]:
+    """For each named splice: the mean next-token cross-entropy ("ce") and the mean over
+    predicted positions of KL(clean || spliced) between the next-token distributions ("kl",
+    nats), on the contexts ``tokens``; under "clean", the clean model's "ce". The clean forward
+    runs once per batch of contexts for all splices."""
+    _check_layer(model, layer)
+    if "clean" in splices:
+        raise ValueError("a splice may not be named 'clean' (that entry holds the clean model's loss)")
+    sums = {name: {"ce": 0.0, "kl": 0.0} for name in splices}
+    clean_ce, count = 0.0, 0
+    for i in range(0, len(tokens), batch_size):
+        batch = tokens[i : i + batch_size].to(model.device)
+        target = batch[:, 1:].flatten()
+        clean = torch.log_softmax(_next_token_logits(model, batch, None, None).flatten(0, 1), -1)
+        clean_ce += float(F.nll_loss(clean, target, reduction="sum"))
+        for name, splice in splices.items():
+            spliced = torch.log_softmax(_next_token_logits(model, batch, layer, splice).flatten(0, 1), -1)
+            sums[name]["ce"] += float(F.nll_loss(spliced, target, reduction="sum"))
+            sums[name]["kl"] += float(F.kl_div(spliced, clean, reduction="sum", log_target=True))
+        count += len(target)
+    out = {name: {k: v / count for k, v in s.items()} for name, s in sums.items()}
+    out["clean"] = {"ce": clean_ce / count}
+    return out
 
 
 def ce_loss_recovered(ce_clean: float, ce_zero: float, ce_spliced: float) -> float:

@@ -41,6 +41,7 @@ from .progress import Progress
 from .storage import load_or_discard, save_torch, warn
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+CHECK_ROWS = 65536  # rows read at a time when data are checked or hashed
 # The modules whose code computes every run's numbers (configs and their defaults, CPU arithmetic
 # settings, the engine, initialisation, data orders, the objective, the metrics kept in a run's
 # history, what every model kind shares). Their code is part of every group's run-cache key; a
@@ -122,9 +123,12 @@ def code_fingerprint(kind: str) -> str:
 
 
 def data_fingerprint(x: torch.Tensor) -> str:
-    """sha256 of a tensor's bytes (shape and dtype included)."""
+    """sha256 of a tensor's bytes (shape and dtype included), read in chunks of rows (the same
+    digest as hashing all bytes at once, without a copy of a large or memory-mapped array)."""
     h = hashlib.sha256(f"{tuple(x.shape)}{x.dtype}".encode())
-    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    x = x.detach().cpu().contiguous()
+    for start in range(0, max(len(x), 1), CHECK_ROWS):
+        h.update(x[start : start + CHECK_ROWS].numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -241,8 +245,9 @@ def as_data_tensor(name: str, x: object) -> torch.Tensor:
             f"{name} has dtype {x.dtype}; give floating-point data (scale integer data first, "
             f"for example bytes / 255)"
         )
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} holds NaN or infinite values; remove or impute them first")
+    for start in range(0, len(x), CHECK_ROWS):  # in chunks: x may be a memory-mapped file
+        if not bool(torch.isfinite(x[start : start + CHECK_ROWS]).all()):
+            raise ValueError(f"{name} holds NaN or infinite values; remove or impute them first")
     return x
 
 

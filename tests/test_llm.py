@@ -99,6 +99,23 @@ def test_next_token_loss_and_splices(lm, tokens):
     assert seen[0] == (4, 23, 576)  # position 0 is never handed to the splice
 
 
+def test_splice_metrics_agree_with_next_token_loss_and_a_float64_kl(lm, tokens):
+    model, _ = lm
+    batch = tokens[:4]
+    zero = torch.zeros_like
+    out = llm.splice_metrics(model, batch, 2, {"same": lambda h: h, "zero": zero}, batch_size=3)
+    assert out["clean"]["ce"] == pytest.approx(llm.next_token_loss(model, batch), rel=1e-6)
+    assert out["zero"]["ce"] == pytest.approx(llm.next_token_loss(model, batch, 2, zero), rel=1e-6)
+    assert out["same"]["ce"] == pytest.approx(out["clean"]["ce"], rel=1e-6) and abs(out["same"]["kl"]) < 1e-6
+    with torch.no_grad():  # KL(clean || zero-spliced) over the predicted positions, by hand in float64
+        p = torch.log_softmax(model(batch).logits[:, :-1].double(), -1)
+        q = torch.log_softmax(llm._next_token_logits(model, batch, 2, zero).double(), -1)
+    expected = float((p.exp() * (p - q)).sum(-1).mean())
+    assert expected > 0.1 and out["zero"]["kl"] == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="'clean'"):
+        llm.splice_metrics(model, batch, 2, {"clean": zero})
+
+
 def test_ce_loss_recovered_by_hand():
     assert llm.ce_loss_recovered(2.0, 10.0, 4.0) == pytest.approx(0.75)
     assert llm.ce_loss_recovered(2.0, 10.0, 2.0) == 1.0 and llm.ce_loss_recovered(2.0, 10.0, 10.0) == 0.0

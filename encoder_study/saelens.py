@@ -1,0 +1,156 @@
+"""Dictionaries in SAELens's disk layout, so the SAE tools of the field can load them.
+
+A SAELens folder holds ``cfg.json`` and ``sae_weights.safetensors``. The tensors, in SAELens's
+shapes: ``W_enc`` (d_in, d_sae), ``b_enc`` (d_sae), ``W_dec`` (d_sae, d_in), ``b_dec`` (d_in).
+SAELens encodes h = (x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc, then ReLU(h)
+(architecture "standard") or ReLU of the k largest entries of h, the rest 0 ("topk", field
+``k``), and decodes a @ W_dec + b_dec. How each kind maps onto that:
+
+- the L1 SAE: W_enc = encoder.weight^T, b_enc = encoder.bias, W_dec = decoder.weight^T,
+  b_dec = decoder.bias, apply_b_dec_to_input false; "standard".
+- the TopK SAE: the same with b_dec = pre_bias, which it subtracts from the input before
+  encoding (apply_b_dec_to_input true); "topk" with its k.
+- ours (ReLU only): W_enc, b_enc from its one layer; it has no decoder, so W_dec and b_dec are a
+  least-squares affine readout of the inputs from its features, fitted on samples the caller
+  gives; the config's metadata says so (``encoder_study.decoder``). SAELens then encodes exactly
+  our features and decodes through that readout.
+
+A dictionary trained on scaled inputs x / s (notebook 5's activations are divided by their RMS
+norm) is written for raw inputs: W_enc / s, b_dec * s, W_dec * s, so SAELens needs no
+normalisation step (``normalize_activations`` "none"), and the scale is recorded. The package's
+own fields (kind, knobs, training settings, readout) live under ``metadata.encoder_study``, which
+is how ``read`` rebuilds the dictionary; SAELens keeps unknown metadata keys as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .metrics import features, fit_linear_readout
+from .storage import write_atomic
+
+CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
+ARCHITECTURES = {"ours": "standard", "sae": "standard", "topk": "topk"}
+
+
+def _tensors(
+    kind: str, state: dict[str, torch.Tensor], readout: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """The four SAELens tensors of a dictionary trained on unscaled inputs."""
+    if kind == "ours":
+        return {
+            "W_enc": state["linear.weight"].T,
+            "b_enc": state["linear.bias"],
+            "W_dec": readout[:-1],
+            "b_dec": readout[-1],
+        }
+    out = {
+        "W_enc": state["encoder.weight"].T,
+        "b_enc": state["encoder.bias"],
+        "W_dec": state["decoder.weight"].T,
+    }
+    out["b_dec"] = state["pre_bias"] if kind == "topk" else state["decoder.bias"]
+    return out
+
+
+def readout_of(dictionary, readout_x: torch.Tensor) -> torch.Tensor:
+    """The least-squares affine readout (K + 1, D), bias last, of ``readout_x`` from its features:
+    the decoder a dictionary without one is given when it is written for SAELens."""
+    A = features(dictionary.model(), readout_x.to(torch.float32))
+    return fit_linear_readout(A, readout_x).to(torch.float32)
+
+
+def write(
+    dictionary,
+    path: Path,
+    readout: torch.Tensor | None,
+    readout_samples: int | None,
+    input_scale: float,
+    hook_name: str | None,
+    model_name: str | None,
+) -> Path:
+    """Write ``dictionary`` (an ``api.Dictionary``) as a SAELens folder at ``path`` (see the module
+    docstring); ``readout`` is ours' fitted readout in its own (scaled) input space."""
+    from safetensors.torch import save_file
+
+    kind, config = dictionary.kind, dictionary.config
+    if kind == "ours" and config.activation != "relu":
+        raise ValueError(
+            f"activation={config.activation!r}: only a ReLU encoder maps onto SAELens's architectures"
+        )
+    tensors = {
+        n: t.detach().to(torch.float32).cpu() for n, t in _tensors(kind, dictionary.state, readout).items()
+    }
+    tensors["W_enc"] = tensors["W_enc"] / input_scale
+    for name in ("W_dec", "b_dec"):
+        tensors[name] = tensors[name] * input_scale
+    tensors = {n: t.contiguous() for n, t in tensors.items()}
+    from .api import knobs_of, training_of
+
+    cfg = {
+        "architecture": ARCHITECTURES[kind],
+        "d_in": dictionary.input_dim,
+        "d_sae": dictionary.hidden_dim,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": kind == "topk",
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "model_name": model_name,
+            "hook_name": hook_name,
+            "encoder_study": {
+                "kind": kind,
+                "knobs": knobs_of(config),
+                "training": training_of(config),
+                "input_scale": input_scale,
+                "decoder": (
+                    f"least-squares affine readout fitted on {readout_samples} samples "
+                    "(the model has no decoder)"
+                    if kind == "ours"
+                    else "the model's trained decoder"
+                ),
+                "package_version": __version__,
+            },
+        },
+    }
+    if kind == "topk":
+        cfg.update(k=config.k, rescale_acts_by_decoder_norm=False)
+    path.mkdir(parents=True, exist_ok=True)
+    write_atomic(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    write_atomic(path / CFG_FILE, lambda tmp: tmp.write_text(json.dumps(cfg, indent=1)))
+    return path
+
+
+def is_saelens_folder(path: Path) -> bool:
+    return (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def read(path: Path) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor | None]:
+    """(the package's metadata, the model's state in raw input units, ours' readout or None) of
+    a folder ``write`` wrote."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((path / CFG_FILE).read_text())
+    ours = cfg.get("metadata", {}).get("encoder_study")
+    if not ours:
+        raise ValueError(
+            f"path={str(path)!r} is a SAELens folder that encoder-study did not write (no metadata."
+            f"encoder_study); load it with sae_lens.SAE.load_from_disk"
+        )
+    t = load_file(str(path / WEIGHTS_FILE))
+    kind = ours["kind"]
+    if kind == "ours":
+        state = {"linear.weight": t["W_enc"].T.contiguous(), "linear.bias": t["b_enc"]}
+        return ours, state, torch.cat([t["W_dec"], t["b_dec"][None]]).contiguous()
+    state = {
+        "encoder.weight": t["W_enc"].T.contiguous(),
+        "encoder.bias": t["b_enc"],
+        "decoder.weight": t["W_dec"].T.contiguous(),
+    }
+    state["pre_bias" if kind == "topk" else "decoder.bias"] = t["b_dec"]
+    return ours, state, None
