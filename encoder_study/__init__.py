@@ -7,6 +7,6 @@ __version__ = "0.1.0"
 
 settle_cpu_math()  # before any other torch work: see cpu.settle_cpu_math
 
-from .api import Dictionary, fit, load, save  # noqa: E402  (the public API for one's own data; after the warm-up)
+from .api import Dictionary, fit, load  # noqa: E402  (the public API for one's own data; after the warm-up)
 
-__all__ = ["Dictionary", "fit", "load", "save", "__version__"]
+__all__ = ["Dictionary", "fit", "load", "__version__"]

@@ -163,13 +163,6 @@ def _writable_folder(path: object) -> Path:
     return folder
 
 
-def save(dictionary: Dictionary, path: str | os.PathLike, format: str = "encoder-study", **options) -> Path:
-    """``dictionary.save(path, format, **options)``: see ``Dictionary.save``."""
-    if not isinstance(dictionary, Dictionary):
-        raise TypeError(f"dictionary must be an encoder_study.Dictionary, got {type(dictionary).__name__}")
-    return dictionary.save(path, format, **options)
-
-
 def _as_path(name: str, path: object) -> Path:
     if not isinstance(path, (str, os.PathLike)) or str(path) == "":
         raise TypeError(f"{name}={path!r} must be a folder path (a non-empty str or pathlib.Path)")
