@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -162,10 +163,18 @@ def section() -> str:
             f"{p['epochs']} epochs, seed {', '.join(map(str, p['seeds']))}; next-token CE on held-out text: "
             f"clean {refs.loc['clean', 'ce']:.3f}, zero-ablated {refs.loc['zero ablation', 'ce']:.3f}, "
             f"mean-ablated {refs.loc['mean ablation', 'ce']:.3f} = "
-            f"{refs.loc['mean ablation', 'ce_loss_recovered']:.3f} recovered)",
+            f"{refs.loc['mean ablation', 'ce_loss_recovered']:.3f} recovered"
+            + (
+                f"; KL(clean || spliced) of zero- and mean-ablation "
+                f"{refs.loc['zero ablation', 'kl_div']:.2f} and "
+                f"{refs.loc['mean ablation', 'kl_div']:.2f} nats)"
+                if "kl_div" in refs
+                else ")"
+            ),
             "",
-            "| model | units | knob | L0 | FVU | CE loss recovered | dead (never active) |",
-            "|---|---|---|---|---|---|---|",
+            "| model | units | knob | L0 | FVU | L2 ratio | CE loss recovered | KL (nats) | dead "
+            "| dense (>10%) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         order = {"ours": 0, "topk": 1, "sae": 2}
         df = df.assign(o=df.model.map(order)).sort_values(["hidden_dim", "o", "l0"])
@@ -181,7 +190,9 @@ def section() -> str:
             ]
             out.append(
                 f"| {r.model} | {r.hidden_dim:.0f} | {knob} | {r.l0:.1f} | {r.fvu:.3f} | "
-                f"{r.ce_loss_recovered:.3f} | {r.dead_fraction:.1%} |"
+                f"{r.get('l2_ratio', float('nan')):.2f} | {r.ce_loss_recovered:.3f} | "
+                f"{r.get('kl_div', float('nan')):.3f} | {r.dead_fraction:.1%} | "
+                f"{r.get('dense_fraction_10pct', float('nan')):.1%} |"
             )
         out.append("")
     t = EXEC / "06_mnist_frontier" / "metrics.csv"
@@ -232,6 +243,42 @@ def section() -> str:
             + ".",
             "",
         ]
+    t = EXEC / "09_identifiability" / "recovery.csv"
+    if t.exists():
+        rec = pd.read_csv(t)
+        info = json.loads((EXEC / "09_identifiability" / "run_info.json").read_text())
+        p = info["parameters"]
+        models = [m for m in ["ours", "sae", "topk", "sparse_coding"] if m in set(rec.model)]
+        out += [
+            f"**9. Identifiability and stability.** Recovering known sparse components (D = "
+            f"{p['input_dim']}; K components, mean L0 of the truth, noise; each model's knob set to the true "
+            f"L0; MCC of the codes / mean best cosine of the dictionary, mean over seeds "
+            f"{', '.join(map(str, p['seeds']))}):",
+            "",
+            "| setting | " + " | ".join(models) + " |",
+            "|---|" + "---|" * len(models),
+        ]
+        mean = rec.groupby(["setting", "model"], sort=False)[["mcc", "mean_best_cosine"]].mean()
+        for setting in rec.setting.unique():
+            cells = [
+                f"{mean.loc[(setting, m), 'mcc']:.2f} / {mean.loc[(setting, m), 'mean_best_cosine']:.2f}"
+                for m in models
+            ]
+            out.append(f"| {setting} | " + " | ".join(cells) + " |")
+        st = pd.read_csv(EXEC / "09_identifiability" / "stability.csv")
+        agg = st.groupby(["data", "model", "weights"], sort=False)[
+            ["mean_matched_cosine", "share_above_0_9"]
+        ].mean()
+        out += [
+            "",
+            "Seed stability (units of two seeds matched one to one by weight cosine; mean over seed pairs): "
+            + "; ".join(
+                f"{data} {model} ({weights}) {r.mean_matched_cosine:.2f}, {r.share_above_0_9:.0%} above 0.9"
+                for (data, model, weights), r in agg.iterrows()
+            )
+            + ".",
+            "",
+        ]
     t = EXEC / "book_timings.csv"
     if t.exists():
         rows = list(csv.DictReader(t.open()))
@@ -257,7 +304,10 @@ def section() -> str:
             + f"; total {total / 60:.1f} min.",
             "",
         ]
-    figs = sorted(p.name for p in (ROOT / "figures").glob("*.pdf"))
+    figs = sorted(
+        (p.name for p in (ROOT / "figures").glob("*.pdf")),
+        key=lambda n: (int(re.sub(r"\D", "", n.split("_")[0]) or 0), n),
+    )
     if figs:
         out += ["Figures: " + ", ".join(f"[`{f}`](figures/{f})" for f in figs) + ".", ""]
     return "\n".join(out)
