@@ -19,6 +19,7 @@ A group can checkpoint itself and resume.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import defaultdict
@@ -37,7 +38,7 @@ from .progress import Progress
 from .stacking import SeedLayout, gather
 from .storage import load_or_discard, save_torch, warn
 
-CHECKPOINT_FORMAT = 3  # 3: parameters by name, the kind's training state by name
+CHECKPOINT_FORMAT = 4  # 3: parameters by name, the kind's training state by name; 4: buffers
 
 
 @dataclass
@@ -166,9 +167,30 @@ class StackedOptimizer:
         self._set_params(params)
 
 
+def initial_state(config: RunConfig, input_dim: int, init: dict[str, torch.Tensor] | None = None) -> dict:
+    """A run's starting state: its module initialised from its seed, then any entries of ``init``
+    (a state dict, whole or in part: a pretrained encoder beside a fresh decoder) put in their
+    place. A name the module does not have, or a shape that differs, is refused by name."""
+    state = build_run_model(config, input_dim, config.seed).state_dict()
+    for name, value in (init or {}).items():
+        if name not in state:
+            raise ValueError(
+                f"init names {name!r}, which a {config.model!r} model does not have; "
+                f"its state holds {', '.join(state)}"
+            )
+        if tuple(value.shape) != tuple(state[name].shape):
+            raise ValueError(
+                f"init[{name!r}] has shape {tuple(value.shape)}; the model's is {tuple(state[name].shape)}"
+            )
+        state[name] = value.detach().to(state[name].dtype).clone()
+    return state
+
+
 class RunStack:
     """The parameters of R runs of one group, stacked by name in their module's own layout (an
-    encoder weight is (R, K, D)), the group's data orders, and its model kind's training part."""
+    encoder weight is (R, K, D)), the group's data orders, and its model kind's training part.
+    The module's entries the kind names in ``buffers`` are stacked the same way but not trained
+    (no gradient, no optimizer): per-run state the kind itself updates."""
 
     def __init__(
         self,
@@ -176,15 +198,24 @@ class RunStack:
         input_dim: int,
         device: torch.device,
         dtype: torch.dtype = torch.float32,
+        init: list[dict[str, torch.Tensor] | None] | None = None,
     ) -> None:
         self.configs = list(configs)
-        states = [build_run_model(c, input_dim, c.seed).state_dict() for c in configs]
-        self.params = {
-            n: torch.stack([s[n] for s in states]).to(device, dtype).contiguous().requires_grad_(True)
-            for n in states[0]
-        }
+        states = [initial_state(c, input_dim, i) for c, i in zip(configs, init or [None] * len(configs))]
+        kind = KINDS[configs[0].model]
+
+        def stacked(n: str) -> torch.Tensor:
+            return torch.stack([s[n] for s in states]).to(device, dtype).contiguous()
+
+        self.params = {n: stacked(n).requires_grad_(True) for n in states[0] if n not in kind.buffers}
+        self.buffers = {n: stacked(n) for n in kind.buffers}
         self.layout = self._layout()
-        self.kind: ModelKind = KINDS[configs[0].model](configs, self.layout, device, dtype)
+        self.kind: ModelKind = kind(configs, self.layout, device, dtype)
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Parameters and buffers by name: what the kind computes with."""
+        return {**self.params, **self.buffers} if self.buffers else self.params
 
     def __len__(self) -> int:
         return len(self.configs)
@@ -201,7 +232,7 @@ class RunStack:
         """Per-run loss terms stacked (1 + len(terms), R) as ("total", *terms), and the gradient of
         the runs' summed totals for each parameter (in ``params``' order), on the minibatches
         data[idx]: idx (S, B) holds each data order's sample indices."""
-        out, grads = self.kind.loss_and_grads(self.params, gather(data, idx))
+        out, grads = self.kind.loss_and_grads(self.tensors, gather(data, idx))
         terms = torch.stack([out["total"].detach()] + [out[t].detach() for t in self.kind.terms])
         return terms, [grads[n] for n in self.params]
 
@@ -209,25 +240,26 @@ class RunStack:
         """One training step: the loss terms as ``loss_and_grads``; parameters and optimizer updated."""
         terms, grads = self.loss_and_grads(data, idx)
         opt.step(grads)
-        self.kind.after_step(self.params)
+        self.kind.after_step(self.tensors)
         return terms
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Activations (R, N, K) for inputs (N, D) shared by every run."""
-        return self.kind.encode(self.params, x)
+        return self.kind.encode(self.tensors, x)
 
     def keep(self, idx: list[int]) -> None:
         """Drop every run not in ``idx`` (a diverged run leaves the stack)."""
         t = torch.tensor(idx, device=next(iter(self.params.values())).device)
         self.configs = [self.configs[i] for i in idx]
         self.params = {n: p.detach()[t].requires_grad_(True) for n, p in self.params.items()}
+        self.buffers = {n: b[t] for n, b in self.buffers.items()}
         self.layout = self._layout()
         self.kind.layout = self.layout
         self.kind.keep(t)
 
     def state_of(self, r: int) -> dict[str, torch.Tensor]:
-        return {n: p[r].detach().cpu().clone() for n, p in self.params.items()}
+        return {n: p[r].detach().cpu().clone() for n, p in self.tensors.items()}
 
 
 def _epoch_orders(seeds: list[int], epoch: int, n: int, device: torch.device) -> torch.Tensor:
@@ -316,7 +348,7 @@ def _resume(
     stack.keep(ck["alive"])
     opt.keep(ck["alive"], list(stack.params.values()))
     with torch.no_grad():
-        for name, p in stack.params.items():
+        for name, p in stack.tensors.items():
             p.copy_(ck["params"][name])
     opt.load(ck["opt"])
     stack.kind.load_state(ck["kind"])
@@ -332,7 +364,7 @@ def _save_checkpoint(
         "configs": [c.as_dict() for c in configs],
         "alive": state.alive,
         "epoch": state.epoch,
-        "params": {n: p.detach() for n, p in stack.params.items()},
+        "params": {n: p.detach() for n, p in stack.tensors.items()},
         "opt": opt.state(),
         "kind": stack.kind.state(),
         "histories": state.histories,
@@ -374,16 +406,26 @@ def train_group(
     checkpoint_every: int = 5,
     progress: bool = True,
     desc: str = "",
+    init: list[dict[str, torch.Tensor] | None] | None = None,
 ) -> list[RunResult]:
-    """Train runs that share a ``group_key`` as one stacked program; results in input order."""
+    """Train runs that share a ``group_key`` as one stacked program; results in input order.
+    ``init``: per config, a (partial) state to start from instead of its seed's initialisation
+    (``initial_state``), for training in phases; None for none."""
     keys = {group_key(c) for c in configs}
     if len(keys) != 1:
         raise ValueError(f"configs of one group must share model, shapes and epochs; got {keys}")
     # Runs of one seed side by side (they share minibatches and a GEMM), then by learning rate; the
     # order is canonical, so the same set of runs always forms the same stack and the same numbers.
+    if init is not None and len(init) != len(configs):
+        raise ValueError(
+            f"init has {len(init)} entries for {len(configs)} configs; give one (or None) per config"
+        )
     order = sorted(
         range(len(configs)),
-        key=lambda i: (configs[i].seed, configs[i].lr, json.dumps(configs[i].as_dict(), sort_keys=True)),
+        key=lambda i: (
+            (configs[i].seed, configs[i].lr, json.dumps(configs[i].as_dict(), sort_keys=True))
+            + ((init_fingerprint(init[i]),) if init is not None else ())
+        ),
     )
     device = resolve_device(configs[0].device)
     dtype = train_x.dtype if train_x.dtype == torch.float64 else torch.float32  # float64 for exactness checks
@@ -397,7 +439,8 @@ def train_group(
         unit="epochs",
         disable=not progress,
     )
-    results = _train_stack(ordered, X, Xt, checkpoint, checkpoint_every, bar)
+    ordered_init = None if init is None else [init[i] for i in order]
+    results = _train_stack(ordered, X, Xt, checkpoint, checkpoint_every, bar, ordered_init)
     out: list[RunResult | None] = [None] * len(configs)
     for pos, i in enumerate(order):
         out[i] = results[pos]
@@ -411,12 +454,13 @@ def _train_stack(
     checkpoint: Path | None,
     checkpoint_every: int,
     bar: Progress,
+    init: list[dict[str, torch.Tensor] | None] | None = None,
 ) -> list[RunResult]:
     """The epoch loop of ``train_group`` for configs in stack order, data on the device."""
     first = configs[0]
     bound = divergence_bound(first, X)
-    stack = RunStack(configs, X.shape[1], X.device, X.dtype)
-    stack.kind.prepare(stack.params, X)
+    stack = RunStack(configs, X.shape[1], X.device, X.dtype, init)
+    stack.kind.prepare(stack.tensors, X)
     opt = StackedOptimizer(list(stack.params.values()), [(c.optimizer, c.lr) for c in configs])
     fresh = _GroupState(list(range(len(configs))), [[] for _ in configs])
     state = _resume(checkpoint, configs, stack, opt, fresh)
@@ -487,6 +531,18 @@ def _record_epoch(
             state.finished[orig] = RunResult(configs[orig], last_good[r], state.histories[orig], epoch)
         state.histories[orig].append(row)
     state.epoch = epoch
+
+
+def init_fingerprint(init: dict[str, torch.Tensor] | None) -> str:
+    """sha256 of an initial state (names, shapes, dtypes, bytes); "" for none."""
+    if not init:
+        return ""
+    h = hashlib.sha256()
+    for name in sorted(init):
+        t = init[name].detach().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def group_runs(configs: list[RunConfig]) -> dict[tuple, list[int]]:

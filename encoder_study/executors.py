@@ -55,13 +55,17 @@ Done = Callable[["GroupJob", list[RunResult]], None]  # called in the driver wit
 
 
 def _train_group_task(
-    configs: list[dict], train_x: torch.Tensor, test_x: torch.Tensor | None, threads: int
+    configs: list[dict],
+    train_x: torch.Tensor,
+    test_x: torch.Tensor | None,
+    threads: int,
+    init: list[dict[str, torch.Tensor] | None] | None = None,
 ) -> list[dict]:
     """A Ray task: one group trained in a worker, with the driver's thread count; plain records back."""
     from .runs import to_record  # in the worker process
 
     torch.set_num_threads(threads)
-    results = train_group([RunConfig(**c) for c in configs], train_x, test_x, progress=False)
+    results = train_group([RunConfig(**c) for c in configs], train_x, test_x, progress=False, init=init)
     return [to_record(r) for r in results]
 
 
@@ -112,7 +116,7 @@ def run_ray(
     for job in jobs:
         gpus = 1 if resolve_device(job.configs[0].device).type == "cuda" else 0
         ref = task.options(num_cpus=threads, num_gpus=gpus).remote(
-            [c.as_dict() for c in job.configs], train_ref, test_ref, threads
+            [c.as_dict() for c in job.configs], train_ref, test_ref, threads, job.init
         )
         pending[ref] = job
     failures: dict[str, str] = {}

@@ -271,3 +271,54 @@ def improvement_epoch(losses, fraction: float = 0.9) -> int:
         return 1
     reached = np.nonzero(losses[0] - losses >= fraction * decrease)[0]
     return int(reached[0] + 1)
+
+
+# -- geometry of the weights: are they prototypes of the inputs they answer to? ---------------------
+
+
+def _pearson_rows(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row of P with the same row of Q (0 where a row is constant)."""
+    P, Q = P - P.mean(1, keepdim=True), Q - Q.mean(1, keepdim=True)
+    denom = P.norm(dim=1) * Q.norm(dim=1)
+    return torch.where(denom > 0, (P * Q).sum(1) / denom.clamp_min(1e-300), 0.0)
+
+
+@torch.no_grad()
+def template_correlation(W, X, weights) -> float:
+    """Mean over units k of the correlation (over input dimensions) between unit k's weight vector
+    and its template: the mean of the inputs weighted by ``weights[:, k]`` (responsibilities, or
+    the unit's own activations: the inputs it answers to). 1 when every unit's weights are a
+    scaled, shifted copy of its template ("prototypes"); units with zero total weight are left out."""
+    W, X, G = _as64(W), _as64(X), _as64(weights)
+    mass = G.sum(0)
+    used = mass > 0
+    templates = (G[:, used].T @ X) / mass[used].unsqueeze(1)
+    return float(_pearson_rows(W[used], templates).mean()) if used.any() else float("nan")
+
+
+@torch.no_grad()
+def weight_input_alignment(W, X, R) -> float:
+    """Mean over samples of sum_k R[n, k] cos(x_n, w_k): how well the units responsible for an
+    input (rows of R sum to 1) point along it."""
+    W, X, R = _as64(W), _as64(X), _as64(R)
+    Wn = W / W.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    Xn = X / X.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    return float(((Xn @ Wn.T) * R).sum(1).mean())
+
+
+@torch.no_grad()
+def centre_surround_opposition(W, side: int = 28, centre_fraction: float = 0.4) -> float:
+    """The share of units whose mean weight over the centre of the image (the middle
+    ``centre_fraction`` of each side) and over the rest have opposite signs: ON-centre/OFF-surround
+    detectors (or the reverse), as opposed to templates whose weights keep one sign."""
+    W = _as64(W)
+    if W.shape[1] != side * side:
+        raise ValueError(
+            f"W has {W.shape[1]} inputs; centre_surround_opposition needs side x side = {side * side}"
+        )
+    img = W.view(-1, side, side)
+    margin = round(side * (1 - centre_fraction) / 2)
+    mask = torch.zeros(side, side, dtype=torch.bool)
+    mask[margin : side - margin, margin : side - margin] = True
+    centre, surround = img[:, mask].mean(1), img[:, ~mask].mean(1)
+    return float(((centre * surround) < 0).double().mean())

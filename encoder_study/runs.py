@@ -35,7 +35,7 @@ import torch
 
 from .config import RunConfig
 from .data import cache_dir
-from .engine import RunResult, group_runs, train_group
+from .engine import RunResult, group_runs, init_fingerprint, train_group
 from .executors import executor_name, run_ray
 from .progress import Progress
 from .storage import load_or_discard, save_torch, warn
@@ -132,10 +132,13 @@ def data_fingerprint(x: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def group_cache_key(configs: list[RunConfig], fingerprint: str) -> str:
+def group_cache_key(configs: list[RunConfig], fingerprint: str, init: list[str] | None = None) -> str:
+    """The run-cache key of a group: its configs, the data, the code, torch and the thread count,
+    and (for runs that start from given states) those states' fingerprints."""
     blob = json.dumps(
         {
             "configs": [c.as_dict() for c in configs],
+            **({"init": init} if init else {}),
             "data": fingerprint,
             "code": code_fingerprint(configs[0].model),
             "torch": torch.__version__,
@@ -148,10 +151,16 @@ def group_cache_key(configs: list[RunConfig], fingerprint: str) -> str:
 
 @dataclass
 class GroupJob:
-    """One group of runs to train: a name for messages and its configs."""
+    """One group of runs to train: a name for messages, its configs and, for runs that start from
+    given states (training in phases), those states (None where a run starts from its seed)."""
 
     name: str
     configs: list[RunConfig]
+    init: list[dict[str, torch.Tensor] | None] | None = None
+
+    @property
+    def init_fingerprints(self) -> list[str] | None:
+        return None if self.init is None else [init_fingerprint(i) for i in self.init]
 
 
 def to_record(r: RunResult) -> dict:
@@ -216,15 +225,32 @@ def _group_lock(path: Path, desc: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _check_distinct(configs: list[RunConfig]) -> None:
-    seen: dict[RunConfig, int] = {}
-    for i, c in enumerate(configs):
-        if c in seen:
+def _check_distinct(configs: list[RunConfig], init: list[str]) -> None:
+    """Refuse a run given twice (the same config starting from the same state)."""
+    seen: dict[tuple[RunConfig, str], int] = {}
+    for i, key in enumerate(zip(configs, init)):
+        if key in seen:
+            c = configs[i]
             raise ValueError(
-                f"configs {seen[c]} and {i} are the same run (model={c.model!r}, seed={c.seed}); "
+                f"configs {seen[key]} and {i} are the same run (model={c.model!r}, seed={c.seed}); "
                 f"a repeated seed is not another sample: remove the duplicate"
             )
-        seen[c] = i
+        seen[key] = i
+
+
+def _check_init(init: object, n: int) -> list[dict[str, torch.Tensor] | None] | None:
+    if init is None:
+        return None
+    if not isinstance(init, (list, tuple)) or len(init) != n:
+        raise ValueError(f"init must be a list with one entry (a state dict or None) per config; {n} configs")
+    for i, state in enumerate(init):
+        if state is not None and not (
+            isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+        ):
+            raise TypeError(
+                f"init[{i}] must be None or a dict of tensors (a state dict), got {type(state).__name__}"
+            )
+    return list(init)
 
 
 def as_data_tensor(name: str, x: object) -> torch.Tensor:
@@ -259,19 +285,23 @@ def run_experiments(
     progress: bool = True,
     cache: str | Path | None = None,
     executor: str | None = None,
+    init: list[dict[str, torch.Tensor] | None] | None = None,
 ) -> list[RunResult]:
     """Results for every config, in order: from the cache where a group was finished before,
     else trained (one stacked program per group) and cached. ``fresh`` (default: the
     ENCODER_STUDY_FRESH environment variable) retrains everything; ``cache`` is the run cache's
     folder (default: ``runs/`` under the data cache); ``executor`` trains the missing groups here
     ("local", one after another, checkpointing) or as tasks on a Ray cluster ("ray", see
-    ``executors.py``); default: the ENCODER_STUDY_EXECUTOR environment variable, else local."""
+    ``executors.py``); default: the ENCODER_STUDY_EXECUTOR environment variable, else local.
+    ``init``: per config, a state dict (whole or in part) to start from instead of the seed's
+    initialisation, for training in phases (``engine.initial_state``); part of the cache key."""
     if not configs:
         raise ValueError("configs is empty; give at least one RunConfig")
     bad = [type(c).__name__ for c in configs if not isinstance(c, RunConfig)]
     if bad:
         raise TypeError(f"configs must be RunConfig objects; got {bad[:3]}")
-    _check_distinct(configs)
+    init = _check_init(init, len(configs))
+    _check_distinct(configs, [init_fingerprint(i) for i in init] if init else [""] * len(configs))
     executor = executor_name(executor)
     train_x = as_data_tensor("train_x", train_x)
     test_x = None if test_x is None else as_data_tensor("test_x", test_x)
@@ -288,7 +318,9 @@ def run_experiments(
     groups = list(group_runs(configs).values())
     jobs = [
         GroupJob(
-            f"group {g + 1}/{len(groups)}: {configs[idx[0]].model} x{len(idx)}", [configs[i] for i in idx]
+            f"group {g + 1}/{len(groups)}: {configs[idx[0]].model} x{len(idx)}",
+            [configs[i] for i in idx],
+            None if init is None else [init[i] for i in idx],
         )
         for g, idx in enumerate(groups)
     ]
@@ -329,7 +361,7 @@ class _RunCache:
         self.root, self.fresh, self.data, self.started, self.hits = root, fresh, data, time.time(), 0
 
     def _paths(self, job: GroupJob) -> tuple[Path, Path, Path]:
-        key = group_cache_key(job.configs, self.data)
+        key = group_cache_key(job.configs, self.data, job.init_fingerprints)
         return self.root / f"{key}.pt", self.root / f"{key}.lock", self.root / f"{key}.partial.pt"
 
     def _cached(self, job: GroupJob) -> list[RunResult] | None:
@@ -365,7 +397,13 @@ class _RunCache:
                 if self.fresh and checkpoint.exists():
                     checkpoint.unlink()
                 loaded = train_group(
-                    job.configs, train_x, test_x, checkpoint=checkpoint, progress=progress, desc=job.name
+                    job.configs,
+                    train_x,
+                    test_x,
+                    checkpoint=checkpoint,
+                    progress=progress,
+                    desc=job.name,
+                    init=job.init,
                 )
                 _save_group(path, loaded)
         return loaded

@@ -78,9 +78,9 @@ def write(
     from safetensors.torch import save_file
 
     kind, config = dictionary.kind, dictionary.config
-    if kind == "ours" and config.activation != "relu":
+    if config.activation != "relu":
         raise ValueError(
-            f"activation={config.activation!r}: only a ReLU encoder maps onto SAELens's architectures"
+            f"activation={config.activation!r}: only ReLU activations map onto SAELens's architectures"
         )
     tensors = {
         n: t.detach().to(torch.float32).cpu() for n, t in _tensors(kind, dictionary.state, readout).items()

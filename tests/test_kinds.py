@@ -4,6 +4,7 @@ for the test (tanh_encoder_kind.py, one file and the registry line below) runs t
 
 import pytest
 import torch
+from ema_encoder_kind import EmaEncoderKind
 from tanh_encoder_kind import TanhEncoderKind
 
 from encoder_study import kinds
@@ -14,6 +15,7 @@ from encoder_study.model import build_run_model
 from encoder_study.stacking import gather
 
 kinds.register(TanhEncoderKind)  # the one registry line a new kind needs
+kinds.register(EmaEncoderKind)  # a kind with a buffer (state the optimizer never touches)
 ALL_KINDS = sorted(kinds.KINDS)
 
 
@@ -52,17 +54,22 @@ def test_the_registry_refuses_a_second_kind_under_a_taken_name():
     assert "tanh_encoder" in ALL_KINDS and {"encoder", "sae", "topk"} <= set(ALL_KINDS)
 
 
-@pytest.mark.parametrize("kind", ALL_KINDS)
-def test_gradient_matches_finite_differences_float64(kind, X):
+@pytest.mark.parametrize(
+    "kind,activation", [(k, "relu") for k in ALL_KINDS] + [("encoder", "neg_relu"), ("sae", "neg_relu")]
+)
+def test_gradient_matches_finite_differences_float64(kind, activation, X):
     # Directional derivative of the runs' summed loss along a random unit direction V, by central
     # differences, against <grad, V>. The step eps = 1e-6 moves a pre-activation by about 1e-5:
     # truncation ~eps^2; rounding ~1e-16 |L| / eps; and a TopK selection (whose loss jumps where
     # two latents swap ranks) crosses a tie only if two of them lie that close. Decoder columns
     # that a kind keeps at unit norm get V along the sphere (no component along the column): the
     # step the kind takes there is the tangent part.
-    configs = [config(kind, seed=s) for s in (1, 2, 3)]
+    configs = [
+        config(kind, seed=s, **({"activation": activation} if activation != "relu" else {}))
+        for s in (1, 2, 3)
+    ]
     stack = RunStack(configs, X.shape[1], torch.device("cpu"), torch.float64)
-    stack.kind.prepare(stack.params, X)
+    stack.kind.prepare(stack.tensors, X)
     idx = torch.stack(
         [
             torch.randperm(len(X), generator=torch.Generator().manual_seed(s))[:32]
@@ -78,13 +85,15 @@ def test_gradient_matches_finite_differences_float64(kind, X):
         V["decoder.weight"] -= (V["decoder.weight"] * w_unit).sum(1, keepdim=True) * w_unit
     norm = sum(v.square().sum() for v in V.values()).sqrt()
     V = {n: v / norm for n, v in V.items()}
-    out, grads = stack.kind.loss_and_grads(stack.params, x)
+    out, grads = stack.kind.loss_and_grads(stack.tensors, x)
+    assert set(grads) == set(stack.params)  # a gradient for every parameter, none for a buffer
     if "auxk" in stack.kind.terms:  # no latent dead yet: AuxK has no gradient here
         assert not bool((stack.kind.idle >= stack.kind.dead_after).any())
     along = sum((grads[n] * V[n]).sum() for n in V).item()
 
     def loss_at(step: float) -> float:
         moved = {n: (p.detach() + step * V[n]).requires_grad_(True) for n, p in stack.params.items()}
+        moved.update(stack.buffers)
         return differentiated(stack.kind.loss_and_grads(moved, x)[0]).sum().item()
 
     eps = 1e-6
@@ -114,7 +123,7 @@ def test_the_stacked_encode_is_the_modules_encode(kind, X):
     results = train_group(configs, X, progress=False)
     stack = RunStack(configs, X.shape[1], torch.device("cpu"), torch.float64)
     with torch.no_grad():
-        for name, p in stack.params.items():
+        for name, p in stack.tensors.items():
             p.copy_(torch.stack([r.state[name] for r in results]))
     x = X[:100]
     A = stack.encode(x)
@@ -150,3 +159,15 @@ def test_an_interrupted_stack_resumes_to_the_same_numbers(kind, X, tmp_path, mon
     for a, b in zip(straight, resumed):
         assert _max_diff(a.state, b.state) == 0.0
         assert [h["total"] for h in a.history] == [h["total"] for h in b.history]
+
+
+def test_a_buffer_is_stacked_updated_by_its_kind_and_returned_but_never_trained(X):
+    configs = [config("ema_encoder", seed=s, epochs=1) for s in (1, 2)]
+    stack = RunStack(configs, X.shape[1], torch.device("cpu"), torch.float64)
+    assert set(stack.buffers) == {"activation_ema"} and "activation_ema" not in stack.params
+    assert not stack.buffers["activation_ema"].requires_grad
+    (result, _) = train_group(configs, X, progress=False)
+    ema = result.state["activation_ema"]
+    # from 0, eight steps of ema <- 0.9 ema + 0.1 (batch mean of a >= 0): non-negative, not all 0
+    assert ema.shape == (16,) and bool((ema >= 0).all()) and float(ema.sum()) > 0
+    assert torch.allclose(result.model().activation_ema.double(), ema, rtol=1e-6, atol=0)  # float32 copy

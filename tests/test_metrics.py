@@ -132,3 +132,39 @@ def test_plateau_epoch_hand_cases():
     assert M.plateau_epoch([1, 1, 1]) == 1
     assert M.plateau_epoch([10, 5, 2, 1, 0.5, 0.2]) == 6  # still improving at the end
     assert M.plateau_epoch([10, 0, 0.0001, 0]) == 2  # a 0.001% wiggle does not count
+
+
+def test_template_correlation_hand_built():
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(300, 16, generator=g, dtype=torch.float64)
+    assign = torch.arange(300) % 3
+    onehot = torch.nn.functional.one_hot(assign, 3).double()
+    templates = torch.stack([X[assign == k].mean(0) for k in range(3)])
+    assert M.template_correlation(2.0 * templates + 1.0, X, onehot) == pytest.approx(1.0, abs=1e-12)
+    assert M.template_correlation(-templates, X, onehot) == pytest.approx(-1.0, abs=1e-12)
+    silent = torch.cat([onehot[:, :2], torch.zeros(300, 1, dtype=torch.float64)], 1)  # unit 2 answers nothing
+    assert M.template_correlation(templates, X, silent) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_weight_input_alignment_hand_built():
+    W = torch.eye(4, dtype=torch.float64) * 3.0
+    X = torch.eye(4, dtype=torch.float64)[[0, 1, 2, 3, 0]] * 2.0
+    own = torch.eye(4, dtype=torch.float64)[[0, 1, 2, 3, 0]]
+    assert M.weight_input_alignment(W, X, own) == pytest.approx(1.0, abs=1e-12)
+    other = torch.eye(4, dtype=torch.float64)[[1, 2, 3, 0, 1]]
+    assert M.weight_input_alignment(W, X, other) == pytest.approx(0.0, abs=1e-12)
+    assert M.weight_input_alignment(W, X, torch.full((5, 4), 0.25, dtype=torch.float64)) == pytest.approx(
+        0.25
+    )
+
+
+def test_centre_surround_opposition_hand_built():
+    side = 10
+    centre = torch.zeros(side, side, dtype=torch.bool)
+    centre[3:7, 3:7] = True  # the middle 40% of each side
+    on_off = torch.where(centre, 1.0, -0.5).flatten()
+    template = torch.where(centre, 1.0, 0.2).flatten()
+    W = torch.stack([on_off, template, -on_off, template])
+    assert M.centre_surround_opposition(W, side) == 0.5
+    with pytest.raises(ValueError, match="side x side = 100"):
+        M.centre_surround_opposition(torch.ones(2, 99), side)

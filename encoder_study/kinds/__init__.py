@@ -10,11 +10,13 @@ from __future__ import annotations
 from .base import ModelKind
 from .encoder import EncoderKind
 from .sae import SAEKind
+from .sae_infomax import SAEInfoMaxKind
 from .topk import TopKKind
 
 KINDS: dict[str, type[ModelKind]] = {
     "encoder": EncoderKind,
     "sae": SAEKind,
+    "sae_infomax": SAEInfoMaxKind,
     "topk": TopKKind,
 }
 

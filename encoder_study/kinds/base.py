@@ -19,7 +19,12 @@ import torch.nn.functional as F
 
 from ..stacking import SeedLayout
 
-ACTIVATIONS = {"relu": F.relu, "identity": lambda z: z, "softplus": F.softplus}
+ACTIVATIONS = {
+    "relu": F.relu,
+    "identity": lambda z: z,
+    "softplus": F.softplus,
+    "neg_relu": lambda z: -F.relu(z),  # -max(0, z): the author's sign comparison
+}
 
 
 def relu_backward(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -33,6 +38,7 @@ ACTIVATION_GRADS = {
     "relu": relu_backward,
     "identity": lambda z, g: g,
     "softplus": lambda z, g: g * torch.sigmoid(z),
+    "neg_relu": lambda z, g: relu_backward(z, -g),
 }
 Params = dict[str, torch.Tensor]
 
@@ -131,8 +137,9 @@ class ModelKind:
             mine = {n: p[r] for n, p in params.items()}
             outs.append(self.run_loss(r, mine, functional_call(self._template, mine, (xr[r],)), xr[r]))
         out = {t: torch.stack([o[t] for o in outs]) for t in ("total", *self.terms)}
-        grads = torch.autograd.grad(out["total"].sum(), list(params.values()))
-        return out, dict(zip(params, grads))
+        trained = [n for n, p in params.items() if p.requires_grad]  # buffers get no gradient
+        grads = torch.autograd.grad(out["total"].sum(), [params[n] for n in trained])
+        return out, dict(zip(trained, grads))
 
     def run_loss(self, r: int, params: Params, output: object, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run r's loss terms ("total" and ``terms``, scalars) on its minibatch x (B, D), given its
@@ -158,6 +165,11 @@ class ModelKind:
                 setattr(self, name, value[idx])
             elif isinstance(value, dict) and name in self.per_run_state:
                 setattr(self, name, {k: v[idx] for k, v in value.items()})
+
+    buffers: ClassVar[tuple[str, ...]] = ()
+    """State-dict entries of the module that are per-run state, not parameters: the engine stacks,
+    checkpoints and returns them like parameters but gives them no gradient and no optimizer; the
+    kind updates them itself (in ``after_step``), such as an inference threshold."""
 
     per_run_state: ClassVar[tuple[str, ...]] = ()
     """Attributes holding per-run tensors (or dicts of them), first dimension run: ``keep`` filters them."""

@@ -4,27 +4,29 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..stacking import linear_shared_input
-from ..validation import check_positive_int
-from .base import ACTIVATION_GRADS, FirstLayer, ModelKind, Params, check_input
+from ..validation import check_choice, check_positive_int
+from .base import ACTIVATION_GRADS, ACTIVATIONS, FirstLayer, ModelKind, Params, check_input
+
+SAE_ACTIVATIONS = ("relu", "neg_relu")  # neg_relu = -ReLU: the author's sign comparison
 
 
 class StandardSAE(FirstLayer, nn.Module):
-    """Linear + ReLU encoder, untied Linear decoder; loss: mean squared error + l1 * mean |a|."""
+    """Linear + ReLU encoder (or -ReLU), untied Linear decoder; loss: mean squared error + l1 * mean |a|."""
 
-    def __init__(self, input_dim: int = 784, hidden_dim: int = 64) -> None:
+    def __init__(self, input_dim: int = 784, hidden_dim: int = 64, activation: str = "relu") -> None:
         super().__init__()
         check_positive_int("input_dim", input_dim)
         check_positive_int("hidden_dim", hidden_dim)
+        self.activation_name = check_choice("activation", activation, SAE_ACTIVATIONS)
         self.input_dim, self.hidden_dim = input_dim, hidden_dim
         self.encoder = nn.Linear(input_dim, hidden_dim)
         self.decoder = nn.Linear(hidden_dim, input_dim)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.input_dim)
-        return F.relu(self.encoder(x))
+        return ACTIVATIONS[self.activation_name](self.encoder(x))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (reconstruction x_hat, activations a)."""
@@ -34,7 +36,8 @@ class StandardSAE(FirstLayer, nn.Module):
 
 class SAEKind(ModelKind):
     """Training stacks of the L1 SAE, each run with its own l1; gradients by hand (equal to the
-    plain loop's autograd through ``losses.sae_loss``: tests/test_training.py)."""
+    plain loop's autograd through ``losses.sae_loss``: tests/test_training.py). A subclass adds
+    loss terms on the activations through ``activation_terms``."""
 
     name, terms, module = "sae", ("mse", "l1"), StandardSAE
     per_run_state = ("l1",)
@@ -42,27 +45,46 @@ class SAEKind(ModelKind):
     def __init__(self, configs: list, layout, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(configs, layout, device, dtype)
         self.l1 = self.per_run([c.l1 for c in configs])
+        self.activation = configs[0].activation
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        check_choice("activation", config.activation, SAE_ACTIVATIONS)
+        if config.k != 0:
+            raise ValueError(
+                f"k={config.k} is not allowed for model={cls.name!r}; k is the TopK SAE's (leave it 0)"
+            )
 
     @classmethod
     def build(cls, input_dim: int, config) -> nn.Module:
-        return StandardSAE(input_dim, config.hidden_dim)
+        return StandardSAE(input_dim, config.hidden_dim, config.activation)
+
+    def activation_terms(self, a: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Further loss terms on the activations a (R, B, K), with "total" their weighted sum, and
+        d total / da; the L1 SAE has none."""
+        return {}, None
 
     @torch.no_grad()
     def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
         Wd, bd = params["decoder.weight"], params["decoder.bias"]
         R, (S, B, D) = self.layout.runs, x.shape
         z = self.layout.linear(x, params["encoder.weight"], params["encoder.bias"])
-        a = torch.relu(z)
+        a = ACTIVATIONS[self.activation](z)
         # x_hat - x = a Wd^T + (bd - x): the GEMM accumulates onto bd - x, one pass fewer
         bd_minus_x = (bd.view(S, -1, 1, D) - x.unsqueeze(1)).view(R, B, D)
         diff = bd_minus_x.baddbmm_(a, Wd.transpose(1, 2))
         mse = torch.linalg.vector_norm(diff, dim=(1, 2)).square() / (B * D)
-        sparsity = a.sum((1, 2)) / a[0].numel()  # a >= 0, so mean |a| = mean a
-        out = {"total": mse + self.l1 * sparsity, "mse": mse, "l1": sparsity}
+        sign = 1.0 if self.activation == "relu" else -1.0  # a >= 0 for ReLU, <= 0 for -ReLU
+        sparsity = a.sum((1, 2)) / a[0].numel() * sign  # mean |a| (times sign: exact)
+        extra, g_extra = self.activation_terms(a)
+        total = mse + self.l1 * sparsity
+        out = {"total": total + extra.pop("total") if extra else total, "mse": mse, "l1": sparsity, **extra}
         g_xhat = diff.mul_(2.0 / (B * D))
         # d(l1 mean|a|)/da = l1 sign(a) / (B K): on every unit with z > 0, the only ones that pass
-        g_a = torch.bmm(g_xhat, Wd).add_((self.l1 / a[0].numel()).view(R, 1, 1))
-        W_grad, b_grad = self.layout.linear_grads(ACTIVATION_GRADS["relu"](z, g_a), x)
+        g_a = torch.bmm(g_xhat, Wd).add_((sign * self.l1 / a[0].numel()).view(R, 1, 1))
+        if g_extra is not None:
+            g_a += g_extra
+        W_grad, b_grad = self.layout.linear_grads(ACTIVATION_GRADS[self.activation](z, g_a), x)
         return out, {
             "encoder.weight": W_grad,
             "encoder.bias": b_grad,
@@ -71,4 +93,6 @@ class SAEKind(ModelKind):
         }
 
     def encode(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(linear_shared_input(x, params["encoder.weight"], params["encoder.bias"]))
+        return ACTIVATIONS[self.activation](
+            linear_shared_input(x, params["encoder.weight"], params["encoder.bias"])
+        )
