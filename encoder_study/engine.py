@@ -392,8 +392,18 @@ def _train_epoch(
     return (sums / steps).cpu()  # the one host sync of the epoch
 
 
-def _trains_on(means: torch.Tensor, stack: RunStack, bound: float) -> torch.Tensor:
-    """Per run: its epoch's losses and parameters finite and its loss within ``bound``."""
+def _starting_loss(stack: RunStack, X: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Each run's |total loss| on its first minibatch of epoch 0, before any step (float64 on the
+    host): for runs that start from a given state, a divergence bound of a thousand times this
+    keeps an SAE phase that begins with a stale decoder from counting as diverged."""
+    idx = _epoch_orders(stack.layout.data_seeds, 0, len(X), X.device)[:, :batch_size]
+    with flush_denormals():
+        terms, _ = stack.loss_and_grads(X, idx)
+    return terms[0].abs().double().cpu()
+
+
+def _trains_on(means: torch.Tensor, stack: RunStack, bound: torch.Tensor) -> torch.Tensor:
+    """Per run: its epoch's losses and parameters finite and its loss within its ``bound``."""
     params_finite = torch.stack([torch.isfinite(p.detach()).flatten(1).all(1) for p in stack.params.values()])
     return torch.isfinite(means).all(0) & (means[0].abs() <= bound) & params_finite.all(0).cpu()
 
@@ -458,12 +468,15 @@ def _train_stack(
 ) -> list[RunResult]:
     """The epoch loop of ``train_group`` for configs in stack order, data on the device."""
     first = configs[0]
-    bound = divergence_bound(first, X)
+    bound = torch.full((len(configs),), divergence_bound(first, X), dtype=torch.float64)
     stack = RunStack(configs, X.shape[1], X.device, X.dtype, init)
     stack.kind.prepare(stack.tensors, X)
+    if init is not None:  # a run started from a given state may start above its kind's bound
+        bound = torch.maximum(bound, 1e3 * _starting_loss(stack, X, first.batch_size))
     opt = StackedOptimizer(list(stack.params.values()), [(c.optimizer, c.lr) for c in configs])
     fresh = _GroupState(list(range(len(configs))), [[] for _ in configs])
     state = _resume(checkpoint, configs, stack, opt, fresh)
+    bound = bound[state.alive]  # a resumed group may have lost runs
     if state.epoch:
         bar.update(state.epoch)  # resumed: the epochs the checkpoint had done
     last_good = [stack.state_of(r) for r in range(len(stack))]
@@ -486,6 +499,7 @@ def _train_stack(
                 break
             stack.keep(keep)
             opt.keep(keep, list(stack.params.values()))
+            bound = bound[keep]
         last_good = [stack.state_of(r) for r in range(len(stack))]
         last_loss = float(means[0][finite].mean())
         bar.status(f"loss {last_loss:.4g}")

@@ -66,3 +66,16 @@ def test_bad_init_is_named(X, tmp_path):
         run_experiments([cfg], X, init=["weights.pt"], cache=tmp_path, progress=False)
     with pytest.raises(ValueError, match="configs 0 and 1 are the same run"):
         run_experiments([cfg, cfg], X, init=[state, state], cache=tmp_path, progress=False)
+
+
+def test_a_phase_that_starts_far_from_its_kinds_bound_is_not_called_diverged(X, tmp_path):
+    # an SAE whose decoder is 3000 times too large starts with a loss far above the kind's bound
+    # (a thousand times the data's mean square); it trains down from there, as an SAE phase after
+    # an encoder-only phase does (notebook 8), and must not be stopped at its first epoch
+    cfg = RunConfig(model="sae", seed=2, hidden_dim=8, epochs=2, batch_size=64)
+    start = initial_state(cfg, X.shape[1])
+    start["decoder.weight"] = start["decoder.weight"] * 3000.0
+    (res,) = run_experiments([cfg], X, init=[start], cache=tmp_path, progress=False)
+    first_loss = res.history[0]["total"]
+    assert first_loss > 1e3 * float(X.square().mean())  # above the kind's own bound
+    assert res.diverged_epoch is None and res.history[-1]["total"] < first_loss
