@@ -243,6 +243,46 @@ def section() -> str:
             + ".",
             "",
         ]
+    t = EXEC / "08_hybrids" / "metrics.csv"
+    if t.exists():
+        df = pd.read_csv(t)
+        info = json.loads((EXEC / "08_hybrids" / "run_info.json").read_text())
+        p = info["parameters"]
+        final = df[df.phase == "total"]
+        out += [
+            f"**8. The paper's objective inside an SAE** (MNIST, 64 units, phases of {p['phase_epochs']} "
+            f"epochs, seeds {', '.join(map(str, p['seeds']))}; final states, mean over seeds; the author's "
+            f"parameter-distance experiment)",
+            "",
+            "| condition | w | probe accuracy (%) | FVU (decoder) | L0 | dead units "
+            "| encoder distance from init |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for (cond, w), g in final.groupby(["condition", "infomax_weight"], dropna=False, sort=False):
+            out.append(
+                f"| {cond} | {'' if pd.isna(w) else f'{w:g}'} | {pm(g.probe_accuracy, 100)} | "
+                f"{pm(g.fvu, digits=3)} | {pm(g.l0, digits=1)} | {g.dead_units.mean():.1f} | "
+                f"{g.l2_distance.mean():.2f} |"
+            )
+        sign = pd.read_csv(EXEC / "08_hybrids" / "activation_sign.csv")
+        agg = sign.groupby(["model", "activation"], sort=False).mean(numeric_only=True)
+        out += [
+            "",
+            "Activation sign and weight geometry (mean over seeds; template correlation with the "
+            "activation-weighted mean input): "
+            + "; ".join(
+                f"{m} {a}: probe {r.probe_accuracy:.1%}, L0 {r.l0:.1f}, "
+                f"template {r.template_corr_activation:.2f}"
+                + (
+                    ""
+                    if pd.isna(r.matched_cosine_to_relu)
+                    else f", matched to ReLU's {r.matched_cosine_to_relu:.2f}"
+                )
+                for (m, a), r in agg.iterrows()
+            )
+            + ".",
+            "",
+        ]
     t = EXEC / "09_identifiability" / "recovery.csv"
     if t.exists():
         rec = pd.read_csv(t)

@@ -47,18 +47,39 @@ CONTRACT = {
         "fvu",
         "dead_fraction",
         "ce_loss_recovered",
+        "kl_div",
+        "dense_fraction_10pct",
+        "dense_fraction_1pct",
+        "l2_ratio",
     ],
     "06_mnist_frontier": ["model", "knob", "knob_value", "seed", "probe_accuracy", "l0", "fvu"],
     "07_controls": ["model", "hidden_dim", "seed", "probe_accuracy", "l0", "fvu", "fit_seconds", "n_params"],
+    "08_hybrids": {  # columns that may be empty by design (fvu of an encoder-only phase) are checked below
+        "metrics": ["condition", "seed", "phase", "l2_distance", "cosine_similarity", "probe_accuracy", "l0"],
+        "activation_sign": [
+            "model",
+            "activation",
+            "seed",
+            "l0",
+            "probe_accuracy",
+            "template_corr_activation",
+        ],
+    },
+    "09_identifiability": {  # a notebook without a metrics.csv names its tables
+        "recovery": ["model", "setting", "seed", "n_components", "input_dim", "mcc", "mean_best_cosine"],
+        "stability": ["data", "model", "seed_a", "seed_b", "mean_matched_cosine", "share_above_0_9"],
+    },
 }
 FIGURES = {
     "01_verify_theorem": ["fig1_theorem"],
     "02_ablation": ["fig2_ablation"],
     "03_benchmark": ["fig3_benchmark", "fig4_features"],
     "04_dynamics": ["fig5_dynamics"],
-    "05_llm_activations": ["fig6_llm_frontier"],
+    "05_llm_activations": ["fig6_llm_frontier", "fig11_llm_features"],
     "06_mnist_frontier": ["fig7_mnist_frontier"],
     "07_controls": ["fig8_controls"],
+    "08_hybrids": ["fig9_hybrids", "fig12_activation_sign"],
+    "09_identifiability": ["fig10_recovery"],
 }
 
 
@@ -99,12 +120,13 @@ def test_smoke_notebook(smoke_book, name):
     ]
     assert not errors, errors[:1]
     assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
-    df = pd.read_csv(smoke_book / name / "metrics.csv")
-    assert set(CONTRACT[name]) <= set(df.columns), set(CONTRACT[name]) - set(df.columns)
-    finished = (
-        df[df["diverged_epoch"].isna()] if "diverged_epoch" in df else df
-    )  # a diverged run has no probe
-    assert len(finished) > 0 and finished[CONTRACT[name]].notna().all().all()
+    tables = CONTRACT[name] if isinstance(CONTRACT[name], dict) else {"metrics": CONTRACT[name]}
+    for table, columns in tables.items():
+        df = pd.read_csv(smoke_book / name / f"{table}.csv")
+        assert set(columns) <= set(df.columns), (table, set(columns) - set(df.columns))
+        # a diverged run has no probe
+        finished = df[df["diverged_epoch"].isna()] if "diverged_epoch" in df else df
+        assert len(finished) > 0 and finished[columns].notna().all().all(), table
     info = json.loads((smoke_book / name / "run_info.json").read_text())
     assert {"parameters", "environment", "durations_s"} <= set(info)
     assert 0.1 < info["peak_memory_gib"] < 8  # the kernel's own peak RSS, in GiB
@@ -141,6 +163,36 @@ def test_theorem_numbers_in_smoke(smoke_book):
     assert df.loc["float32", "correlation"] > 0.9999
 
 
+def test_hybrids_smoke_has_every_condition_phase_and_sign(smoke_book):
+    df = pd.read_csv(smoke_book / "08_hybrids" / "metrics.csv")
+    phases = df.groupby("condition").phase.unique().to_dict()
+    assert set(phases) == {"sae", "pretrain_then_sae", "sae_plus_infomax", "alternating"}
+    assert {"1: sae", "2: lse_infomax", "3: sae", "total"} == set(phases["alternating"])
+    sae_phases = df[df.phase.str.contains("sae") | (df.phase == "total")]
+    assert sae_phases.fvu.notna().all() and df[df.phase.str.contains("lse_infomax")].fvu.isna().all()
+    assert (df[df.condition == "sae_plus_infomax"].infomax_weight > 0).all()
+    assert df.cosine_similarity.between(-1 - 1e-9, 1 + 1e-9).all() and (df.l2_distance > 0).all()
+    assert not df.diverged.any()  # the hybrid's large LSE sums are not mistaken for divergence
+    sign = pd.read_csv(smoke_book / "08_hybrids" / "activation_sign.csv")
+    assert set(zip(sign.model, sign.activation)) == {
+        (m, a) for m in ("ours", "sae") for a in ("relu", "neg_relu")
+    }
+    assert sign[sign.activation == "neg_relu"].matched_cosine_to_relu.between(-1, 1).all()
+
+
+def test_identifiability_smoke_covers_every_model_setting_and_pair(smoke_book):
+    rec = pd.read_csv(smoke_book / "09_identifiability" / "recovery.csv")
+    params = yaml.safe_load((ROOT / "params" / "smoke" / "09_identifiability.yaml").read_text())
+    for setting, g in rec.groupby("setting"):
+        assert set(g.model) == {"ours", "sae", "topk", "sparse_coding"}, setting
+        assert (g.groupby("model").seed.nunique() == len(params["seeds"])).all(), setting
+    assert rec.mcc.between(0, 1).all() and rec.mean_best_cosine.between(0, 1 + 1e-9).all()
+    st = pd.read_csv(smoke_book / "09_identifiability" / "stability.csv")
+    assert set(st.data) == {"mnist", "llm"} and set(st.model) == {"ours", "sae", "topk"}
+    assert (st.seed_a < st.seed_b).all() and st.share_above_0_9.between(0, 1).all()
+    assert st.mean_matched_cosine.between(-1 - 1e-9, 1 + 1e-9).all()
+
+
 def test_controls_smoke_has_every_method_and_the_em_comparison(smoke_book):
     df = pd.read_csv(smoke_book / "07_controls" / "metrics.csv")
     assert set("ours sae topk pca pca_relu random kmeans gmm gmm_log sparse_coding ica nmf".split()) <= set(
@@ -164,6 +216,13 @@ def test_llm_smoke_matches_topk_to_ours_sparsity(smoke_book):
     assert df.ce_loss_recovered.between(-5, 1.0).all()
     refs = pd.read_csv(smoke_book / "05_llm_activations" / "ce_references.csv").set_index("reference")
     assert refs.loc["zero ablation", "ce"] > refs.loc["clean", "ce"]
+    assert refs.loc["zero ablation", "kl_div"] > 0 and (df.kl_div >= 0).all()
+    assert (df.dense_fraction_10pct <= df.dense_fraction_1pct).all() and (df.l2_ratio > 0).all()
+    page = (smoke_book / "05_llm_activations" / "features.html").read_text()
+    assert not re.search(r"<script|(src|href)\s*=", page)  # static, nothing fetched (tokens are escaped)
+    feats = pd.read_csv(smoke_book / "05_llm_activations" / "features.csv")
+    assert set(feats.model) == {"ours", "topk", "sae"}
+    assert feats.token_concentration_most_used.between(0, 1).all()  # the most used latents fire
 
 
 def _as_ipynb(name, folder) -> Path:
