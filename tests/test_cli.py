@@ -71,7 +71,8 @@ def test_command_trains_scores_and_writes_a_folder_that_loads_to_the_same_featur
     if kind == "ours":
         x_hat = torch.cat([A, torch.ones(len(A), 1, dtype=torch.float64)], 1) @ loaded.readout.double()
     else:
-        x_hat = loaded.model().double()(held)[0]
+        with torch.no_grad():
+            x_hat = loaded.model().double()(held)[0]
     expected = float(((held - x_hat) ** 2).sum() / ((held - held.mean(0)) ** 2).sum())
     assert scores["fvu"] == pytest.approx(expected, rel=1e-4)
 

@@ -96,7 +96,7 @@ def test_saelens_rule_on_the_files_gives_our_features_and_reconstructions(fitted
     if kind == "ours":
         expected = apply_linear_readout(A, fit_linear_readout(A, digits))
     else:
-        expected = d.model().double()(digits.double())[0]
+        expected = d.model().double()(digits.double())[0].detach()
     assert torch.allclose(x_hat, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
 
 
@@ -109,7 +109,9 @@ def test_input_scale_is_folded_so_raw_inputs_give_the_same_features(fitted, digi
         theirs = saelens_encode(t, cfg, raw)
         assert torch.allclose(theirs, ours_A, rtol=0, atol=64 * 64 * EPS32 * float(ours_A.abs().max() + 1))
         x_hat = theirs @ t["W_dec"].double() + t["b_dec"].double()
-        assert torch.allclose(x_hat / s, fitted[kind].model().double()(digits.double())[0], atol=1e-4)
+        assert torch.allclose(
+            x_hat / s, fitted[kind].model().double()(digits.double())[0].detach(), atol=1e-4
+        )
         assert cfg["metadata"]["encoder_study"]["input_scale"] == s
 
 
