@@ -285,18 +285,7 @@ def load(path: str | os.PathLike) -> Dictionary:
         raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{cfg_file}: format {cfg.get('format')!r} is not {FORMAT!r}")
-    t = cfg["training"]
-    config = _run_config(
-        cfg["kind"],
-        cfg["hidden_dim"],
-        t["epochs"],
-        t["seed"],
-        t["batch_size"],
-        t["lr"],
-        t["optimizer"],
-        "auto",
-        cfg["knobs"],
-    )
+    config = _saved_config(cfg["kind"], cfg["hidden_dim"], cfg["knobs"], cfg["training"])
     state = load_file(str(weights_file))
     loss = cfg.get("final_training_loss")
     history = [{"epoch": t["epochs"], "total": loss}] if loss is not None else []
@@ -315,16 +304,13 @@ def _load_saelens(folder: Path) -> Dictionary:
 
     meta, state, readout = saelens.read(folder)
     hidden_dim, input_dim = state["linear.weight" if meta["kind"] == "ours" else "encoder.weight"].shape
-    t = meta["training"]
-    config = _run_config(
-        meta["kind"],
-        hidden_dim,
-        t["epochs"],
-        t["seed"],
-        t["batch_size"],
-        t["lr"],
-        t["optimizer"],
-        "auto",
-        meta["knobs"],
-    )
+    config = _saved_config(meta["kind"], hidden_dim, meta["knobs"], meta["training"])
     return Dictionary(config, input_dim, state, readout=readout)
+
+
+def _saved_config(kind: str, hidden_dim: int, knobs: dict, training: dict) -> RunConfig:
+    """The RunConfig a saved dictionary records (kind, knobs and ``training_of``'s fields)."""
+    t = training
+    return _run_config(
+        kind, hidden_dim, t["epochs"], t["seed"], t["batch_size"], t["lr"], t["optimizer"], "auto", knobs
+    )
