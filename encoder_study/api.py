@@ -288,7 +288,7 @@ def load(path: str | os.PathLike) -> Dictionary:
     config = _saved_config(cfg["kind"], cfg["hidden_dim"], cfg["knobs"], cfg["training"])
     state = load_file(str(weights_file))
     loss = cfg.get("final_training_loss")
-    history = [{"epoch": t["epochs"], "total": loss}] if loss is not None else []
+    history = [{"epoch": cfg["training"]["epochs"], "total": loss}] if loss is not None else []
     seconds = cfg.get("train_seconds")
     return Dictionary(
         config,
