@@ -37,6 +37,12 @@ class LatentCard:
     concentration: float  # share of its top activations on its single most common token
 
 
+def printable(text: str) -> str:
+    """Token text with line breaks and tabs shown as marks (a context reads on one line, and
+    fonts without a tab glyph draw nothing odd)."""
+    return text.replace("\n", "⏎").replace("\t", "→")
+
+
 def token_at(tokens: torch.Tensor, row: int) -> tuple[int, int]:
     """(context, position) of activation row ``row`` (position 0 of each context left out)."""
     per = tokens.shape[1] - 1
@@ -98,7 +104,7 @@ def _context_html(
     start, stop = max(0, p - window), min(tokens.shape[1], p + 3)
     parts = []
     for q in range(start, stop):
-        text = html.escape(decode(int(tokens[c, q]))).replace("\n", "⏎")
+        text = html.escape(printable(decode(int(tokens[c, q]))))
         parts.append(f"<b>{text}</b>" if q == p else text)
     return f"<div class='ctx'><span class='val'>{value:.3g}</span> {''.join(parts)}</div>"
 

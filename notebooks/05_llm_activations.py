@@ -95,7 +95,7 @@ import torch
 from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
 from encoder_study.config import LossConfig, RunConfig
 from encoder_study.evaluation import evaluate_run
-from encoder_study.feature_pages import card_html, latent_card, page, token_at
+from encoder_study.feature_pages import card_html, latent_card, page, printable, token_at
 from encoder_study.llm import ce_loss_recovered, get_llm_activations, load_language_model, splice_metrics
 from encoder_study.metrics import apply_linear_readout, features, firing_frequency, fit_linear_readout, l0
 from encoder_study.runs import run_experiments
@@ -345,8 +345,8 @@ for ax, (name, card) in zip(np.atleast_1d(axes), shown):
     lines = []
     for r, v in zip(card.top_rows[:5], card.top_values):
         c, pos = token_at(test.tokens, r)
-        before = "".join(decode(int(t)) for t in test.tokens[c, max(0, pos - 12):pos]).replace("\n", "⏎")
-        lines.append(f"{v:6.2f}  …{before[-60:]}[{decode(int(test.tokens[c, pos])).replace(chr(10), '⏎')}]")
+        before = printable("".join(decode(int(t)) for t in test.tokens[c, max(0, pos - 12):pos]))
+        lines.append(f"{v:6.2f}  …{before[-60:]}[{printable(decode(int(test.tokens[c, pos])))}]")
     ax.text(0, 1, f"{name} latent {card.latent} (active on {card.frequency:.1%} of tokens; top-{feature_top} "
             f"on one token: {card.concentration:.0%})", fontsize=7.5, weight="bold", va="top",
             color=COLORS[name], transform=ax.transAxes)
@@ -354,7 +354,6 @@ for ax, (name, card) in zip(np.atleast_1d(axes), shown):
     ax.axis("off")
 fig.suptitle(f"{model_name}, block {layer}, {size}-unit dictionaries: top activations of sampled latents",
              fontsize=9)
-fig.tight_layout()
 paths += save_figure(fig, "fig11_llm_features", repo_path(figures_dir))
 record.close(figures=[p.name for p in paths], ce_clean=ce_clean, ce_zero=ce_zero, ce_mean=ce_mean,
              scale=train.scale, manifest=train.manifest, matched_k=matched_k)

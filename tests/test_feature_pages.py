@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from encoder_study.feature_pages import card_html, latent_card, page, token_at, token_concentration
+from encoder_study.feature_pages import card_html, latent_card, page, printable, token_at, token_concentration
 
 
 def test_rows_map_to_context_and_position_skipping_position_0():
@@ -41,3 +41,7 @@ def test_page_is_static_and_escapes_token_text():
     assert "<script>" not in html and "&lt;script&gt;" in html and "a&amp;b" in html
     assert not re.search(r"(src|href)\s*=", html)
     assert "<b>a&amp;b</b>" in html  # the active token (row 1 = position 2) is the marked one
+
+
+def test_printable_marks_line_breaks_and_tabs():
+    assert printable("a\n\tb") == "a⏎→b"
