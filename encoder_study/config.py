@@ -51,7 +51,8 @@ class RunConfig:
     """Everything that defines one training run; the same seed and config give the same numbers."""
 
     model: str = "encoder"
-    """A registered model kind (``kinds.KINDS``): "encoder" (ours), "sae" (L1 SAE), "topk" (TopK SAE)."""
+    """A registered model kind (``kinds.KINDS``): "encoder" (ours), "sae" (L1 SAE), "topk" (TopK SAE),
+    "batchtopk" (BatchTopK SAE), "sae_infomax" (an SAE whose loss adds LSE + InfoMax)."""
     hidden_dim: int = 64
     """Units (features, latents) of the first layer."""
     activation: str = "relu"
@@ -61,7 +62,8 @@ class RunConfig:
     l1: float = 0.01
     """The L1 SAE's sparsity weight."""
     k: int = 0
-    """The TopK SAE's active latents per sample (0 for every other kind)."""
+    """Active latents per sample: exactly for the TopK SAE, on average over a minibatch for the
+    BatchTopK SAE (0 for every other kind)."""
     optimizer: str = "adam"
     """"adam" (betas 0.9, 0.999, eps 1e-8) or "sgd" (no momentum)."""
     lr: float = 1e-3

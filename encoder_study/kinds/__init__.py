@@ -8,6 +8,7 @@ write ``kinds/<name>.py`` with its module and its ``ModelKind`` (see ``base.py``
 from __future__ import annotations
 
 from .base import ModelKind
+from .batchtopk import BatchTopKKind
 from .encoder import EncoderKind
 from .sae import SAEKind
 from .sae_infomax import SAEInfoMaxKind
@@ -18,6 +19,7 @@ KINDS: dict[str, type[ModelKind]] = {
     "sae": SAEKind,
     "sae_infomax": SAEInfoMaxKind,
     "topk": TopKKind,
+    "batchtopk": BatchTopKKind,
 }
 
 

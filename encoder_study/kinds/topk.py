@@ -86,11 +86,11 @@ class TopKKind(ModelKind):
     def check_config(cls, config) -> None:
         if config.activation != "relu":
             raise ValueError(
-                f"activation={config.activation!r} is not allowed for model='topk'; it uses 'relu'"
+                f"activation={config.activation!r} is not allowed for model={cls.name!r}; it uses 'relu'"
             )
         if not 1 <= config.k <= config.hidden_dim:
             raise ValueError(
-                f"k={config.k} is not allowed for model='topk' with hidden_dim={config.hidden_dim}; "
+                f"k={config.k} is not allowed for model={cls.name!r} with hidden_dim={config.hidden_dim}; "
                 f"need 1 <= k <= hidden_dim"
             )
 
@@ -132,7 +132,8 @@ class TopKKind(ModelKind):
         """Autograd gradients, each decoder column's component along itself removed (the step then
         moves along the unit sphere, to first order); updates the idle counts."""
         out, a = self._losses(params, x)
-        grads = dict(zip(params, torch.autograd.grad(out["total"].sum(), list(params.values()))))
+        trained = [n for n, p in params.items() if p.requires_grad]  # a subclass's buffers get none
+        grads = dict(zip(trained, torch.autograd.grad(out["total"].sum(), [params[n] for n in trained])))
         with torch.no_grad():
             w, g = params["decoder.weight"], grads["decoder.weight"]
             grads["decoder.weight"] = g - (g * w).sum(1, keepdim=True) * w
