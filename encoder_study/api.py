@@ -35,7 +35,7 @@ from .storage import write_atomic
 from .validation import check_choice, check_positive
 
 # The names a user gives a model kind, and the engine's names for them (kinds.KINDS).
-KINDS = {"ours": "encoder", "sae": "sae", "topk": "topk"}
+KINDS = {"ours": "encoder", "sae": "sae", "topk": "topk", "batchtopk": "batchtopk"}
 # Each kind's knobs (keyword: meaning). Anything else given to fit for that kind is an error.
 KNOBS = {
     "ours": {
@@ -45,6 +45,7 @@ KNOBS = {
     },
     "sae": {"l1": "weight of the L1 sparsity penalty"},
     "topk": {"k": "active latents per sample"},
+    "batchtopk": {"k": "active latents per sample, on average over a minibatch"},
 }
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "weights.safetensors"
 FORMAT = "encoder-study-dictionary/1"
@@ -225,8 +226,8 @@ def _run_config(
     if kind == "sae":
         return RunConfig(model="sae", l1=knobs.get("l1", 0.01), **common)
     if "k" not in knobs:
-        raise TypeError("kind='topk' needs k= (active latents per sample, 1 <= k <= hidden_dim)")
-    return RunConfig(model="topk", k=knobs["k"], **common)
+        raise TypeError(f"kind={kind!r} needs k= (active latents per sample, 1 <= k <= hidden_dim)")
+    return RunConfig(model=KINDS[kind], k=knobs["k"], **common)
 
 
 def fit(
@@ -247,7 +248,8 @@ def fit(
     """Train one dictionary on X (n samples x d features) and return it.
 
     kind: "ours" (LSE + InfoMax, no decoder; knobs lambda_lse, lambda_var, lambda_tc, default 1),
-    "sae" (MSE + L1; knob l1, default 0.01) or "topk" (TopK SAE; knob k, required). The data are
+    "sae" (MSE + L1; knob l1, default 0.01), "topk" (TopK SAE; knob k, required) or "batchtopk"
+    (BatchTopK SAE; knob k, required; it encodes with its learned threshold). The data are
     used as given (float32; centre or scale them first if your features need it). X_test, if
     given, is where the engine measures dead units, L0 and redundancy during training (history).
     cache: the run cache's folder (default under ``~/.cache/encoder-study``).

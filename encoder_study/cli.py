@@ -46,13 +46,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--activations", required=True, type=Path, help="a .npy file: n samples x d features")
     p.add_argument(
-        "--kind", required=True, choices=sorted(KINDS), help="ours (LSE + InfoMax), sae (L1), topk"
+        "--kind", required=True, choices=sorted(KINDS), help="ours (LSE + InfoMax), sae (L1), topk, batchtopk"
     )
     p.add_argument("--hidden-dim", required=True, type=int, help="latents of the dictionary")
     p.add_argument("--out", required=True, type=Path, help="the folder to write (created if needed)")
-    for kind, knobs in KNOBS.items():
-        for knob, meaning in knobs.items():
-            p.add_argument(FLAGS[knob], type=int if knob == "k" else float, help=f"{kind}: {meaning}")
+    for knob, flag in FLAGS.items():
+        meanings = "; ".join(f"{kind}: {knobs[knob]}" for kind, knobs in KNOBS.items() if knob in knobs)
+        p.add_argument(flag, type=int if knob == "k" else float, help=meanings)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=1024)

@@ -10,6 +10,8 @@ SAELens encodes h = (x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc, then ReL
   b_dec = decoder.bias, apply_b_dec_to_input false; "standard".
 - the TopK SAE: the same with b_dec = pre_bias, which it subtracts from the input before
   encoding (apply_b_dec_to_input true); "topk" with its k.
+- the BatchTopK SAE: as the TopK SAE, with its inference rule, which is SAELens's "jumprelu"
+  (ReLU(h) where h > threshold): its one threshold repeated for every latent.
 - ours (ReLU only): W_enc, b_enc from its one layer; it has no decoder, so W_dec and b_dec are a
   least-squares affine readout of the inputs from its features, fitted on samples the caller
   gives; the config's metadata says so (``encoder_study.decoder``). SAELens then encodes exactly
@@ -34,7 +36,8 @@ from .metrics import features, fit_linear_readout
 from .storage import write_atomic
 
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
-ARCHITECTURES = {"ours": "standard", "sae": "standard", "topk": "topk"}
+ARCHITECTURES = {"ours": "standard", "sae": "standard", "topk": "topk", "batchtopk": "jumprelu"}
+PRE_BIASED = ("topk", "batchtopk")  # kinds that subtract b_pre (SAELens: b_dec) from the input
 
 
 def _tensors(
@@ -53,7 +56,9 @@ def _tensors(
         "b_enc": state["encoder.bias"],
         "W_dec": state["decoder.weight"].T,
     }
-    out["b_dec"] = state["pre_bias"] if kind == "topk" else state["decoder.bias"]
+    out["b_dec"] = state["pre_bias"] if kind in PRE_BIASED else state["decoder.bias"]
+    if kind == "batchtopk":  # SAELens's JumpReLU: one threshold per latent, here all the same
+        out["threshold"] = state["threshold"].expand(state["encoder.bias"].shape)
     return out
 
 
@@ -97,7 +102,7 @@ def write(
         "d_sae": dictionary.hidden_dim,
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": kind == "topk",
+        "apply_b_dec_to_input": kind in PRE_BIASED,
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": {
@@ -152,5 +157,7 @@ def read(path: Path) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor | None
         "encoder.bias": t["b_enc"],
         "decoder.weight": t["W_dec"].T.contiguous(),
     }
-    state["pre_bias" if kind == "topk" else "decoder.bias"] = t["b_dec"]
+    state["pre_bias" if kind in PRE_BIASED else "decoder.bias"] = t["b_dec"]
+    if kind == "batchtopk":
+        state["threshold"] = t["threshold"][0].clone()
     return ours, state, None

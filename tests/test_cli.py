@@ -25,7 +25,13 @@ def acts(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "kind,knob", [("ours", ["--lambda-lse", "2"]), ("sae", ["--l1", "0.05"]), ("topk", ["--k", "4"])]
+    "kind,knob",
+    [
+        ("ours", ["--lambda-lse", "2"]),
+        ("sae", ["--l1", "0.05"]),
+        ("topk", ["--k", "4"]),
+        ("batchtopk", ["--k", "4"]),
+    ],
 )
 def test_command_trains_scores_and_writes_a_folder_that_loads_to_the_same_features(
     acts, tmp_path, kind, knob, capsys
@@ -51,7 +57,7 @@ def test_command_trains_scores_and_writes_a_folder_that_loads_to_the_same_featur
     assert scores["fvu"] > 0 and 0 < scores["l0"] <= 16 and 0 <= scores["dead_fraction"] <= 1
     loaded = es.load(tmp_path / "d")
     # the same run again through the API (the run cache hands back the command's run)
-    knobs = {"ours": {"lambda_lse": 2.0}, "sae": {"l1": 0.05}, "topk": {"k": 4}}[kind]
+    knobs = {"ours": {"lambda_lse": 2.0}, "sae": {"l1": 0.05}, "topk": {"k": 4}, "batchtopk": {"k": 4}}[kind]
     same = es.fit(
         X[:-197],
         kind=kind,

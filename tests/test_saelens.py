@@ -28,7 +28,7 @@ def digits():
 @pytest.fixture(scope="module")
 def fitted(digits, tmp_path_factory):
     cache = tmp_path_factory.mktemp("runs")
-    knobs = {"ours": {}, "sae": {"l1": 0.05}, "topk": {"k": 4}}
+    knobs = {"ours": {}, "sae": {"l1": 0.05}, "topk": {"k": 4}, "batchtopk": {"k": 4}}
     return {
         kind: es.fit(digits, kind=kind, hidden_dim=16, epochs=2, seed=2, cache=cache, progress=False, **kw)
         for kind, kw in knobs.items()
@@ -42,6 +42,8 @@ def saelens_encode(t: dict, cfg: dict, x: torch.Tensor) -> torch.Tensor:
     if cfg["architecture"] == "topk":
         values, idx = h.topk(cfg["k"], dim=-1)
         return torch.zeros_like(h).scatter(-1, idx, values.relu())
+    if cfg["architecture"] == "jumprelu":
+        return h.relu() * (h > t["threshold"])
     return h.relu()
 
 
@@ -57,18 +59,20 @@ def written(d, folder, **options):
     return load_file(str(folder / "sae_weights.safetensors")), json.loads((folder / "cfg.json").read_text())
 
 
-@pytest.mark.parametrize("kind", ["ours", "sae", "topk"])
+@pytest.mark.parametrize("kind", ["ours", "sae", "topk", "batchtopk"])
 def test_layout_matches_saelens_format(fitted, digits, tmp_path, kind):
     t, cfg = written(fitted[kind], tmp_path / kind, readout_x=digits, hook_name="pixels", model_name="digits")
     d_in, d_sae = 64, 16
-    assert set(t) == {"W_enc", "b_enc", "W_dec", "b_dec"}
     shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    if kind == "batchtopk":
+        shapes["threshold"] = (d_sae,)
+    assert set(t) == set(shapes)
     assert {n: tuple(v.shape) for n, v in t.items()} == shapes
     assert all(v.dtype == torch.float32 for v in t.values())
     assert SAELENS_CFG_FIELDS <= set(cfg)
     assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == (d_in, d_sae, "float32")
     assert cfg["normalize_activations"] == "none"
-    assert cfg["architecture"] == ("topk" if kind == "topk" else "standard")
+    assert cfg["architecture"] == {"topk": "topk", "batchtopk": "jumprelu"}.get(kind, "standard")
     assert cfg["metadata"]["hook_name"] == "pixels" and cfg["metadata"]["model_name"] == "digits"
     assert cfg["metadata"]["encoder_study"]["kind"] == kind
     if kind == "topk":
@@ -76,7 +80,7 @@ def test_layout_matches_saelens_format(fitted, digits, tmp_path, kind):
     assert not list((tmp_path / kind).glob("*.tmp"))
 
 
-@pytest.mark.parametrize("kind", ["ours", "sae", "topk"])
+@pytest.mark.parametrize("kind", ["ours", "sae", "topk", "batchtopk"])
 def test_saelens_rule_on_the_files_gives_our_features_and_reconstructions(fitted, digits, tmp_path, kind):
     d = fitted[kind]
     t, cfg = written(d, tmp_path / kind, readout_x=digits)
@@ -89,6 +93,10 @@ def test_saelens_rule_on_the_files_gives_our_features_and_reconstructions(fitted
         clear = (kth[:, 3] - kth[:, 4]) > 2 * bound.max(1).values
         assert clear.float().mean() > 0.95, "almost every sample should have a clear k-th latent"
         ours_A, theirs, bound = ours_A[clear], theirs[clear], bound[clear]
+    if kind == "batchtopk":  # away from the threshold, where rounding cannot flip the jump
+        h = (digits.double() - t["b_dec"].double()) @ t["W_enc"].double() + t["b_enc"].double()
+        far = (h - t["threshold"].double()).abs() > 2 * bound
+        ours_A, theirs, bound = ours_A * far, theirs * far, bound
     assert torch.all((ours_A - theirs).abs() <= bound + 1e-30)
     # decode: a @ W_dec + b_dec against the model's decoder, or ours' readout, in float64
     A = d.encode(digits).double()
@@ -102,7 +110,7 @@ def test_saelens_rule_on_the_files_gives_our_features_and_reconstructions(fitted
 
 def test_input_scale_is_folded_so_raw_inputs_give_the_same_features(fitted, digits, tmp_path):
     s = 3.0  # the dictionary saw x / s; SAELens will see x
-    for kind in ("sae", "topk"):
+    for kind in ("sae", "topk", "batchtopk"):
         t, cfg = written(fitted[kind], tmp_path / kind, input_scale=s)
         raw = digits * s
         ours_A = fitted[kind].encode(digits).double()
@@ -115,7 +123,7 @@ def test_input_scale_is_folded_so_raw_inputs_give_the_same_features(fitted, digi
         assert cfg["metadata"]["encoder_study"]["input_scale"] == s
 
 
-@pytest.mark.parametrize("kind", ["ours", "sae", "topk"])
+@pytest.mark.parametrize("kind", ["ours", "sae", "topk", "batchtopk"])
 def test_round_trip_gives_identical_features_and_files(fitted, digits, tmp_path, kind):
     d = fitted[kind]
     t1, _ = written(d, tmp_path / "a", readout_x=digits)
@@ -146,7 +154,7 @@ def test_errors_name_what_is_wrong(fitted, digits, tmp_path):
 
 def test_saelens_itself_loads_the_folder(fitted, digits, tmp_path):
     sae_lens = pytest.importorskip("sae_lens")
-    for kind in ("ours", "sae", "topk"):
+    for kind in ("ours", "sae", "topk", "batchtopk"):
         written(fitted[kind], tmp_path / kind, readout_x=digits)
         sae = sae_lens.SAE.load_from_disk(str(tmp_path / kind))
         with torch.no_grad():
