@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .api import KINDS, KNOBS, fit
-from .metrics import ACTIVE_THRESHOLD, apply_linear_readout, fvu, l0
+from .metrics import apply_linear_readout, firing_frequency, fvu, l0
 from .storage import write_atomic
 
 CHUNK_ROWS = 65536  # rows checked (or converted) at a time, so a large file never sits in memory twice
@@ -115,12 +115,13 @@ def heldout_scores(dictionary, held: torch.Tensor, readout: torch.Tensor | None)
     if readout is not None:
         x_hat = apply_linear_readout(A, readout.double())
     else:
-        x_hat = torch.cat([dictionary.model()(held[s : s + 8192])[0] for s in range(0, len(held), 8192)])
+        model = dictionary.model()
+        x_hat = torch.cat([model(held[s : s + 8192])[0] for s in range(0, len(held), 8192)])
     return {
         "heldout_rows": len(held),
         "fvu": fvu(held, x_hat),
         "l0": l0(A),
-        "dead_fraction": float(((A > ACTIVE_THRESHOLD).sum(0) == 0).double().mean()),
+        "dead_fraction": float((firing_frequency(A) == 0).mean()),
     }
 
 

@@ -157,10 +157,7 @@ class GroupJob:
     name: str
     configs: list[RunConfig]
     init: list[dict[str, torch.Tensor] | None] | None = None
-
-    @property
-    def init_fingerprints(self) -> list[str] | None:
-        return None if self.init is None else [init_fingerprint(i) for i in self.init]
+    init_fingerprints: list[str] | None = None  # of ``init`` (engine.init_fingerprint), for the cache key
 
 
 def to_record(r: RunResult) -> dict:
@@ -301,7 +298,8 @@ def run_experiments(
     if bad:
         raise TypeError(f"configs must be RunConfig objects; got {bad[:3]}")
     init = _check_init(init, len(configs))
-    _check_distinct(configs, [init_fingerprint(i) for i in init] if init else [""] * len(configs))
+    fingerprints = [init_fingerprint(i) for i in init] if init else None  # hashed once, used twice
+    _check_distinct(configs, fingerprints or [""] * len(configs))
     executor = executor_name(executor)
     train_x = as_data_tensor("train_x", train_x)
     test_x = None if test_x is None else as_data_tensor("test_x", test_x)
@@ -321,6 +319,7 @@ def run_experiments(
             f"group {g + 1}/{len(groups)}: {configs[idx[0]].model} x{len(idx)}",
             [configs[i] for i in idx],
             None if init is None else [init[i] for i in idx],
+            None if fingerprints is None else [fingerprints[i] for i in idx],
         )
         for g, idx in enumerate(groups)
     ]

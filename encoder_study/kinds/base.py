@@ -98,6 +98,11 @@ class ModelKind:
             raise ValueError(
                 f"activation={config.activation!r} is not allowed for model={cls.name!r}; it uses 'relu'"
             )
+        cls.refuse_k(config)
+
+    @classmethod
+    def refuse_k(cls, config) -> None:
+        """Refuse a nonzero ``k``: only the TopK kinds take one."""
         if config.k != 0:
             raise ValueError(
                 f"k={config.k} is not allowed for model={cls.name!r}; k is the TopK SAE's (leave it 0)"

@@ -65,10 +65,7 @@ class EncoderKind(ModelKind):
     @classmethod
     def check_config(cls, config) -> None:
         check_choice("activation", config.activation, ACTIVATIONS)
-        if config.k != 0:
-            raise ValueError(
-                f"k={config.k} is not allowed for model='encoder'; k is the TopK SAE's (leave it 0)"
-            )
+        cls.refuse_k(config)
 
     @classmethod
     def build(cls, input_dim: int, config) -> nn.Module:

@@ -50,10 +50,7 @@ class SAEKind(ModelKind):
     @classmethod
     def check_config(cls, config) -> None:
         check_choice("activation", config.activation, SAE_ACTIVATIONS)
-        if config.k != 0:
-            raise ValueError(
-                f"k={config.k} is not allowed for model={cls.name!r}; k is the TopK SAE's (leave it 0)"
-            )
+        cls.refuse_k(config)
 
     @classmethod
     def build(cls, input_dim: int, config) -> nn.Module:
