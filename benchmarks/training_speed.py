@@ -6,10 +6,11 @@ Prints run-epochs per second (one run-epoch = one run seeing all 60,000 MNIST im
 784 -> 64, batch 128, Adam, the full objective) for the plain loop and for the engine at 1, 4,
 12 and 24 runs, each run on its own seed, and again with the runs sharing 3 seeds or 1 (as in
 the book: runs on one seed share minibatches and a GEMM), with the engine's fraction of this
-machine's fp32 GEMM peak measured in the same run, and the process's peak memory; then the L1
-SAE at the book's shape (12 runs) and at notebook 5's (576 -> 288 and 1152 on 65,536 random
-vectors, batch 1024, 3 runs). Each figure is the median over the timed epochs (the first epoch
-is a warm-up).
+machine's fp32 GEMM peak measured in the same run (four times, between the parts: the median),
+and the process's peak memory; then the L1 SAE at the book's shape (12 runs), and the L1, TopK
+and BatchTopK SAEs at notebook 5's (576 -> 288 and 1152 on 65,536 random vectors, batch 1024,
+3 runs; the TopK kinds with k = 32, 64 and 128). Each figure is the median over the timed epochs
+(the first epoch is a warm-up). A TopK kind's run-epoch counts the L1 SAE's five GEMMs.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     X = mnist_tensors()["train_x"].to(device)
-    peak = gemm_peak(device)
-    print(f"machine: {machine(device)}; fp32 GEMM peak (2048^3, median): {peak:.0f} GFLOP/s")
+    peaks = [gemm_peak(device)]  # measured again between the parts and at the end: the median is used
+    print(f"machine: {machine(device)}; fp32 GEMM peak (2048^3, median): {peaks[0]:.0f} GFLOP/s")
     rows = []
 
     cfg = RunConfig(epochs=args.epochs, device=args.device, seed=1)
@@ -105,28 +106,27 @@ def main() -> None:
         print(
             f"  engine encoder {r:>3} runs on {orders:>2} seeds: {rows[-1][-1]:.2f} run-epochs/s", flush=True
         )
+    peaks.append(gemm_peak(device))
     sae = RunConfig(model="sae", epochs=args.epochs, device=args.device)
     rows.append(
         ("engine_torch", "sae", 12, 12, N, D, K, epoch_rate([sae.with_(seed=s) for s in range(1, 13)], X))
     )
+    peaks.append(gemm_peak(device))
     g = torch.Generator().manual_seed(0)
     V = torch.randn(65536, 576, generator=g).to(device)  # notebook 5's shape: residual-stream width 576
-    for k in (288, 1152):
-        lm = RunConfig(model="sae", hidden_dim=k, batch_size=1024, epochs=args.epochs, device=args.device)
-        rows.append(
-            (
-                "engine_torch",
-                "sae",
-                3,
-                3,
-                len(V),
-                576,
-                k,
-                epoch_rate([lm.with_(seed=s) for s in (1, 2, 3)], V),
-            )
-        )
-    for row in rows[-3:]:
-        print(f"  engine sae {row[5]} -> {row[6]}, {row[2]} runs: {row[-1]:.2f} run-epochs/s", flush=True)
+    for model in ("sae", "topk", "batchtopk"):
+        for k in (288, 1152):
+            lm = RunConfig(model=model, hidden_dim=k, batch_size=1024, epochs=args.epochs, device=args.device,
+                           **({} if model == "sae" else {"k": 32}))
+            # the TopK kinds' three runs at the sparsities of a frontier (as in notebook 5)
+            configs = [lm.with_(seed=s, **({} if model == "sae" else {"k": kk}))
+                       for s, kk in ((1, 32), (2, 64), (3, 128))]
+            rows.append(("engine_torch", model, 3, 3, len(V), 576, k, epoch_rate(configs, V)))
+            print(f"  engine {model} 576 -> {k}, 3 runs: {rows[-1][-1]:.2f} run-epochs/s", flush=True)
+    peaks.append(gemm_peak(device))
+    peak = statistics.median(peaks)
+    print(f"fp32 GEMM peak, median of {len(peaks)} measurements ({', '.join(f'{p:.0f}' for p in peaks)}): "
+          f"{peak:.0f} GFLOP/s")
     memory = peak_memory_gib() if device.type == "cpu" else torch.cuda.max_memory_allocated() / 2**30
 
     header = ("method", "model", "shape", "runs", "seeds", "run-epochs/s", "GEMM fraction")

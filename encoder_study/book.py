@@ -115,6 +115,7 @@ COLORS = {
     "ours": "#1f77b4",
     "sae": "#d62728",
     "topk": "#2ca02c",
+    "batchtopk": "#8c564b",
     "paper": "#7f7f7f",
     "lse_only": "#7f7f7f",
     "lse_var": "#ff7f0e",

@@ -114,15 +114,38 @@ def _load_language_model(model_name: str, device: str):
     return model.to(device).eval(), tokenizer
 
 
+def _blocks_and_owner(model: torch.nn.Module) -> tuple[torch.nn.ModuleList, torch.nn.Module, str]:
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers"):
+        owner, obj = None, model
+        for name in path.split("."):
+            owner, obj = obj, getattr(obj, name, None)
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj, owner, path.split(".")[-1]
+    raise TypeError(f"cannot find the transformer blocks of a {type(model).__name__}")
+
+
 def blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The transformer blocks of a causal LM (Llama-style, GPT-2-style or GPT-NeoX-style)."""
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers"):
-        obj = model
-        for name in path.split("."):
-            obj = getattr(obj, name, None)
-        if isinstance(obj, torch.nn.ModuleList):
-            return obj
-    raise TypeError(f"cannot find the transformer blocks of a {type(model).__name__}")
+    return _blocks_and_owner(model)[0]
+
+
+@contextmanager
+def _blocks_after(model: torch.nn.Module, layer: int) -> Iterator[None]:
+    """The model with only its blocks after ``layer``: fed ``inputs_embeds``=the residual stream
+    after block ``layer``, a Llama-style model computes the rest of its forward from there."""
+    all_blocks, owner, name = _blocks_and_owner(model)
+    setattr(owner, name, torch.nn.ModuleList(list(all_blocks)[layer:]))
+    try:
+        yield
+    finally:
+        setattr(owner, name, all_blocks)
+
+
+def _logits_from(model: torch.nn.Module, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+    """float32 next-token logits (B, T - 1, vocab) from the residual stream after block ``layer``,
+    running only the later blocks (see ``_blocks_after``)."""
+    with _blocks_after(model, layer):
+        return model(inputs_embeds=hidden, use_cache=False).logits[:, :-1].float()
 
 
 def _check_layer(model: torch.nn.Module, layer: int) -> None:
@@ -279,19 +302,37 @@ def splice_metrics(
     """For each named splice: the mean next-token cross-entropy ("ce") and the mean over
     predicted positions of KL(clean || spliced) between the next-token distributions ("kl",
     nats), on the contexts ``tokens``; under "clean", the clean model's "ce". The clean forward
-    runs once per batch of contexts for all splices."""
+    runs once per batch of contexts for all splices; each splice then runs only the blocks after
+    ``layer`` where the model allows it (checked on the first batch against the clean logits)."""
     _check_layer(model, layer)
     if "clean" in splices:
         raise ValueError("a splice may not be named 'clean' (that entry holds the clean model's loss)")
     sums = {name: {"ce": 0.0, "kl": 0.0} for name in splices}
-    clean_ce, count = 0.0, 0
+    clean_ce, count, later_blocks_only = 0.0, 0, None
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i : i + batch_size].to(model.device)
         target = batch[:, 1:].flatten()
-        clean = torch.log_softmax(_next_token_logits(model, batch, None, None).flatten(0, 1), -1)
+        captured: list[torch.Tensor] = []
+        with _hook(model, layer, captured.append):
+            clean_logits = _next_token_logits(model, batch, None, None)
+        if later_blocks_only is None:
+            # The fast path (only the blocks after `layer` per splice) where it gives the clean
+            # forward's logits back from the captured residual stream, else the whole model.
+            try:
+                again = _logits_from(model, captured[0], layer)
+                later_blocks_only = bool(torch.allclose(again, clean_logits, rtol=1e-4, atol=1e-4))
+            except (TypeError, ValueError):
+                later_blocks_only = False
+        clean = torch.log_softmax(clean_logits.flatten(0, 1), -1)
         clean_ce += float(F.nll_loss(clean, target, reduction="sum"))
         for name, splice in splices.items():
-            spliced = torch.log_softmax(_next_token_logits(model, batch, layer, splice).flatten(0, 1), -1)
+            if later_blocks_only:
+                hidden = captured[0].clone()
+                hidden[:, 1:] = splice(captured[0][:, 1:]).to(hidden.dtype)
+                logits = _logits_from(model, hidden, layer)
+            else:
+                logits = _next_token_logits(model, batch, layer, splice)
+            spliced = torch.log_softmax(logits.flatten(0, 1), -1)
             sums[name]["ce"] += float(F.nll_loss(spliced, target, reduction="sum"))
             sums[name]["kl"] += float(F.kl_div(spliced, clean, reduction="sum", log_target=True))
         count += len(target)

