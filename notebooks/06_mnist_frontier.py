@@ -181,11 +181,12 @@ matched.round(4)
 #   Where it has not collapsed (L0 29-35) its probe accuracy is 2.4-3 points below ours at any
 #   sparsity, and about half its units never fire. The paper's single-point comparison was not a
 #   lucky choice of operating point for ours.
-# - **Against a TopK SAE the story changes.** At matched L0 the TopK SAE's probe accuracy is
-#   level with ours (within about half a point, single seed: level at the sparsest points, L0
-#   about 4, 92.2% against 92.1%; ours a few tenths ahead near L0 6.5, between TopK's k = 4 and 8;
-#   TopK 0.2 points ahead near L0 17), and its reconstruction is clearly better at every L0 (at L0
-#   about 17: FVU 0.22 against 0.35; at about 6.5: 0.33 against 0.43), as it should be, since
+# - **Against a TopK SAE the story changes.** At matched L0 (the table above: TopK interpolated
+#   to ours' L0) the TopK SAE's probe accuracy is level with ours (within 0.3 points, single
+#   seed: ours 0.3 ahead at the sparsest point, L0 3.7, 92.1% against 91.8%; level near L0 6.5,
+#   93.2% both; TopK 0.1 ahead near L0 18, 93.2% against 93.1%), and its reconstruction is
+#   clearly better at every L0 (at L0 about 18: FVU 0.21 against 0.35; at about 6.5: 0.33
+#   against 0.43), as it should be, since
 #   reconstruction is what it is trained for. Ours does this with half the parameters and
 #   no decoder; it does not beat a modern SAE on features a linear probe can use, it matches it.
 # - **So the fair summary of the paper's benchmark** is: decoder-free features are as linearly

@@ -372,7 +372,7 @@ agreement.groupby("compared")[["nmi_hard", "nmi_soft", "tied_share"]].agg(["mean
 #   give the best mean probe accuracy of the twelve codes (about 93.5%, at L0 about 17; the
 #   mixture's responsibilities and sparse coding are sparser, NMF about as sparse). But three quite different
 #   methods land within about one seed
-#   spread (0.3 points) of it: the TopK SAE at the same L0 (about 93.3%), sparse coding with a
+#   spread (0.3 points) of it: the TopK SAE at the same L0 (about 93.2%), sparse coding with a
 #   learned dictionary (about 93.2%, at L0 about 11: its lasso penalty, set for ours' L0 on 2,000
 #   training images, gave sparser codes on the test images) and plain k-means with the triangle
 #   activation (about 93.2%, L0 about 30, and nothing learned but 64 centroids). ICA follows at
@@ -401,7 +401,7 @@ agreement.groupby("compared")[["nmi_hard", "nmi_soft", "tied_share"]].agg(["mean
 #   mixture is not supported by this control.
 # - **Cost.** Every control fitted in seconds to about a minute (NMF, fitted once, about 50 s;
 #   the stochastic ones at most about 22 s a seed); ours
-#   takes about 29 s a run here when batched with its seeds. The TopK SAE at matched L0, trained
-#   here for 100 epochs, is the slowest of all on this processor (about 2.5 minutes a run). With
-#   the learned models in the run cache, this notebook ran in 6.7 minutes here (controls 5.0,
-#   probes and readouts 1.5).
+#   takes about 28 s a run here when batched with its seeds. The TopK SAE at matched L0, trained
+#   here for 100 epochs, is the slowest of all on this processor (about 2 minutes a run). From an
+#   empty run cache this notebook ran in 18.9 minutes here (the learned models 12.4, controls
+#   5.0, probes and readouts 1.5); with the learned models in the run cache, in about 6.7.
