@@ -216,9 +216,10 @@ def test_llm_smoke_frontier_follows_the_targets_and_the_rule(smoke_book):
     k0, l0_0 = sizes[0], ours[(ours.hidden_dim == sizes[0]) & (ours.lambda_lse == 1.0)].l0.mean()
     rule = ours.dropna(subset=["target_l0"])
     assert len(rule) and set(rule.hidden_dim) - set(sizes)  # the test width ran
-    # lambda = (K / K0)^2 L0_0 / target, computed here independently of the notebook
+    # lambda = (K / K0)^2 L0_0 / target, computed here independently of the notebook; the table keeps
+    # 6 significant digits of lambda and of L0_0, each off by up to 5e-6 relative
     expected = (rule.hidden_dim / k0) ** 2 * l0_0 / rule.target_l0
-    assert np.allclose(rule.lambda_lse, expected, rtol=1e-6)
+    assert np.allclose(rule.lambda_lse, expected, rtol=2e-5, atol=0)
     for kind in ("topk", "batchtopk"):  # k = each target, capped at the width
         d = df[df.model == kind]
         assert (d.k == np.minimum(d.hidden_dim, d.target_l0.round())).all()
