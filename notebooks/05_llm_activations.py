@@ -238,39 +238,43 @@ mean_vector = X.mean(0) * train.scale
 fit_rows = X[torch.randperm(len(X), generator=torch.Generator().manual_seed(0))[:readout_tokens]]
 
 
-def rebuild(name: str, model: torch.nn.Module, readout: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """The model's reconstruction of vectors x (scaled units): decoder, or ours' readout."""
-    return apply_linear_readout(model.encode(x), readout).float() if readout is not None else model(x)[0]
+def rebuild(model: torch.nn.Module, readout: torch.Tensor | None, x: torch.Tensor,
+            codes: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's reconstruction of vectors x (scaled units): its decoder, or (ours) the readout of
+    its codes (``codes``: model.encode(x), where already computed)."""
+    if readout is None:
+        return model(x)[0]
+    return apply_linear_readout(model.encode(x) if codes is None else codes, readout).float()
 
 
-def reconstructor(name: str, model: torch.nn.Module, readout: torch.Tensor | None):
+def reconstructor(model: torch.nn.Module, readout: torch.Tensor | None):
     """Residual stream -> its reconstruction, in the model's own units (undoing the scale)."""
     def splice(h: torch.Tensor) -> torch.Tensor:
         x = h.reshape(-1, h.shape[-1]).float() / train.scale
-        return (rebuild(name, model, readout, x) * train.scale).reshape(h.shape)
+        return (rebuild(model, readout, x) * train.scale).reshape(h.shape)
     return splice
 
 
-knob = {"ours": "lambda_lse", "sae": "l1", "topk": "k", "batchtopk": "k"}
 rows, splices = [], {"zero ablation": torch.zeros_like,
                      "mean ablation": lambda h: mean_vector.to(h).expand_as(h)}
 for i, ((name, cfg, target), res) in enumerate(progress(list(zip(runs, results)), desc="metrics",
                                                          unit="runs")):
+    model = res.model()
     row = {"model": name, "hidden_dim": cfg.hidden_dim, "input_dim": X.shape[1], "seed": cfg.seed,
            "k": cfg.k if "topk" in name else np.nan, "l1": cfg.l1 if name == "sae" else np.nan,
            "lambda_lse": cfg.loss.lse if name == "ours" else np.nan, "target_l0": target,
-           "n_params": count_parameters(res.model()), "train_seconds": res.seconds,
+           "n_params": count_parameters(model), "train_seconds": res.seconds,
            "diverged": res.diverged_epoch is not None}
     rows.append(row)
     if row["diverged"]:  # its last finite weights are not a trained model: no numbers, no splice
         continue
-    model = res.model()
     with torch.no_grad():
-        A = features(model, Xt)
+        A = features(model, Xt)  # in chunks of 8192 rows, as the reconstruction below
         readout = fit_linear_readout(features(model, fit_rows), fit_rows) if name == "ours" else None
-        x_hat = torch.cat([rebuild(name, model, readout, Xt[j:j + 8192]) for j in range(0, len(Xt), 8192)])
+        x_hat = torch.cat([rebuild(model, readout, Xt[j:j + 8192], A[j:j + 8192])
+                           for j in range(0, len(Xt), 8192)])
     freq = firing_frequency(A)
-    splices[i] = reconstructor(name, model, readout)
+    splices[i] = reconstructor(model, readout)
     row.update(l0=l0(A), fvu=fvu(Xt, x_hat),
                l2_ratio=float((x_hat.double().norm(dim=1) / Xt.double().norm(dim=1)).mean()),
                dead_fraction=float((freq == 0).mean()), dense_fraction_10pct=float((freq > 0.10).mean()),
