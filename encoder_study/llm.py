@@ -408,7 +408,7 @@ def _cache_problem(folder: Path, found: dict | None, wanted: dict) -> str:
         verified[name] = [st.st_size, st.st_mtime_ns, expected["sha256"]]
     if verified != stamps:
         try:
-            write_atomic(stamp_file, lambda tmp: tmp.write_text(json.dumps(verified)))
+            write_atomic(stamp_file, json.dumps(verified))
         except OSError:
             pass  # a read-only cache is still usable; it is only checked in full every time
     return ""

@@ -35,10 +35,10 @@ import torch
 
 from .config import RunConfig
 from .data import cache_dir
-from .engine import RunResult, group_runs, init_fingerprint, train_group
+from .engine import RunResult, from_record, group_runs, init_fingerprint, to_record, train_group
 from .executors import executor_name, run_ray
 from .progress import Progress
-from .storage import load_or_discard, save_torch, warn
+from .storage import legacy_cache_files, load_or_discard, move_aside, save_tree, warn
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CHECK_ROWS = 65536  # rows read at a time when data are checked or hashed
@@ -160,25 +160,6 @@ class GroupJob:
     init_fingerprints: list[str] | None = None  # of ``init`` (engine.init_fingerprint), for the cache key
 
 
-def to_record(r: RunResult) -> dict:
-    """A result as plain data (what the run cache and a Ray task hold)."""
-    return {
-        "config": r.config.as_dict(),
-        "state": r.state,
-        "history": r.history,
-        "diverged_epoch": r.diverged_epoch,
-        "seconds": r.seconds,
-        "group_size": r.group_size,
-    }
-
-
-def from_record(d: dict) -> RunResult:
-    """The result ``to_record`` made plain."""
-    return RunResult(
-        RunConfig(**d["config"]), d["state"], d["history"], d["diverged_epoch"], d["seconds"], d["group_size"]
-    )
-
-
 def _load_group(path: Path, group: list[RunConfig]) -> list[RunResult] | None:
     """The cached results of ``group``, or None (with a warning) if the file is unreadable or
     holds other runs."""
@@ -190,16 +171,15 @@ def _load_group(path: Path, group: list[RunConfig]) -> list[RunResult] | None:
         if [r.config for r in results] != group:
             raise ValueError("it holds other runs than its key names")
     except (TypeError, KeyError, ValueError) as e:
-        warn(f"run-cache file {path} is not a finished group ({e}); removed, retraining")
-        path.unlink(missing_ok=True)
+        move_aside(path, "run-cache file", f"not a finished group: {e}")
         return None
     return results
 
 
 def _save_group(path: Path, results: list[RunResult]) -> None:
     try:
-        save_torch([to_record(r) for r in results], path)
-    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
+        save_tree([to_record(r) for r in results], path)
+    except OSError as e:
         warn(
             f"could not save a finished group to the run cache ({path}: {str(e)[:120]}); its results are "
             f"kept in memory for this run only"
@@ -209,7 +189,14 @@ def _save_group(path: Path, results: list[RunResult]) -> None:
 @contextmanager
 def _group_lock(path: Path, desc: str) -> Iterator[None]:
     """Hold ``path``'s OS lock (waiting, with a message, while another process holds it)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if path.is_symlink():
+            raise OSError(
+                f"run-cache lock {path} is a symbolic link; refusing to follow it (remove it)"
+            ) from e
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -358,10 +345,21 @@ class _RunCache:
     def __init__(self, root: Path, fresh: bool, data: str) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root, self.fresh, self.data, self.started, self.hits = root, fresh, data, time.time(), 0
+        legacy = legacy_cache_files(root)
+        if legacy:
+            warn(
+                f"the run cache {root} holds {len(legacy)} file(s) of an earlier version (*.pt, torch "
+                f"pickles, which can run code when read): they are never read, and their runs are trained "
+                f"again. Delete them (rm {root}/*.pt) once you no longer need them"
+            )
 
     def _paths(self, job: GroupJob) -> tuple[Path, Path, Path]:
         key = group_cache_key(job.configs, self.data, job.init_fingerprints)
-        return self.root / f"{key}.pt", self.root / f"{key}.lock", self.root / f"{key}.partial.pt"
+        return (
+            self.root / f"{key}.safetensors",
+            self.root / f"{key}.lock",
+            self.root / f"{key}.partial.safetensors",
+        )
 
     def _cached(self, job: GroupJob) -> list[RunResult] | None:
         path = self._paths(job)[0]

@@ -144,17 +144,17 @@ def test_an_interrupted_stack_resumes_to_the_same_numbers(kind, X, tmp_path, mon
 
     configs = [config(kind, seed=s, epochs=4) for s in (1, 2)]
     straight = train_group(configs, X, progress=False)
-    real = E.save_torch
+    real = E.save_tree
 
     def save_then_stop(obj, path):
         real(obj, path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(E, "save_torch", save_then_stop)
-    ck = tmp_path / "group.partial.pt"
+    monkeypatch.setattr(E, "save_tree", save_then_stop)
+    ck = tmp_path / "group.partial.safetensors"
     with pytest.raises(KeyboardInterrupt):
         train_group(configs, X, checkpoint=ck, checkpoint_every=2, progress=False)
-    monkeypatch.setattr(E, "save_torch", real)
+    monkeypatch.setattr(E, "save_tree", real)
     resumed = train_group(configs, X, checkpoint=ck, checkpoint_every=2, progress=False)
     for a, b in zip(straight, resumed):
         assert _max_diff(a.state, b.state) == 0.0

@@ -151,10 +151,12 @@ def test_a_truncated_run_cache_file_is_named_and_retrained(tmp_path, recwarn):
     X = torch.rand(256, 12)
     cfg = [RunConfig(seed=1, epochs=1, hidden_dim=4, batch_size=64, device="cpu")]
     first = run_experiments(cfg, X, cache=tmp_path, progress=False)
-    (path,) = tmp_path.glob("*.pt")
+    (path,) = tmp_path.glob("*.safetensors")
     path.write_bytes(path.read_bytes()[:100])
     again = run_experiments(cfg, X, cache=tmp_path, progress=False)
-    assert any(str(path) in str(w.message) and "could not be read" in str(w.message) for w in recwarn)
+    (kept,) = tmp_path.glob("*.unreadable-*")  # moved aside for inspection, not deleted
+    assert kept.stat().st_size == 100
+    assert any(str(path) in str(w.message) and kept.name in str(w.message) for w in recwarn)
     assert torch.equal(again[0].state["linear.weight"], first[0].state["linear.weight"])
     assert path.stat().st_size > 1000  # rewritten whole
 
@@ -163,7 +165,7 @@ def test_a_truncated_checkpoint_is_named_and_training_starts_over(tmp_path, recw
     X = torch.rand(256, 12)
     cfg = [RunConfig(seed=1, epochs=2, hidden_dim=4, batch_size=64, device="cpu")]
     straight = train_group(cfg, X, progress=False)
-    ck = tmp_path / "g.partial.pt"
+    ck = tmp_path / "g.partial.safetensors"
     ck.write_bytes(b"PK\x03\x04 not a whole checkpoint")
     resumed = train_group(cfg, X, checkpoint=ck, progress=False)
     assert any("checkpoint" in str(w.message) and str(ck) in str(w.message) for w in recwarn)
@@ -174,18 +176,27 @@ def test_a_failed_save_keeps_the_results_and_leaves_no_temporary_file(tmp_path, 
     X = torch.rand(256, 12)
     cfg = [RunConfig(seed=1, epochs=1, hidden_dim=4, batch_size=64, device="cpu")]
 
-    def disk_full(obj, f):
-        Path(f).write_bytes(b"half")
-        raise RuntimeError(
-            "[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file: "
-            "No space left on device"
-        )
+    real_fdopen = storage.os.fdopen
 
-    monkeypatch.setattr(storage.torch, "save", disk_full)
+    class FullDisk:  # a file that takes a few bytes, then reports a full disk
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[:4])
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
     results = run_experiments(cfg, X, cache=tmp_path, progress=False)
     assert results[0].state["linear.weight"].shape == (4, 12)
     assert any("kept in memory" in str(w.message) for w in recwarn)
-    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob("*.tmp"))
 
 
 def test_a_damaged_mnist_wheel_is_named(tmp_path):

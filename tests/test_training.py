@@ -258,7 +258,7 @@ def test_run_cache_reuses_and_fresh_retrains(mnist, tmp_path):
     X = mnist["train_x"][:256]
     runs = [RunConfig(seed=1, epochs=1, device="cpu", batch_size=64)]
     first = run_experiments(runs, X, cache=tmp_path, progress=False)
-    files = list(tmp_path.glob("*.pt"))
+    files = list(tmp_path.glob("*.safetensors"))
     assert len(files) == 1
     again = run_experiments(runs, X, cache=tmp_path, progress=False)
     assert _max_diff(first[0].state, again[0].state) == 0.0 and again[0].seconds == first[0].seconds
