@@ -13,6 +13,12 @@ them loads the finished run instead of training again. A saved dictionary is a f
 ``weights.safetensors`` (the model's state, tensor names as in ``model.py``) and ``config.json``
 (kind, shapes, knobs, training settings, the final training loss and the package version).
 With ``format="saelens"`` the folder is SAELens's instead (``saelens.py``); ``load`` reads both.
+
+``load`` trusts nothing it reads: the config's format, kind and knobs are checked as ``fit``
+checks them, and the weights' names, shapes and dtypes against the model that config describes
+(and against the shapes the config records); non-finite weights are refused, and so is a folder
+holding both formats (which dictionary would be meant?). ``save`` refuses a folder that already
+holds a dictionary unless ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -49,10 +55,11 @@ KNOBS = {
 }
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "weights.safetensors"
 FORMAT = "encoder-study-dictionary/1"
+DTYPE = "float32"  # what fit trains and save writes
 SAVE_FORMATS = ("encoder-study", "saelens")
 
 
-@dataclass
+@dataclass(repr=False)
 class Dictionary:
     """A trained dictionary: its run's config, weights and training history."""
 
@@ -73,6 +80,15 @@ class Dictionary:
     @property
     def hidden_dim(self) -> int:
         return self.config.hidden_dim
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"Dictionary(kind={self.kind!r}, input_dim={self.input_dim}, hidden_dim={self.hidden_dim}, "
+            f"knobs={knobs_of(c)}, epochs={c.epochs}, seed={c.seed}"
+            + (", readout fitted" if self.readout is not None else "")
+            + ")"
+        )
 
     def model(self) -> torch.nn.Module:
         """The trained model (``model.py``), in eval mode."""
@@ -97,8 +113,10 @@ class Dictionary:
         input_scale: float = 1.0,
         hook_name: str | None = None,
         model_name: str | None = None,
+        overwrite: bool = False,
     ) -> Path:
-        """Write the folder ``path`` (created if needed).
+        """Write the folder ``path`` (created if needed; one that already holds a dictionary, in
+        either format, only with ``overwrite=True``, which replaces it).
 
         format "encoder-study": weights in safetensors, config in JSON (``load`` reads it back).
         format "saelens": SAELens's layout (``saelens.py``). Ours has no decoder, so it needs
@@ -107,11 +125,11 @@ class Dictionary:
         was trained on inputs divided by s; the folder is then written for raw inputs.
         ``hook_name`` and ``model_name`` go into SAELens's metadata (where the inputs came from).
         """
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         check_choice("format", format, SAVE_FORMATS)
         check_positive("input_scale", input_scale)
-        folder = _writable_folder(path)
+        folder = _writable_folder(path, overwrite)
         if format == "saelens":
             from . import saelens
 
@@ -129,8 +147,10 @@ class Dictionary:
                     "readout_x=None: ours has no decoder; give samples (readout_x=) to fit the linear "
                     "readout that SAELens's W_dec and b_dec hold"
                 )
+            _remove_dictionary(folder)
             return saelens.write(self, folder, readout, samples, input_scale, hook_name, model_name)
         final_loss = self.history[-1]["total"] if self.history else None
+        final_loss = final_loss if final_loss is not None and math.isfinite(final_loss) else None
         config = {
             "format": FORMAT,
             "kind": self.kind,
@@ -142,26 +162,52 @@ class Dictionary:
             "train_seconds": self.train_seconds if math.isfinite(self.train_seconds) else None,
             "package": "encoder-study",
             "package_version": __version__,
+            "dtype": DTYPE,
             "tensors": {name: list(t.shape) for name, t in self.state.items()},
         }
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state.items()}
-        write_atomic(
-            folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT})
-        )
-        write_atomic(folder / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
+        _remove_dictionary(folder)
+        write_atomic(folder / WEIGHTS_FILE, save(tensors, metadata={"format": FORMAT}))
+        write_atomic(folder / CONFIG_FILE, json.dumps(config, indent=1, allow_nan=False))
         return folder
 
 
-def _writable_folder(path: object) -> Path:
+def _dictionary_files(folder: Path) -> dict[str, list[str]]:
+    """The files of each disk format present in ``folder`` (formats with none left out)."""
+    from .saelens import CFG_FILE
+    from .saelens import WEIGHTS_FILE as SAELENS_WEIGHTS
+
+    formats = {"encoder-study": (CONFIG_FILE, WEIGHTS_FILE), "saelens": (CFG_FILE, SAELENS_WEIGHTS)}
+    found = {f: [n for n in names if os.path.lexists(folder / n)] for f, names in formats.items()}
+    return {f: names for f, names in found.items() if names}
+
+
+def _writable_folder(path: object, overwrite: bool) -> Path:
+    """``path`` as a folder to write a dictionary into: created if missing; refused if it is a
+    file, not writable, or (unless ``overwrite``) holds a dictionary already."""
     folder = _as_path("path", path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as e:
         raise OSError(f"path={str(path)!r} is not a writable folder: {e.strerror or e}") from e
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OSError(f"path={str(path)!r} is not a writable folder: permission denied")
+    existing = _dictionary_files(folder)
+    if existing and not overwrite:
+        files = ", ".join(n for names in existing.values() for n in names)
+        raise FileExistsError(
+            f"path={str(path)!r} already holds a dictionary ({files}); pass overwrite=True to replace "
+            f"it, or choose another folder"
+        )
     return folder
+
+
+def _remove_dictionary(folder: Path) -> None:
+    """Remove the dictionary files of either format (links, not their targets), so that a folder
+    written again never holds two dictionaries."""
+    for names in _dictionary_files(folder).values():
+        for name in names:
+            (folder / name).unlink()
 
 
 def _as_path(name: str, path: object) -> Path:
@@ -269,44 +315,111 @@ def fit(
 
 
 def load(path: str | os.PathLike) -> Dictionary:
-    """A dictionary saved by ``Dictionary.save``, in either format."""
-    from safetensors.torch import load_file
-
-    from . import saelens
-
+    """A dictionary saved by ``Dictionary.save``, in either format, checked against what its files
+    say (see the module docstring); an error names the file and what does not fit."""
     folder = _as_path("path", path)
-    if not (folder / CONFIG_FILE).exists() and saelens.is_saelens_folder(folder):
+    if not folder.is_dir():
+        raise FileNotFoundError(f"path={str(path)!r} is not a folder holding a saved dictionary")
+    present = _dictionary_files(folder)
+    if len(present) > 1:
+        raise ValueError(
+            f"path={str(path)!r} holds two dictionaries, one in each format "
+            f"({', '.join(present['encoder-study'])} and {', '.join(present['saelens'])}); keep one "
+            f"(remove the other's files) or load from separate folders"
+        )
+    if "saelens" in present:
         return _load_saelens(folder)
     cfg_file, weights_file = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for f in (cfg_file, weights_file):
         if not f.is_file():
             raise FileNotFoundError(f"path={str(path)!r} is not a saved dictionary: {f.name} is missing")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
+    cfg = _read_json(cfg_file)
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{cfg_file}: format {cfg.get('format')!r} is not {FORMAT!r}")
-    config = _saved_config(cfg["kind"], cfg["hidden_dim"], cfg["knobs"], cfg["training"])
-    state = load_file(str(weights_file))
+    try:
+        config = _saved_config(cfg["kind"], cfg["hidden_dim"], cfg["knobs"], cfg["training"])
+        input_dim = cfg["input_dim"]
+        if isinstance(input_dim, bool) or not isinstance(input_dim, int) or input_dim < 1:
+            raise ValueError(f"input_dim={input_dim!r} must be an integer >= 1")
+        if cfg.get("dtype", DTYPE) != DTYPE:
+            raise ValueError(f"dtype={cfg['dtype']!r} is not {DTYPE!r}")
+    except KeyError as e:
+        raise ValueError(f"{cfg_file}: the field {e} is missing") from e
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_file}: {e}") from e
+    state = _read_weights(weights_file)
+    recorded = cfg.get("tensors")
+    if recorded is not None and recorded != {n: list(t.shape) for n, t in state.items()}:
+        raise ValueError(f"{weights_file}: its tensors' shapes are not those {cfg_file.name} records")
+    check_state(state, config, input_dim, weights_file)
     loss = cfg.get("final_training_loss")
     history = [{"epoch": cfg["training"]["epochs"], "total": loss}] if loss is not None else []
     seconds = cfg.get("train_seconds")
     return Dictionary(
         config,
-        int(cfg["input_dim"]),
+        input_dim,
         state,
         history,
-        float(seconds) if seconds is not None and math.isfinite(seconds) else float("nan"),
+        float(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else float("nan"),
     )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors reports damage as its own error types
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e)[:120]})"
+        ) from e
+
+
+def check_state(state: dict[str, torch.Tensor], config: RunConfig, input_dim: int, source: Path) -> None:
+    """Refuse, naming ``source``, weights that are not the state of the model ``config`` describes
+    on ``input_dim`` inputs: other tensor names, shapes or dtypes, or non-finite values."""
+    expected = build_run_model(config, input_dim).state_dict()
+    if set(state) != set(expected):
+        raise ValueError(
+            f"{source}: tensors {sorted(state)} are not those of a {config.model!r} model "
+            f"({sorted(expected)})"
+        )
+    for name, want in expected.items():
+        got = state[name]
+        if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+            raise ValueError(
+                f"{source}: {name} is {got.dtype} {tuple(got.shape)}; a hidden_dim={config.hidden_dim}, "
+                f"input_dim={input_dim} model needs {want.dtype} {tuple(want.shape)}"
+            )
+        if not bool(torch.isfinite(got).all()):
+            raise ValueError(f"{source}: {name} holds NaN or infinite values")
 
 
 def _load_saelens(folder: Path) -> Dictionary:
     from . import saelens
 
     meta, state, readout = saelens.read(folder)
+    source = folder / saelens.WEIGHTS_FILE
     hidden_dim, input_dim = state["linear.weight" if meta["kind"] == "ours" else "encoder.weight"].shape
-    config = _saved_config(meta["kind"], hidden_dim, meta["knobs"], meta["training"])
+    try:
+        config = _saved_config(meta["kind"], hidden_dim, meta["knobs"], meta["training"])
+    except KeyError as e:
+        raise ValueError(f"{folder / saelens.CFG_FILE}: metadata.encoder_study lacks the field {e}") from e
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{folder / saelens.CFG_FILE}: {e}") from e
+    check_state(state, config, input_dim, source)
+    if readout is not None and not bool(torch.isfinite(readout).all()):
+        raise ValueError(f"{source}: W_dec or b_dec holds NaN or infinite values")
     return Dictionary(config, input_dim, state, readout=readout)
 
 

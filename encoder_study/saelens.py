@@ -80,7 +80,7 @@ def write(
 ) -> Path:
     """Write ``dictionary`` (an ``api.Dictionary``) as a SAELens folder at ``path`` (see the module
     docstring); ``readout`` is ours' fitted readout in its own (scaled) input space."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     kind, config = dictionary.kind, dictionary.config
     if config.activation != "relu":
@@ -126,8 +126,8 @@ def write(
     if kind == "topk":
         cfg.update(k=config.k, rescale_acts_by_decoder_norm=False)
     path.mkdir(parents=True, exist_ok=True)
-    write_atomic(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
-    write_atomic(path / CFG_FILE, lambda tmp: tmp.write_text(json.dumps(cfg, indent=1)))
+    write_atomic(path / WEIGHTS_FILE, save(tensors))
+    write_atomic(path / CFG_FILE, json.dumps(cfg, indent=1))
     return path
 
 
@@ -137,18 +137,25 @@ def is_saelens_folder(path: Path) -> bool:
 
 def read(path: Path) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor | None]:
     """(the package's metadata, the model's state in raw input units, ours' readout or None) of
-    a folder ``write`` wrote."""
-    from safetensors.torch import load_file
+    a folder ``write`` wrote, after checking that ``cfg.json``'s architecture, d_in, d_sae and k
+    agree with the tensors and with the package's metadata (an error names the field)."""
+    from .api import _read_json, _read_weights
 
-    cfg = json.loads((path / CFG_FILE).read_text())
-    ours = cfg.get("metadata", {}).get("encoder_study")
+    cfg_file = path / CFG_FILE
+    cfg = _read_json(cfg_file)
+    ours = cfg.get("metadata", {}).get("encoder_study") if isinstance(cfg.get("metadata"), dict) else None
     if not ours:
         raise ValueError(
             f"path={str(path)!r} is a SAELens folder that encoder-study did not write (no metadata."
             f"encoder_study); load it with sae_lens.SAE.load_from_disk"
         )
-    t = load_file(str(path / WEIGHTS_FILE))
-    kind = ours["kind"]
+    kind = ours.get("kind")
+    if kind not in ARCHITECTURES:
+        raise ValueError(
+            f"{cfg_file}: metadata.encoder_study.kind={kind!r} is not one of {sorted(ARCHITECTURES)}"
+        )
+    t = _read_weights(path / WEIGHTS_FILE)
+    _check_cfg(cfg, cfg_file, kind, ours, t)
     if kind == "ours":
         state = {"linear.weight": t["W_enc"].T.contiguous(), "linear.bias": t["b_enc"]}
         return ours, state, torch.cat([t["W_dec"], t["b_dec"][None]]).contiguous()
@@ -161,3 +168,37 @@ def read(path: Path) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor | None
     if kind == "batchtopk":
         state["threshold"] = t["threshold"][0].clone()
     return ours, state, None
+
+
+def _check_cfg(cfg: dict, cfg_file: Path, kind: str, ours: dict, t: dict[str, torch.Tensor]) -> None:
+    """Refuse a SAELens folder whose cfg.json disagrees with its tensors or its metadata."""
+    names = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if kind == "batchtopk" else set())
+    weights = cfg_file.parent / WEIGHTS_FILE
+    if set(t) != names:
+        raise ValueError(
+            f"{weights}: tensors {sorted(t)} are not SAELens's {sorted(names)} for kind {kind!r}"
+        )
+    if t["W_enc"].dim() != 2:
+        raise ValueError(f"{weights}: W_enc has shape {tuple(t['W_enc'].shape)}; expected (d_in, d_sae)")
+    d_in, d_sae = t["W_enc"].shape
+    expected = {
+        "architecture": ARCHITECTURES[kind],
+        "d_in": d_in,
+        "d_sae": d_sae,
+        **({"k": ours.get("knobs", {}).get("k")} if kind == "topk" else {}),
+    }
+    for field, want in expected.items():
+        if cfg.get(field) != want:
+            raise ValueError(
+                f"{cfg_file}: {field}={cfg.get(field)!r}, but the tensors and metadata.encoder_study "
+                f"(kind {kind!r}) say {want!r}"
+            )
+    shapes = {"b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,), "threshold": (d_sae,)}
+    for name in names - {"W_enc"}:
+        if tuple(t[name].shape) != shapes[name]:
+            raise ValueError(
+                f"{weights}: {name} has shape {tuple(t[name].shape)}; d_in={d_in}, d_sae={d_sae} "
+                f"needs {shapes[name]}"
+            )
+    if kind == "batchtopk" and not bool((t["threshold"] == t["threshold"][0]).all()):
+        raise ValueError(f"{weights}: the BatchTopK SAE has one threshold for all latents; these differ")

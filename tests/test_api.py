@@ -1,5 +1,6 @@
 """The public API on data that is not MNIST: scikit-learn's 8 x 8 digits (1,797 images, 64 pixels)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -106,3 +107,85 @@ def test_encode_and_save_and_load_name_their_bad_input(ours, tmp_path):
         es.load(tmp_path)
     with pytest.raises(TypeError, match="path=None must be a folder path"):
         es.load(None)
+
+
+def test_repr_is_short_and_names_the_dictionary(ours):
+    text = repr(ours)
+    assert text.startswith("Dictionary(kind='ours', input_dim=64, hidden_dim=16") and "seed=3" in text
+    assert len(text) < 200 and "tensor" not in text
+
+
+def test_save_refuses_a_folder_holding_a_dictionary_unless_asked_to_overwrite(ours, digits, tmp_path):
+    folder = ours.save(tmp_path / "d")
+    with pytest.raises(FileExistsError, match="already holds a dictionary.*overwrite=True"):
+        ours.save(folder)
+    with pytest.raises(FileExistsError, match="already holds a dictionary"):
+        ours.save(folder, format="saelens")
+    copy = dataclasses.replace(ours)  # saving with readout_x keeps a readout: not on the shared fixture
+    with pytest.raises(ValueError, match="readout_x=None"):  # refused before anything is removed
+        copy.save(folder, format="saelens", overwrite=True)
+    assert es.load(folder).kind == "ours"
+    copy.save(folder, format="saelens", overwrite=True, readout_x=digits)  # replaces it: one format left
+    assert sorted(p.name for p in folder.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    assert es.load(folder).kind == "ours"
+
+
+def _tamper(folder, **changes):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(
+    "changes,words",
+    [
+        ({"kind": "sae", "knobs": {"l1": 0.01}}, "are not those of a 'sae' model"),
+        ({"kind": "jumprelu"}, "kind='jumprelu' is not allowed"),
+        ({"hidden_dim": 8}, r"linear.weight is torch.float32 \(16, 64\); a hidden_dim=8"),
+        ({"input_dim": 10}, "input_dim=10 model needs"),
+        ({"input_dim": "64"}, "input_dim='64' must be an integer"),
+        ({"dtype": "float16"}, "dtype='float16' is not 'float32'"),
+        ({"knobs": {"l1": 0.1}}, "does not take l1"),
+        ({"tensors": {"linear.weight": [16, 63], "linear.bias": [16]}}, "shapes are not those config.json"),
+        ({"format": "other/1"}, "format 'other/1'"),
+    ],
+)
+def test_load_checks_the_config_against_the_weights(ours, tmp_path, changes, words):
+    folder = ours.save(tmp_path / "d")
+    _tamper(folder, **changes)
+    with pytest.raises(ValueError, match=words):
+        es.load(folder)
+
+
+def test_load_refuses_missing_fields_weights_of_another_dtype_and_non_finite_weights(ours, tmp_path):
+    from safetensors.torch import save_file
+
+    folder = ours.save(tmp_path / "d")
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["training"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="the field 'training' is missing"):
+        es.load(folder)
+    for name, bad in [
+        ("dtype", {k: v.double() for k, v in ours.state.items()}),
+        (
+            "nan",
+            {k: v.clone().fill_(float("nan")) if k == "linear.bias" else v for k, v in ours.state.items()},
+        ),
+    ]:
+        folder = ours.save(tmp_path / name)
+        save_file(bad, str(folder / "weights.safetensors"))
+        with pytest.raises(ValueError, match="float64|NaN or infinite"):
+            es.load(folder)
+    (folder / "weights.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    with pytest.raises(ValueError, match="weights.safetensors: not a readable safetensors file"):
+        es.load(folder)
+
+
+def test_load_refuses_a_folder_holding_both_formats(ours, digits, tmp_path):
+    folder = ours.save(tmp_path / "d")
+    ours.save(tmp_path / "s", format="saelens", readout_x=digits)
+    for name in ("cfg.json", "sae_weights.safetensors"):
+        (folder / name).write_bytes((tmp_path / "s" / name).read_bytes())
+    with pytest.raises(ValueError, match="holds two dictionaries, one in each format"):
+        es.load(folder)

@@ -160,3 +160,39 @@ def test_saelens_itself_loads_the_folder(fitted, digits, tmp_path):
         with torch.no_grad():
             theirs = sae.encode(digits)
         assert torch.allclose(theirs, fitted[kind].encode(digits), atol=1e-5), kind
+
+
+@pytest.mark.parametrize(
+    "kind,field,value",
+    [
+        ("sae", "architecture", "topk"),
+        ("sae", "d_in", 63),
+        ("sae", "d_sae", 7),
+        ("topk", "k", 5),
+        ("batchtopk", "architecture", "standard"),
+    ],
+)
+def test_the_reader_checks_cfg_json_against_tensors_and_metadata(fitted, tmp_path, kind, field, value):
+    folder = tmp_path / kind
+    written(fitted[kind], folder)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg[field] = value
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=f"cfg.json: {field}={value!r}"):
+        es.load(folder)
+
+
+def test_the_reader_refuses_tensors_of_the_wrong_shape_or_non_finite(fitted, tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "sae"
+    written(fitted["sae"], folder)
+    t = load_file(str(folder / "sae_weights.safetensors"))
+    save_file({**t, "b_dec": t["b_dec"][:-1].contiguous()}, str(folder / "sae_weights.safetensors"))
+    with pytest.raises(ValueError, match="b_dec has shape"):
+        es.load(folder)
+    save_file(
+        {**t, "W_dec": torch.full_like(t["W_dec"], float("inf"))}, str(folder / "sae_weights.safetensors")
+    )
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        es.load(folder)
