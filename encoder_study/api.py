@@ -307,9 +307,9 @@ def fit(
         raise ValueError(f"batch_size={batch_size} is larger than X's {len(x)} samples")
     (result,) = run_experiments([config], x, xt, cache=cache, progress=progress)
     if result.diverged_epoch is not None:
+        why = result.history[-1].get("diverged_because", "its loss left the bound")
         raise FloatingPointError(
-            f"training diverged at epoch {result.diverged_epoch} (loss not finite); "
-            f"try a smaller lr (lr={lr})"
+            f"training diverged at epoch {result.diverged_epoch}: {why}; try a smaller lr (lr={lr})"
         )
     return Dictionary(config, x.shape[1], result.state, result.history, result.seconds)
 

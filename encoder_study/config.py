@@ -39,7 +39,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         for name in TERMS:
-            check_nonnegative(f"lambda_{name}", getattr(self, name))
+            object.__setattr__(self, name, check_nonnegative(f"lambda_{name}", getattr(self, name)))
         check_choice("reduction", self.reduction, REDUCTIONS)
 
     def as_dict(self) -> dict:
@@ -83,21 +83,31 @@ class RunConfig:
         from .kinds import KINDS  # the registry imports this module
 
         check_choice("model", self.model, KINDS)
-        check_positive_int("hidden_dim", self.hidden_dim)
-        check_int("k", self.k)
         if isinstance(self.loss, dict):
             object.__setattr__(self, "loss", LossConfig(**self.loss))
         if not isinstance(self.loss, LossConfig):
             raise TypeError(f"loss must be a LossConfig or a dict of lambdas, got {type(self.loss).__name__}")
-        check_nonnegative("l1", self.l1)
+        checks = {
+            "hidden_dim": check_positive_int,
+            "k": check_int,
+            "l1": check_nonnegative,
+            "lr": check_positive,
+            "epochs": check_positive_int,
+            "batch_size": check_positive_int,
+            "seed": check_int,
+            "eval_every": check_positive_int,
+        }
+        for name, check in checks.items():  # NumPy scalars and ints for floats become plain Python numbers
+            object.__setattr__(self, name, check(name, getattr(self, name)))
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_positive("lr", self.lr)
-        check_positive_int("epochs", self.epochs)
-        check_positive_int("batch_size", self.batch_size)
-        check_int("seed", self.seed)
         check_choice("device", self.device, DEVICES)
-        check_positive_int("eval_every", self.eval_every)
-        KINDS[self.model].check_config(self)
+        kind = KINDS[self.model]
+        if self.batch_size < kind.min_batch:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not allowed for model={self.model!r}: its loss takes a "
+                f"variance over each minibatch, which needs at least {kind.min_batch} samples"
+            )
+        kind.check_config(self)
 
     def as_dict(self) -> dict:
         return asdict(self)

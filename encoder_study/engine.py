@@ -302,11 +302,12 @@ def _check_group_fits(
     configs: list[RunConfig], n: int, input_dim: int, dtype: torch.dtype, device: torch.device
 ) -> None:
     """Refuse, before any work, a group whose minibatches or memory cannot work out."""
-    B = configs[0].batch_size
-    if n % B == 1:
+    B, kind = configs[0].batch_size, KINDS[configs[0].model]
+    if 0 < n % B < kind.min_batch:
         raise ValueError(
-            f"{n} training samples with batch_size={B} leave a last minibatch of one sample, whose "
-            f"variance is undefined; change batch_size or the number of samples"
+            f"{n} training samples with batch_size={B} leave a last minibatch of {n % B} sample(s); "
+            f"model={kind.name!r} takes a variance over each minibatch, so it needs at least "
+            f"{kind.min_batch}: change batch_size or the number of samples"
         )
     K = configs[0].hidden_dim
     per_run = K * input_dim * (1 if configs[0].model == "encoder" else 2) + K + input_dim
@@ -413,20 +414,50 @@ def _train_epoch(
     return (sums / steps).cpu()  # the one host sync of the epoch
 
 
+DIVERGENCE_FACTOR = 1e3  # a run diverged once |epoch loss| exceeds this many times its starting loss
+
+
 def _starting_loss(stack: RunStack, X: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Each run's |total loss| on its first minibatch of epoch 0, before any step (float64 on the
-    host): for runs that start from a given state, a divergence bound of a thousand times this
-    keeps an SAE phase that begins with a stale decoder from counting as diverged."""
+    host), the scale its divergence bound is measured in. The kind's training state (counters such
+    as TopK's steps since a latent fired) is put back as it was, so training is unchanged."""
     idx = _epoch_orders(stack.layout.data_seeds, 0, len(X), X.device)[:, :batch_size]
+    kept = {n: v.clone() for n, v in vars(stack.kind).items() if isinstance(v, torch.Tensor)}
     with flush_denormals():
         terms, _ = stack.loss_and_grads(X, idx)
+    vars(stack.kind).update(kept)
     return terms[0].abs().double().cpu()
 
 
-def _trains_on(means: torch.Tensor, stack: RunStack, bound: torch.Tensor) -> torch.Tensor:
-    """Per run: its epoch's losses and parameters finite and its loss within its ``bound``."""
+def divergence_bounds(stack: RunStack, X: torch.Tensor, config: RunConfig) -> torch.Tensor:
+    """Each run's divergence bound (R,): a thousand times its own starting loss, and never below
+    its kind's bound (``ModelKind.divergence_bound``). Relative to the run's own scale, so data of
+    any scale (1e-5 or 1e10 in mean square) and a phase that starts from a stale decoder both
+    train, while a run whose loss grows a thousandfold is stopped."""
+    floor = torch.full((len(stack),), divergence_bound(config, X), dtype=torch.float64)
+    return torch.maximum(floor, DIVERGENCE_FACTOR * _starting_loss(stack, X, config.batch_size))
+
+
+def _divergence(means: torch.Tensor, stack: RunStack, bound: torch.Tensor) -> list[str | None]:
+    """Per run: None while it trains, else why it counts as diverged (which check failed, with the
+    loss and the bound)."""
     params_finite = torch.stack([torch.isfinite(p.detach()).flatten(1).all(1) for p in stack.params.values()])
-    return torch.isfinite(means).all(0) & (means[0].abs() <= bound) & params_finite.all(0).cpu()
+    params_finite = params_finite.all(0).cpu()
+    reasons: list[str | None] = []
+    for r in range(means.shape[1]):
+        loss = float(means[0, r])
+        if not bool(torch.isfinite(means[:, r]).all()):
+            reasons.append(f"the epoch's loss is not finite ({loss})")
+        elif not bool(params_finite[r]):
+            reasons.append("the parameters are not finite")
+        elif abs(loss) > float(bound[r]):
+            reasons.append(
+                f"|loss| {abs(loss):.4g} crossed the bound {float(bound[r]):.4g} "
+                f"({DIVERGENCE_FACTOR:.0f} x the run's starting loss, or its kind's floor)"
+            )
+        else:
+            reasons.append(None)
+    return reasons
 
 
 def train_group(
@@ -489,11 +520,9 @@ def _train_stack(
 ) -> list[RunResult]:
     """The epoch loop of ``train_group`` for configs in stack order, data on the device."""
     first = configs[0]
-    bound = torch.full((len(configs),), divergence_bound(first, X), dtype=torch.float64)
     stack = RunStack(configs, X.shape[1], X.device, X.dtype, init)
     stack.kind.prepare(stack.tensors, X)
-    if init is not None:  # a run started from a given state may start above its kind's bound
-        bound = torch.maximum(bound, 1e3 * _starting_loss(stack, X, first.batch_size))
+    bound = divergence_bounds(stack, X, first)
     opt = StackedOptimizer(list(stack.params.values()), [(c.optimizer, c.lr) for c in configs])
     fresh = _GroupState(list(range(len(configs))), [[] for _ in configs])
     state = _resume(checkpoint, configs, stack, opt, fresh)
@@ -505,14 +534,15 @@ def _train_stack(
     for epoch in range(state.epoch, first.epochs):
         t0 = time.perf_counter()
         means = _train_epoch(stack, opt, X, epoch, first.batch_size)
-        finite = _trains_on(means, stack, bound)
+        reasons = _divergence(means, stack, bound)
+        finite = torch.tensor([why is None for why in reasons])
         if X.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         state.elapsed += seconds
         evaluate = Xt is not None and ((epoch + 1) % first.eval_every == 0 or epoch + 1 == first.epochs)
         test = _test_metrics(stack, Xt) if evaluate else None
-        _record_epoch(state, configs, stack.kind.terms, means, finite, test, seconds, last_good)
+        _record_epoch(state, configs, stack.kind.terms, means, reasons, test, seconds, last_good)
         if not finite.all():
             keep = [r for r in range(len(stack)) if finite[r]]
             state.alive = [state.alive[r] for r in keep]
@@ -548,21 +578,21 @@ def _record_epoch(
     configs: list[RunConfig],
     terms: tuple[str, ...],
     means: torch.Tensor,
-    finite: torch.Tensor,
+    reasons: list[str | None],
     test: list[dict] | None,
     seconds: float,
     last_good: list[dict[str, torch.Tensor]],
 ) -> None:
     """Each live run's history row of the epoch just trained; a run that diverged in it is
-    finished with its last finite state."""
+    finished with its last finite state, its row saying why (``diverged_because``)."""
     epoch = state.epoch + 1
     for r, orig in enumerate(state.alive):
         row = {"epoch": epoch, "total": float(means[0, r]), "seconds": seconds}
         row.update({t: float(means[i + 1, r]) for i, t in enumerate(terms)})
-        if test is not None and finite[r]:
+        if test is not None and reasons[r] is None:
             row.update(test[r])
-        if not finite[r]:
-            row["diverged"] = True
+        if reasons[r] is not None:
+            row["diverged"], row["diverged_because"] = True, reasons[r]
             state.finished[orig] = RunResult(configs[orig], last_good[r], state.histories[orig], epoch)
         state.histories[orig].append(row)
     state.epoch = epoch

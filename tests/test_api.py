@@ -189,3 +189,33 @@ def test_load_refuses_a_folder_holding_both_formats(ours, digits, tmp_path):
         (folder / name).write_bytes((tmp_path / "s" / name).read_bytes())
     with pytest.raises(ValueError, match="holds two dictionaries, one in each format"):
         es.load(folder)
+
+
+def test_knobs_accept_numpy_scalars_and_ints_for_floats(digits, cache):
+    d = es.fit(
+        digits,
+        kind="topk",
+        k=np.int64(4),
+        hidden_dim=np.int64(16),
+        epochs=np.int32(1),
+        lr=np.float64(1e-3),
+        seed=np.uint8(2),
+        cache=cache,
+        progress=False,
+    )
+    assert d.config.k == 4 and type(d.config.k) is int and type(d.config.lr) is float
+    same = es.fit(
+        digits, kind="topk", k=4, hidden_dim=16, epochs=1, lr=1e-3, seed=2, cache=cache, progress=False
+    )
+    assert torch.equal(d.state["encoder.weight"], same.state["encoder.weight"])  # one run, one cache key
+    assert (
+        es.fit(digits, kind="sae", l1=1, hidden_dim=16, epochs=1, cache=cache, progress=False).config.l1
+        == 1.0
+    )
+
+
+def test_batch_size_one_is_refused_by_name_for_ours_and_trained_for_the_saes(digits, cache):
+    with pytest.raises(ValueError, match="batch_size=1 is not allowed for model='encoder'.*at least 2"):
+        es.fit(digits, kind="ours", hidden_dim=16, epochs=1, batch_size=1, cache=cache, progress=False)
+    d = es.fit(digits[:64], kind="sae", hidden_dim=4, epochs=1, batch_size=1, cache=cache, progress=False)
+    assert np.isfinite(d.history[-1]["total"])

@@ -171,6 +171,10 @@ class ModelKind:
             elif isinstance(value, dict) and name in self.per_run_state:
                 setattr(self, name, {k: v[idx] for k, v in value.items()})
 
+    min_batch: ClassVar[int] = 1
+    """The fewest samples a minibatch may hold: 2 for a kind whose loss takes a variance over the
+    minibatch (batch_size and the epoch's last minibatch are held to it)."""
+
     buffers: ClassVar[tuple[str, ...]] = ()
     """State-dict entries of the module that are per-run state, not parameters: the engine stacks,
     checkpoints and returns them like parameters but gives them no gradient and no optimizer; the

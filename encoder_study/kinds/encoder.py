@@ -49,6 +49,7 @@ class EncoderKind(ModelKind):
 
     name, terms, module = "encoder", TERMS, Encoder
     per_run_state = ("lambdas",)
+    min_batch = 2  # the variance and correlation terms are unbiased minibatch statistics
 
     def __init__(self, configs: list, layout, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(configs, layout, device, dtype)
