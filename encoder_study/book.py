@@ -215,7 +215,9 @@ class Record:
     def duration(self, label: str, seconds: float) -> None:
         self.durations[label] = round(float(seconds), 3)
 
-    def close(self, **extra) -> Path:
+    def close(self, **extra) -> None:
+        """Write run_info.json. Returns None, so a notebook that ends a cell with this call shows
+        nothing (a returned path would print this machine's absolute path into the record)."""
         info = {
             "parameters": self.params,
             "environment": environment(),
@@ -224,9 +226,7 @@ class Record:
             "peak_memory_gib": round(peak_memory_gib(), 2),
             **extra,
         }
-        path = self.dir / "run_info.json"
-        path.write_text(json.dumps(info, indent=1, default=str))
-        return path
+        (self.dir / "run_info.json").write_text(json.dumps(info, indent=1, default=str))
 
 
 def repo_root() -> Path:

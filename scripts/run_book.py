@@ -139,6 +139,9 @@ def run_notebook(py: Path, params: dict, out: Path, workdir: Path) -> float:
             kernel_name="python3",
             progress_bar=False,
             request_save_on_cell_execute=True,
+            # the kernel's start-up notice that it talks to papermill over local TCP says nothing to
+            # a reader of the console; the kernel's errors still show
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     finally:
         follower.close()

@@ -392,6 +392,24 @@ def test_no_file_points_outside_the_repository():
     assert not hits, hits[:10]
 
 
+ABSOLUTE_PATH = re.compile(
+    r"(?<![\w.])/(tmp|root|home|Users|private|var/folders)/"  # POSIX build folders and homes
+    r"|PosixPath\('/"  # a printed absolute pathlib path
+    r"|[A-Z]:\\\\Users"  # a Windows home, as JSON escapes it
+)
+
+
+def test_the_record_holds_no_absolute_path():
+    """A path of the machine that made the record (a build folder, a home) says nothing to a reader
+    and leaks where it ran: no executed notebook, table or run_info may hold one."""
+    hits = []
+    for path in sorted((ROOT / "executed").rglob("*")):
+        if path.is_file() and path.suffix in {".ipynb", ".csv", ".json", ".html", ".md"}:
+            for m in ABSOLUTE_PATH.finditer(path.read_text(errors="replace")):
+                hits.append(f"{path.relative_to(ROOT)}: {m.group(0)}")
+    assert not hits, hits[:10]
+
+
 def test_html_book_is_offline_with_figures_and_an_index(smoke_book, tmp_path):
     out = tmp_path / "html"
     subprocess.run(
