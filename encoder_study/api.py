@@ -302,6 +302,8 @@ def fit(
     """
     x = as_data_tensor("X", X).to(torch.float32)
     xt = None if X_test is None else as_data_tensor("X_test", X_test).to(torch.float32)
+    if xt is not None and xt.shape[1] != x.shape[1]:
+        raise ValueError(f"X_test has {xt.shape[1]} features but X has {x.shape[1]}; give both the same")
     config = _run_config(kind, hidden_dim, epochs, seed, batch_size, lr, optimizer, device, knobs)
     if config.batch_size > len(x):
         raise ValueError(f"batch_size={batch_size} is larger than X's {len(x)} samples")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
@@ -38,27 +39,46 @@ class ParameterGuard:
         so that a value no run can use is refused before any long work, by name."""
         declared = dict(namespace.get("__annotations__", {}))
         new = {k for k in set(namespace) - self.before if not k.startswith("_")}
-        unknown = sorted(new - set(declared) - {"guard"})
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {unknown}; this notebook takes {sorted(declared)}")
+        check_names(new - {"guard"}, declared)
         params = {}
         for name, kind in declared.items():
             if name not in namespace:
                 raise ValueError(f"parameter {name!r} has no value")
-            value = namespace[name]
-            if not _matches(value, kind):
-                raise TypeError(
-                    f"parameter {name}={value!r} has type {type(value).__name__}; expected "
-                    f"{kind.__name__ if isinstance(kind, type) else kind}{_yaml_hint(value)}"
-                )
-            if isinstance(value, list) and not value:
-                raise ValueError(f"parameter {name}=[] is empty; give at least one value")
-            params[name] = value
+            params[name] = check_value(name, namespace[name], kind)
         for name, bound in (at_least or {}).items():
             values = params[name] if isinstance(params[name], list) else [params[name]]
             if any(v < bound for v in values):
                 raise ValueError(f"parameter {name}={params[name]!r} is not allowed; need at least {bound:g}")
         return params
+
+
+def check_names(given: set[str], declared: dict[str, object]) -> None:
+    """Refuse a parameter name the notebook does not declare."""
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; this notebook takes {sorted(declared)}")
+
+
+def check_value(name: str, value: object, kind: object) -> object:
+    """``value`` if it has the declared type ``kind`` (an int is a float; a list is not empty)."""
+    if not _matches(value, kind):
+        raise TypeError(
+            f"parameter {name}={value!r} has type {type(value).__name__}; expected "
+            f"{kind.__name__ if isinstance(kind, type) else kind}{_yaml_hint(value)}"
+        )
+    if isinstance(value, list) and not value:
+        raise ValueError(f"parameter {name}=[] is empty; give at least one value")
+    return value
+
+
+def declared_parameters(source: str) -> dict[str, object]:
+    """The parameters a notebook's ``parameters`` cell declares (``name: type = default``), read
+    from the cell's source without running it: name -> type."""
+    declared = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            declared[node.target.id] = eval(compile(ast.Expression(node.annotation), "<parameters>", "eval"))
+    return declared
 
 
 def _yaml_hint(value: object) -> str:

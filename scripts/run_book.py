@@ -31,6 +31,8 @@ import papermill as pm
 import yaml
 from tqdm import tqdm
 
+from encoder_study.book import check_names, check_value, declared_parameters
+
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / "executed"
 CONSOLE_ENV = "ENCODER_STUDY_CONSOLE"  # encoder_study.progress writes its updates there
@@ -59,6 +61,15 @@ def read_parameters(params_dir: Path, name: str) -> dict:
         sys.exit(f"{pfile}: not valid YAML: {e}")
     if not isinstance(params, dict):
         sys.exit(f"{pfile}: must hold a mapping of parameter names to values, got {type(params).__name__}")
+    notebook = jupytext.read(ROOT / "notebooks" / f"{name}.py")
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    declared = declared_parameters(cell.source)
+    try:  # the kernel checks again (ParameterGuard); here a mistake is named before any notebook runs
+        check_names(set(params), declared)
+        for key, value in params.items():
+            check_value(key, value, declared[key])
+    except (TypeError, ValueError) as e:
+        sys.exit(f"{pfile}: {e}")
     return params
 
 
