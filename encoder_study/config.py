@@ -8,7 +8,7 @@ activation) are checked by that kind (``kinds/``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
@@ -84,6 +84,12 @@ class RunConfig:
 
         check_choice("model", self.model, KINDS)
         if isinstance(self.loss, dict):
+            unknown = sorted(set(self.loss) - {f.name for f in fields(LossConfig)})
+            if unknown:
+                raise TypeError(
+                    f"loss={self.loss!r}: unknown term(s) {unknown}; "
+                    f"LossConfig takes {[f.name for f in fields(LossConfig)]}"
+                )
             object.__setattr__(self, "loss", LossConfig(**self.loss))
         if not isinstance(self.loss, LossConfig):
             raise TypeError(f"loss must be a LossConfig or a dict of lambdas, got {type(self.loss).__name__}")

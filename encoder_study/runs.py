@@ -226,7 +226,10 @@ def _check_init(init: object, n: int) -> list[dict[str, torch.Tensor] | None] | 
     if init is None:
         return None
     if not isinstance(init, (list, tuple)) or len(init) != n:
-        raise ValueError(f"init must be a list with one entry (a state dict or None) per config; {n} configs")
+        got = f"a list of {len(init)}" if isinstance(init, (list, tuple)) else f"a {type(init).__name__}"
+        raise ValueError(
+            f"init must be a list with one entry (a state dict or None) per config; {n} configs, got {got}"
+        )
     for i, state in enumerate(init):
         if state is not None and not (
             isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())

@@ -554,7 +554,7 @@ REFUSED = [
     pytest.param(
         lambda c: run(c, [tiny(), tiny(seed=2)], init=[None]),
         ValueError,
-        r"^init must be a list with one entry .* per config; 2 configs",
+        r"^init must be a list with one entry .* per config; 2 configs, got a list of 1",
         id="runs-init-length",
     ),
     pytest.param(
@@ -582,7 +582,7 @@ REFUSED = [
     pytest.param(
         lambda c: tiny(model="sae", activation="tanh"),
         ValueError,
-        r"^activation='tanh' is not allowed; choose one of 'relu'",
+        r"^activation='tanh' is not allowed for model='sae'; choose one of 'relu'",
         id="cfg-sae-tanh",
     ),
     pytest.param(
@@ -594,7 +594,12 @@ REFUSED = [
     pytest.param(
         lambda c: tiny(loss={"lse": -1}), ValueError, r"lse=-1 must be >= 0", id="cfg-loss-negative"
     ),
-    pytest.param(lambda c: tiny(loss={"typo": 1}), TypeError, r"Loss.*'typo'", id="cfg-loss-unknown-term"),
+    pytest.param(
+        lambda c: tiny(loss={"typo": 1}),
+        TypeError,
+        r"^loss=\{'typo': 1\}: unknown term\(s\) \['typo'\]; LossConfig takes \['lse'",
+        id="cfg-loss-unknown-term",
+    ),
     pytest.param(
         lambda c: tiny(loss={"reduction": "median"}),
         ValueError,

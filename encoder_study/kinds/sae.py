@@ -49,7 +49,11 @@ class SAEKind(ModelKind):
 
     @classmethod
     def check_config(cls, config) -> None:
-        check_choice("activation", config.activation, SAE_ACTIVATIONS)
+        if config.activation not in SAE_ACTIVATIONS:
+            raise ValueError(
+                f"activation={config.activation!r} is not allowed for model={cls.name!r}; choose one of "
+                f"{', '.join(map(repr, SAE_ACTIVATIONS))}"
+            )
         cls.refuse_k(config)
 
     @classmethod
