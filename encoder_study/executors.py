@@ -11,15 +11,31 @@ variable ENCODER_STUDY_EXECUTOR (``local`` by default). ENCODER_STUDY_RAY_ADDRES
 existing cluster (``ray start --head`` prints it); without it a local cluster with this machine's
 cores is started. A task computes with the driver's thread count (part of the run cache's key,
 and what makes a group's numbers the same as the local executor's on the same machine).
+
+Connecting to the cluster at ENCODER_STUDY_RAY_ADDRESS gives up after ENCODER_STUDY_RAY_TIMEOUT
+seconds (default 60; a positive number), with a ``ConnectionError`` that names the address, the
+timeout and how to start a cluster. Left to itself, ``ray.init`` retries an address where no
+cluster answers for many minutes (Ray 2.60: 20 attempts of up to about 40 s each). So first the
+host:port (``ray://host:port`` too) is dialled over TCP (a closed port is refused at once), then
+``ray.init`` runs in a background thread that is waited on for what is left of the timeout: a
+port that accepts connections but is no cluster (a dashboard's port, a typo) times out instead
+of hanging. An abandoned attempt goes on in that thread until Ray gives up on its own (it does
+not keep the process from exiting); while it does, connecting again in the same process is
+refused: restart the process (or the notebook's kernel) to try again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import socket
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import torch
 
@@ -33,6 +49,11 @@ if TYPE_CHECKING:
 
 EXECUTORS = ("local", "ray")
 EXECUTOR_ENV, RAY_ADDRESS_ENV = "ENCODER_STUDY_EXECUTOR", "ENCODER_STUDY_RAY_ADDRESS"
+RAY_TIMEOUT_ENV, RAY_TIMEOUT_DEFAULT = "ENCODER_STUDY_RAY_TIMEOUT", 60.0  # seconds to reach a cluster
+START_CLUSTER = (
+    "start one on the head machine with `ray start --head --port=6379` and set "
+    f"{RAY_ADDRESS_ENV}=HEAD_IP:6379, or unset {RAY_ADDRESS_ENV} to start a local cluster here"
+)
 RAY_RETRIES = 2  # a failed task is run again this many times before its group is reported
 
 
@@ -80,19 +101,112 @@ def quiet_ray():
 
 
 def ray_started():
-    """The ``ray`` module, connected to the cluster at ENCODER_STUDY_RAY_ADDRESS, else to a local
-    one it starts (once per process)."""
+    """The ``ray`` module, connected to the cluster at ENCODER_STUDY_RAY_ADDRESS (within
+    ENCODER_STUDY_RAY_TIMEOUT seconds, else a ``ConnectionError``), else to a local one it starts
+    (once per process)."""
     ray = quiet_ray()
     if ray.is_initialized():
         return ray
     address = os.environ.get(RAY_ADDRESS_ENV) or None
+    timeout = ray_timeout()
     # Ray's start-up lines stay out of the record
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
     if address:
-        ray.init(address=address, **quiet)
+        _connect(ray, address, timeout, quiet)
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
     return ray
+
+
+def ray_timeout() -> float:
+    """ENCODER_STUDY_RAY_TIMEOUT: seconds to wait for the cluster (a positive number; default 60)."""
+    text = os.environ.get(RAY_TIMEOUT_ENV, "").strip()
+    if not text:
+        return RAY_TIMEOUT_DEFAULT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{RAY_TIMEOUT_ENV}={text!r} is not allowed; give a positive number of seconds "
+            f"(default {RAY_TIMEOUT_DEFAULT:g})"
+        )
+    return value
+
+
+_pending_connect: tuple[str, threading.Thread] | None = None  # an attempt that outlived its timeout
+
+
+def _connect(ray, address: str, timeout: float, init_kwargs: dict) -> None:
+    """``ray.init(address=...)`` within ``timeout`` seconds: the port dialled first, then the
+    init in a thread waited on for the rest of the time (see the module docstring)."""
+    global _pending_connect
+    deadline = time.monotonic() + timeout
+
+    def unreachable(why: str) -> ConnectionError:
+        return ConnectionError(
+            f"could not connect to the Ray cluster at {RAY_ADDRESS_ENV}={address!r}: {why} "
+            f"(timeout {timeout:g} s, {RAY_TIMEOUT_ENV}); if no cluster runs there, {START_CLUSTER}"
+        )
+
+    if _pending_connect is not None:
+        earlier, thread = _pending_connect
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            raise ConnectionError(
+                f"an earlier attempt to connect to the Ray cluster at {earlier!r} has not given up "
+                f"yet; restart the Python process (or the notebook's kernel) to try again"
+            )
+        _pending_connect = None
+    endpoint = _host_port(address)
+    if endpoint is not None:
+        try:
+            socket.create_connection(endpoint, timeout=timeout).close()
+        except TimeoutError:
+            raise unreachable(f"{endpoint[0]}:{endpoint[1]} did not answer within {timeout:g} s") from None
+        except OSError as e:
+            raise unreachable(f"{endpoint[0]}:{endpoint[1]} cannot be reached ({e.strerror or e})") from None
+    outcome: dict[str, BaseException | None] = {}
+
+    def init() -> None:  # every outcome is kept, so an abandoned attempt prints nothing
+        try:
+            ray.init(address=address, **init_kwargs)
+            outcome["error"] = None
+        except BaseException as e:  # handed to the caller below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=init, name="encoder-study-ray-connect", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if thread.is_alive():
+        _pending_connect = (address, thread)
+        raise unreachable(
+            f"its port accepts connections but no Ray cluster answered within {timeout:g} s (is it the "
+            f"address `ray start --head` printed, the GCS port, not the dashboard's?)"
+        )
+    if outcome["error"] is not None:
+        error = outcome["error"]
+        raise unreachable(f"{type(error).__name__}: {_first_line(error)}") from error
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """The (host, port) that ``address`` (``host:port`` or ``ray://host:port``) dials; None where
+    Ray finds the cluster itself (``auto``) or the form is one this check does not know."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    if address == "auto" or ("://" in address and not address.startswith("ray://")):
+        return None
+    try:
+        parts = urlsplit(f"//{rest.rstrip('/')}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None:
+        raise ValueError(
+            f"{RAY_ADDRESS_ENV}={address!r} is not an address; give host:port (as `ray start --head` "
+            f"prints it, e.g. 10.0.0.5:6379), ray://host:port or auto"
+        )
+    return host, port
 
 
 def run_ray(
