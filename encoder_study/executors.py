@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 import torch
 
 from .config import RunConfig, resolve_device
-from .engine import RunResult, train_group
+from .engine import RunResult, from_record, to_record, train_group
 from .progress import Progress
 from .validation import check_choice
 
@@ -83,8 +83,6 @@ def _train_group_task(
     init: list[dict[str, torch.Tensor] | None] | None = None,
 ) -> list[dict]:
     """A Ray task: one group trained in a worker, with the driver's thread count; plain records back."""
-    from .runs import to_record  # in the worker process
-
     torch.set_num_threads(threads)
     results = train_group([RunConfig(**c) for c in configs], train_x, test_x, progress=False, init=init)
     return [to_record(r) for r in results]
@@ -219,8 +217,6 @@ def run_ray(
     A task that raises or whose worker dies is run again up to RAY_RETRIES times; a group that
     still fails is named in the ``GroupsFailed`` raised once every other group is done.
     """
-    from .runs import from_record  # runs imports this module
-
     ray = ray_started()
     threads = torch.get_num_threads()
     train_ref = ray.put(train_x.cpu())

@@ -488,7 +488,7 @@ page_html = page(f"What the latents respond to: {model_name}, residual stream af
                  f"and the {feature_latents} most used; per latent its top {feature_top} activations (up to "
                  "10 shown, the active token highlighted), the histogram of its nonzero activations and the "
                  "tokens it fires on most.", sections)
-write_atomic(repo_path(results_dir) / "features.html", lambda tmp: tmp.write_text(page_html))
+write_atomic(repo_path(results_dir) / "features.html", page_html)
 record.table("features", features_table)
 record.duration("features page", time.perf_counter() - t0)
 features_table.round(3)
