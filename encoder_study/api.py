@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import LossConfig, RunConfig
+from .config import RunConfig
+from .losses import LossConfig
 from .metrics import features
 from .model import build_run_model
 from .runs import as_data_tensor, run_experiments

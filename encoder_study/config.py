@@ -1,9 +1,10 @@
-"""What defines a training run: ``LossConfig`` (the encoder's objective) and ``RunConfig`` (one
-run of any model kind), their defaults (docs/paper.md) and where a run computes.
+"""What defines a training run: ``RunConfig`` (one run of any model kind, the encoder's lambdas in
+its ``LossConfig``, which the objective's module ``losses.py`` defines), its defaults
+(docs/paper.md) and where a run computes.
 
-Both are frozen dataclasses whose fields are checked on construction, so a value no run can use
-is refused by name before any work. A model kind's own fields (``k`` for the TopK SAE, the
-activation) are checked by that kind (``kinds/``).
+A frozen dataclass whose fields are checked on construction, so a value no run can use is refused
+by name before any work. A model kind's own fields (``k`` for the TopK SAE, the activation) are
+checked by that kind (``kinds/``, whose registry this module reads).
 """
 
 from __future__ import annotations
@@ -12,38 +13,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
+from .kinds import KINDS
+from .losses import LossConfig
 from .validation import check_choice, check_int, check_nonnegative, check_positive, check_positive_int
 
-REDUCTIONS = ("sum", "mean")
-TERMS = ("lse", "var", "tc", "wr")  # the encoder's loss terms, in LossConfig's order
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """The weights (lambdas) of the encoder's four loss terms and how LSE sums over a batch."""
-
-    lse: float = 1.0
-    """Log-sum-exp: -sum_batch log sum_j exp(-a_j); its gradient is each unit's responsibility."""
-    var: float = 1.0
-    """Variance (InfoMax): -sum_j log(Var(a_j) + eps), keeps every unit in use."""
-    tc: float = 1.0
-    """Decorrelation (InfoMax): squared off-diagonal correlations of the units over a batch."""
-    wr: float = 0.0
-    """Weight redundancy: ||W_n W_n^T - I||^2 of the unit-normalised rows (off in the paper)."""
-    reduction: str = "sum"
-    """"sum" over the batch (the paper's, dL/da = responsibility) or "mean"."""
-
-    def __post_init__(self) -> None:
-        for name in TERMS:
-            object.__setattr__(self, name, check_nonnegative(f"lambda_{name}", getattr(self, name)))
-        check_choice("reduction", self.reduction, REDUCTIONS)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -80,8 +57,6 @@ class RunConfig:
     """Test-set metrics every this many epochs (and at the last)."""
 
     def __post_init__(self) -> None:
-        from .kinds import KINDS  # the registry imports this module
-
         check_choice("model", self.model, KINDS)
         if isinstance(self.loss, dict):
             unknown = sorted(set(self.loss) - {f.name for f in fields(LossConfig)})

@@ -8,14 +8,41 @@ trained together (see ``engine.py``). Conventions follow ``docs/paper.md``.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import torch
 
-from .config import REDUCTIONS, TERMS, LossConfig
 from .validation import check_choice, check_nonnegative
+
+REDUCTIONS = ("sum", "mean")
+TERMS = ("lse", "var", "tc", "wr")  # the encoder's loss terms, in LossConfig's order
 
 VARIANCE_EPS = 1e-6  # inside the log of the variance term
 CORRELATION_EPS = 1e-8  # added to each standard deviation in the correlation term
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The weights (lambdas) of the encoder's four loss terms and how LSE sums over a batch."""
+
+    lse: float = 1.0
+    """Log-sum-exp: -sum_batch log sum_j exp(-a_j); its gradient is each unit's responsibility."""
+    var: float = 1.0
+    """Variance (InfoMax): -sum_j log(Var(a_j) + eps), keeps every unit in use."""
+    tc: float = 1.0
+    """Decorrelation (InfoMax): squared off-diagonal correlations of the units over a batch."""
+    wr: float = 0.0
+    """Weight redundancy: ||W_n W_n^T - I||^2 of the unit-normalised rows (off in the paper)."""
+    reduction: str = "sum"
+    """"sum" over the batch (the paper's, dL/da = responsibility) or "mean"."""
+
+    def __post_init__(self) -> None:
+        for name in TERMS:
+            object.__setattr__(self, name, check_nonnegative(f"lambda_{name}", getattr(self, name)))
+        check_choice("reduction", self.reduction, REDUCTIONS)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def _check_activations(a: torch.Tensor, name: str = "a", min_batch: int = 1) -> None:

@@ -37,6 +37,7 @@ from .config import RunConfig
 from .data import cache_dir
 from .engine import RunResult, from_record, group_runs, init_fingerprint, to_record, train_group
 from .executors import executor_name, run_ray
+from .kinds import KINDS
 from .progress import Progress
 from .storage import legacy_cache_files, load_or_discard, move_aside, save_tree, warn
 
@@ -82,8 +83,6 @@ def relative_imports(path: Path) -> set[Path]:
 def kind_files(kind: str) -> list[Path]:
     """The source of model kind ``kind``: the file that defines its registered class and every
     module of ``kinds/`` that file reaches by relative imports (a kind may reuse another's code)."""
-    from .kinds import KINDS
-
     start = Path(inspect.getsourcefile(KINDS[kind])).resolve()
     seen, todo = set(), [start]
     while todo:

@@ -8,10 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from encoder_study.config import TERMS, LossConfig
 from encoder_study.kinds.base import ModelKind
 from encoder_study.kinds.encoder import Encoder
-from encoder_study.losses import combined_loss
+from encoder_study.losses import TERMS, LossConfig, combined_loss
 
 EMA = 0.9
 

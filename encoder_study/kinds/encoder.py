@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..config import TERMS, LossConfig
-from ..losses import combined_loss, combined_loss_and_grad
+from ..losses import TERMS, LossConfig, combined_loss, combined_loss_and_grad
 from ..stacking import linear_shared_input
 from ..validation import check_choice, check_positive_int
 from .base import ACTIVATION_GRADS, ACTIVATIONS, FirstLayer, ModelKind, Params, check_input, log_units
