@@ -32,28 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .config import RunConfig
-from .losses import LossConfig
+from . import __version__, saelens
+from .config import RunConfig, run_config_for, saved_run_config
+from .kinds import KINDS, ModelKind
 from .metrics import features
 from .model import build_run_model
 from .runs import as_data_tensor, run_experiments
-from .storage import write_atomic
+from .storage import read_json_object, read_safetensors, write_atomic
 from .validation import check_choice, check_positive
 
-# The names a user gives a model kind, and the engine's names for them (kinds.KINDS).
-KINDS = {"ours": "encoder", "sae": "sae", "topk": "topk", "batchtopk": "batchtopk"}
-# Each kind's knobs (keyword: meaning). Anything else given to fit for that kind is an error.
-KNOBS = {
-    "ours": {
-        "lambda_lse": "weight of the log-sum-exp term",
-        "lambda_var": "weight of the variance term",
-        "lambda_tc": "weight of the decorrelation term",
-    },
-    "sae": {"l1": "weight of the L1 sparsity penalty"},
-    "topk": {"k": "active latents per sample"},
-    "batchtopk": {"k": "active latents per sample, on average over a minibatch"},
-}
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "weights.safetensors"
 FORMAT = "encoder-study-dictionary/1"
 DTYPE = "float32"  # what fit trains and save writes
@@ -76,7 +63,13 @@ class Dictionary:
 
     @property
     def kind(self) -> str:
-        return next(name for name, engine_kind in KINDS.items() if engine_kind == self.config.model)
+        """The kind as users name it (``fit(kind=...)``)."""
+        return self.kind_class.user_name or self.config.model
+
+    @property
+    def kind_class(self) -> type[ModelKind]:
+        """The registered kind (``kinds.KINDS``): its knobs, its SAELens form, whether it has a decoder."""
+        return KINDS[self.config.model]
 
     @property
     def hidden_dim(self) -> int:
@@ -86,7 +79,7 @@ class Dictionary:
         c = self.config
         return (
             f"Dictionary(kind={self.kind!r}, input_dim={self.input_dim}, hidden_dim={self.hidden_dim}, "
-            f"knobs={knobs_of(c)}, epochs={c.epochs}, seed={c.seed}"
+            f"knobs={self.kind_class.knob_values(c)}, epochs={c.epochs}, seed={c.seed}"
             + (", readout fitted" if self.readout is not None else "")
             + ")"
         )
@@ -132,10 +125,9 @@ class Dictionary:
         check_positive("input_scale", input_scale)
         folder = _writable_folder(path, overwrite)
         if format == "saelens":
-            from . import saelens
-
             readout, samples = self.readout, None
-            if self.kind == "ours" and readout_x is not None:
+            decoder_free = not self.kind_class.has_decoder
+            if decoder_free and readout_x is not None:
                 x = as_data_tensor("readout_x", readout_x)
                 if x.shape[1] != self.input_dim:
                     raise ValueError(
@@ -143,10 +135,10 @@ class Dictionary:
                     )
                 readout, samples = saelens.readout_of(self, x), len(x)
                 self.readout = readout
-            elif self.kind == "ours" and readout is None:
+            elif decoder_free and readout is None:
                 raise ValueError(
-                    "readout_x=None: ours has no decoder; give samples (readout_x=) to fit the linear "
-                    "readout that SAELens's W_dec and b_dec hold"
+                    f"readout_x=None: {self.kind} has no decoder; give samples (readout_x=) to fit the "
+                    "linear readout that SAELens's W_dec and b_dec hold"
                 )
             _remove_dictionary(folder)
             return saelens.write(self, folder, readout, samples, input_scale, hook_name, model_name)
@@ -157,8 +149,8 @@ class Dictionary:
             "kind": self.kind,
             "input_dim": self.input_dim,
             "hidden_dim": self.hidden_dim,
-            "knobs": knobs_of(self.config),
-            "training": training_of(self.config),
+            "knobs": self.kind_class.knob_values(self.config),
+            "training": self.config.training(),
             "final_training_loss": final_loss,
             "train_seconds": self.train_seconds if math.isfinite(self.train_seconds) else None,
             "package": "encoder-study",
@@ -175,10 +167,10 @@ class Dictionary:
 
 def _dictionary_files(folder: Path) -> dict[str, list[str]]:
     """The files of each disk format present in ``folder`` (formats with none left out)."""
-    from .saelens import CFG_FILE
-    from .saelens import WEIGHTS_FILE as SAELENS_WEIGHTS
-
-    formats = {"encoder-study": (CONFIG_FILE, WEIGHTS_FILE), "saelens": (CFG_FILE, SAELENS_WEIGHTS)}
+    formats = {
+        "encoder-study": (CONFIG_FILE, WEIGHTS_FILE),
+        "saelens": (saelens.CFG_FILE, saelens.WEIGHTS_FILE),
+    }
     found = {f: [n for n in names if os.path.lexists(folder / n)] for f, names in formats.items()}
     return {f: names for f, names in found.items() if names}
 
@@ -217,66 +209,6 @@ def _as_path(name: str, path: object) -> Path:
     return Path(path)
 
 
-def knobs_of(config: RunConfig) -> dict:
-    """The sparsity knobs of a run, by the names ``fit`` takes."""
-    if config.model == "encoder":
-        return {"lambda_lse": config.loss.lse, "lambda_var": config.loss.var, "lambda_tc": config.loss.tc}
-    if config.model == "sae":
-        return {"l1": config.l1}
-    return {"k": config.k}
-
-
-def training_of(config: RunConfig) -> dict:
-    return {
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "optimizer": config.optimizer,
-        "lr": config.lr,
-        "seed": config.seed,
-        "activation": config.activation,
-    }
-
-
-def _run_config(
-    kind: str,
-    hidden_dim: int,
-    epochs: int,
-    seed: int,
-    batch_size: int,
-    lr: float,
-    optimizer: str,
-    device: str,
-    knobs: dict,
-) -> RunConfig:
-    check_choice("kind", kind, KINDS)
-    unknown = sorted(set(knobs) - set(KNOBS[kind]))
-    if unknown:
-        allowed = ", ".join(f"{k} ({v})" for k, v in KNOBS[kind].items())
-        raise TypeError(f"kind={kind!r} does not take {', '.join(unknown)}; its knobs are: {allowed}")
-    common = {
-        "hidden_dim": hidden_dim,
-        "epochs": epochs,
-        "seed": seed,
-        "batch_size": batch_size,
-        "lr": lr,
-        "optimizer": optimizer,
-        "device": device,
-    }
-    if kind == "ours":
-        loss = LossConfig(
-            lse=knobs.get("lambda_lse", 1.0),
-            var=knobs.get("lambda_var", 1.0),
-            tc=knobs.get("lambda_tc", 1.0),
-            wr=0.0,
-        )
-        return RunConfig(model="encoder", loss=loss, **common)
-    if kind == "sae":
-        return RunConfig(model="sae", l1=knobs.get("l1", 0.01), **common)
-    if "k" not in knobs:
-        raise TypeError(f"kind={kind!r} needs k= (active latents per sample, 1 <= k <= hidden_dim)")
-    return RunConfig(model=KINDS[kind], k=knobs["k"], **common)
-
-
 def fit(
     X: np.ndarray | torch.Tensor,
     kind: str = "ours",
@@ -305,7 +237,17 @@ def fit(
     xt = None if X_test is None else as_data_tensor("X_test", X_test).to(torch.float32)
     if xt is not None and xt.shape[1] != x.shape[1]:
         raise ValueError(f"X_test has {xt.shape[1]} features but X has {x.shape[1]}; give both the same")
-    config = _run_config(kind, hidden_dim, epochs, seed, batch_size, lr, optimizer, device, knobs)
+    config = run_config_for(
+        kind,
+        knobs,
+        hidden_dim=hidden_dim,
+        epochs=epochs,
+        seed=seed,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        device=device,
+    )
     if config.batch_size > len(x):
         raise ValueError(f"batch_size={batch_size} is larger than X's {len(x)} samples")
     (result,) = run_experiments([config], x, xt, cache=cache, progress=progress)
@@ -336,11 +278,11 @@ def load(path: str | os.PathLike) -> Dictionary:
     for f in (cfg_file, weights_file):
         if not f.is_file():
             raise FileNotFoundError(f"path={str(path)!r} is not a saved dictionary: {f.name} is missing")
-    cfg = _read_json(cfg_file)
+    cfg = read_json_object(cfg_file)
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{cfg_file}: format {cfg.get('format')!r} is not {FORMAT!r}")
     try:
-        config = _saved_config(cfg["kind"], cfg["hidden_dim"], cfg["knobs"], cfg["training"])
+        config = saved_run_config(cfg["kind"], cfg["hidden_dim"], cfg["knobs"], cfg["training"])
         input_dim = cfg["input_dim"]
         if isinstance(input_dim, bool) or not isinstance(input_dim, int) or input_dim < 1:
             raise ValueError(f"input_dim={input_dim!r} must be an integer >= 1")
@@ -350,7 +292,7 @@ def load(path: str | os.PathLike) -> Dictionary:
         raise ValueError(f"{cfg_file}: the field {e} is missing") from e
     except (TypeError, ValueError) as e:
         raise ValueError(f"{cfg_file}: {e}") from e
-    state = _read_weights(weights_file)
+    state = read_safetensors(weights_file)
     recorded = cfg.get("tensors")
     if recorded is not None and recorded != {n: list(t.shape) for n, t in state.items()}:
         raise ValueError(f"{weights_file}: its tensors' shapes are not those {cfg_file.name} records")
@@ -365,27 +307,6 @@ def load(path: str | os.PathLike) -> Dictionary:
         history,
         float(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else float("nan"),
     )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
-    return cfg
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors reports damage as its own error types
-        raise ValueError(
-            f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e)[:120]})"
-        ) from e
 
 
 def check_state(state: dict[str, torch.Tensor], config: RunConfig, input_dim: int, source: Path) -> None:
@@ -409,26 +330,9 @@ def check_state(state: dict[str, torch.Tensor], config: RunConfig, input_dim: in
 
 
 def _load_saelens(folder: Path) -> Dictionary:
-    from . import saelens
-
-    meta, state, readout = saelens.read(folder)
+    config, input_dim, state, readout = saelens.read(folder)
     source = folder / saelens.WEIGHTS_FILE
-    hidden_dim, input_dim = state["linear.weight" if meta["kind"] == "ours" else "encoder.weight"].shape
-    try:
-        config = _saved_config(meta["kind"], hidden_dim, meta["knobs"], meta["training"])
-    except KeyError as e:
-        raise ValueError(f"{folder / saelens.CFG_FILE}: metadata.encoder_study lacks the field {e}") from e
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{folder / saelens.CFG_FILE}: {e}") from e
     check_state(state, config, input_dim, source)
     if readout is not None and not bool(torch.isfinite(readout).all()):
         raise ValueError(f"{source}: W_dec or b_dec holds NaN or infinite values")
     return Dictionary(config, input_dim, state, readout=readout)
-
-
-def _saved_config(kind: str, hidden_dim: int, knobs: dict, training: dict) -> RunConfig:
-    """The RunConfig a saved dictionary records (kind, knobs and ``training_of``'s fields)."""
-    t = training
-    return _run_config(
-        kind, hidden_dim, t["epochs"], t["seed"], t["batch_size"], t["lr"], t["optimizer"], "auto", knobs
-    )

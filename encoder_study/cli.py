@@ -39,20 +39,14 @@ import numpy as np
 import torch
 
 from . import api
-from .api import KINDS, KNOBS, fit
-from .kinds import KINDS as ENGINE_KINDS
+from .api import fit
+from .config import run_config_for
+from .kinds import Knob, user_kinds
 from .metrics import apply_linear_readout, firing_frequency, fvu, l0
 from .storage import write_atomic
 
 PROG, CONSOLE_SCRIPT = "python -m encoder_study.fit", "encoder-study-fit"
 CHUNK_ROWS = 65536  # rows checked (or converted) at a time, so a large file never sits in memory twice
-FLAGS = {
-    "lambda_lse": "--lambda-lse",
-    "lambda_var": "--lambda-var",
-    "lambda_tc": "--lambda-tc",
-    "l1": "--l1",
-    "k": "--k",
-}
 # The engine seeds each epoch's order with seed * 1,000,003 + epoch, which must fit in 64 bits.
 SEED_LIMIT = 10**12
 DEFAULT_HELDOUT = "a tenth of the rows, at most 65,536"
@@ -74,17 +68,26 @@ def prog() -> str:
     return typed if typed.startswith(CONSOLE_SCRIPT) else PROG
 
 
-def knob_help(knob: str) -> str:
+def knob_flags() -> dict[str, Knob]:
+    """Every knob of the kinds users name, by name (one flag serves the kinds that share a knob):
+    read from the kinds' own declarations, so a registered kind brings its flags."""
+    return {knob.name: knob for kind in user_kinds().values() for knob in kind.knobs}
+
+
+def knob_help(name: str) -> str:
     """What a knob means for each kind that takes it, with that kind's default (fit's)."""
     parts = []
-    for kind, knobs in KNOBS.items():
-        if knob in knobs:
-            try:
-                default = api.knobs_of(api._run_config(kind, 1, 1, 1, 2, 1e-3, "adam", "cpu", {}))[knob]
-                parts.append(f"{kind}: {knobs[knob]} (default: {default:g})")
-            except TypeError:  # the TopK kinds have no default k
-                parts.append(f"{kind}: {knobs[knob]} (required, 1 <= k <= --hidden-dim)")
+    for kind_name, kind in user_kinds().items():
+        for knob in kind.knobs:
+            if knob.name == name:
+                given = "required" if knob.default is None else f"default: {knob.default:g}"
+                parts.append(f"{kind_name}: {knob.doc} ({given}{_bounds(knob)})")
     return "; ".join(parts)
+
+
+def _bounds(knob: Knob) -> str:
+    upper = f" <= --{knob.at_most.replace('_', '-')}" if knob.at_most else ""
+    return f", {knob.minimum:g} <= {knob.name}{upper}" if upper or knob.type is int else ""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -103,8 +106,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kind",
         required=True,
-        choices=sorted(KINDS),
-        help="ours (LSE + InfoMax), sae (L1), topk, batchtopk (required)",
+        choices=sorted(user_kinds()),
+        help="the kind of dictionary: ours (LSE + InfoMax, no decoder), sae (L1), topk, batchtopk, or a "
+        "kind registered in this process (required)",
     )
     p.add_argument("--hidden-dim", required=True, type=int, help="latents of the dictionary, >= 1 (required)")
     p.add_argument(
@@ -114,8 +118,8 @@ def parser() -> argparse.ArgumentParser:
         help="the folder to write: created if needed, refused if it holds a dictionary (required)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a dictionary already in --out")
-    for knob, flag in FLAGS.items():
-        p.add_argument(flag, type=int if knob == "k" else float, help=knob_help(knob))
+    for name, knob in knob_flags().items():
+        p.add_argument(knob.flag, dest=name, type=knob.type, help=knob_help(name))
     p.add_argument("--epochs", type=int, default=5, help="passes over the training rows, >= 1")
     p.add_argument(
         "--seed",
@@ -195,14 +199,39 @@ def load_activations(path: Path) -> np.ndarray:
 
 def knobs_from(args: argparse.Namespace) -> dict:
     """The knob flags given, refused by name where the kind does not take them."""
-    given = {knob: getattr(args, knob) for knob in FLAGS if getattr(args, knob) is not None}
-    wrong = sorted(set(given) - set(KNOBS[args.kind]))
+    flags = knob_flags()
+    given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    own = {knob.name for knob in user_kinds()[args.kind].knobs}
+    wrong = sorted(set(given) - own)
     if wrong:
-        allowed = ", ".join(FLAGS[k] for k in KNOBS[args.kind])
+        allowed = ", ".join(flags[name].flag for name in sorted(own)) or "none"
         raise ValueError(
-            f"--kind {args.kind} does not take {', '.join(FLAGS[k] for k in wrong)}; its knobs: {allowed}"
+            f"--kind {args.kind} does not take {', '.join(flags[n].flag for n in wrong)}; "
+            f"its knobs: {allowed}"
         )
     return given
+
+
+def check_knobs(kind: str, knobs: dict, args: argparse.Namespace) -> None:
+    """Each knob of ``kind``: given where it has no default, within its bounds."""
+    for knob in user_kinds()[kind].knobs:
+        upper = getattr(args, knob.at_most) if knob.at_most else None
+        span = f"{knob.minimum:g} to --{knob.at_most.replace('_', '-')} ({upper})" if knob.at_most else ""
+        if knob.name not in knobs:
+            if knob.default is None:
+                what = f"an integer from {span}" if knob.type is int else "a number"
+                raise ValueError(f"--kind {kind} needs {knob.flag} ({knob.doc}): {what}")
+            continue
+        value = knobs[knob.name]
+        if knob.at_most and not knob.minimum <= value <= upper:
+            upper_flag = "--" + knob.at_most.replace("_", "-")
+            raise refuse(
+                knob.flag,
+                value,
+                f"--kind {kind} takes {knob.minimum:g} <= {knob.name} <= {upper_flag} ({upper})",
+            )
+        if not (math.isfinite(value) and value >= knob.minimum):
+            raise refuse(knob.flag, value, f"give a finite number >= {knob.minimum:g}")
 
 
 def refuse(flag: str, value: object, allowed: str) -> ValueError:
@@ -216,20 +245,11 @@ def check_settings(args: argparse.Namespace) -> dict:
     h, kind = args.hidden_dim, args.kind
     if h < 1:
         raise refuse("--hidden-dim", h, "give an integer >= 1 (the dictionary's latents)")
-    if "k" in KNOBS[kind]:
-        if "k" not in knobs:
-            raise ValueError(
-                f"--kind {kind} needs --k ({KNOBS[kind]['k']}): an integer from 1 to --hidden-dim ({h})"
-            )
-        if not 1 <= knobs["k"] <= h:
-            raise refuse("--k", knobs["k"], f"--kind {kind} takes 1 <= k <= --hidden-dim ({h})")
-    for knob, value in knobs.items():
-        if knob != "k" and not (math.isfinite(value) and value >= 0):
-            raise refuse(FLAGS[knob], value, "give a finite number >= 0")
+    check_knobs(kind, knobs, args)
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
         if value < 1:
             raise refuse(flag, value, "give an integer >= 1")
-    min_batch = ENGINE_KINDS[KINDS[kind]].min_batch
+    min_batch = user_kinds()[kind].min_batch
     if args.batch_size < min_batch:
         raise refuse(
             "--batch-size",
@@ -250,7 +270,16 @@ def check_settings(args: argparse.Namespace) -> dict:
             "use --device cpu or --device auto",
         )
     # the RunConfig fit will build: anything the checks above missed is refused here, by fit's name
-    api._run_config(kind, h, args.epochs, args.seed, args.batch_size, args.lr, "adam", args.device, knobs)
+    run_config_for(
+        kind,
+        knobs,
+        hidden_dim=h,
+        epochs=args.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+    )
     return knobs
 
 
@@ -300,7 +329,7 @@ def split_rows(args: argparse.Namespace, n: int) -> int:
             f"it is larger than the {n_train} training rows ({n} rows, {n_held} held out); "
             f"give at most {n_train}",
         )
-    min_batch = ENGINE_KINDS[KINDS[args.kind]].min_batch
+    min_batch = user_kinds()[args.kind].min_batch
     if 0 < n_train % args.batch_size < min_batch:
         raise refuse(
             "--batch-size",
@@ -381,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     readout_x = None
-    if args.kind == "ours":
+    decoder_free = not d.kind_class.has_decoder
+    if decoder_free:
         # NumPy seeds with non-negative integers only: a negative seed is taken modulo 2**64
         rows = np.random.default_rng(args.seed % 2**64).choice(
             len(train), min(args.readout_samples, len(train)), False
@@ -395,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         model_name=args.model_name,
         overwrite=args.overwrite,
     )
-    scores = heldout_scores(d, held, d.readout if args.kind == "ours" else None)
+    scores = heldout_scores(d, held, d.readout if decoder_free else None)
     scores["train_seconds"] = time.perf_counter() - start
     write_atomic(folder / "heldout_metrics.json", strict_json(scores))
     shown = (

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
-from .kinds import KINDS
+from .kinds import KINDS, user_kinds
 from .losses import LossConfig
 from .validation import check_choice, check_int, check_nonnegative, check_positive, check_positive_int
 
@@ -55,6 +55,9 @@ class RunConfig:
     """"cpu", "cuda", or "auto" (CUDA when available)."""
     eval_every: int = 10
     """Test-set metrics every this many epochs (and at the last)."""
+    knobs: tuple[tuple[str, float], ...] = ()
+    """Knobs of the kind that RunConfig has no field for (a kind added outside the package declares
+    them with ``Knob(field="")``), as (name, value) pairs; a dict is accepted."""
 
     def __post_init__(self) -> None:
         check_choice("model", self.model, KINDS)
@@ -83,6 +86,7 @@ class RunConfig:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("device", self.device, DEVICES)
         kind = KINDS[self.model]
+        object.__setattr__(self, "knobs", _own_knobs(kind, self.knobs))
         if self.batch_size < kind.min_batch:
             raise ValueError(
                 f"batch_size={self.batch_size} is not allowed for model={self.model!r}: its loss takes a "
@@ -91,10 +95,60 @@ class RunConfig:
         kind.check_config(self)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "knobs": dict(self.knobs)}
 
     def with_(self, **changes) -> RunConfig:
         return replace(self, **changes)
+
+    def training(self) -> dict:
+        """The settings of training that a saved dictionary records beside its knobs."""
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "seed": self.seed,
+            "activation": self.activation,
+        }
+
+
+def _own_knobs(kind, given: object) -> tuple[tuple[str, float], ...]:
+    """``RunConfig.knobs`` checked against the kind's own knobs (``Knob(field="")``): defaults
+    filled in, unknown names and bad values refused by name."""
+    own = {k.name: k for k in kind.knobs if not k.field}
+    pairs = dict(given.items() if isinstance(given, dict) else given)
+    unknown = sorted(set(pairs) - set(own))
+    if unknown:
+        raise ValueError(
+            f"knobs={pairs!r}: model={kind.name!r} has no knob {unknown}; its own knobs: {sorted(own)}"
+        )
+    values = {}
+    for name, knob in own.items():
+        if name not in pairs and knob.default is None:
+            raise ValueError(f"model={kind.name!r} needs knobs={{{name!r}: ...}} ({knob.doc})")
+        values[name] = knob.check(pairs.get(name, knob.default), kind.name)
+    return tuple(sorted(values.items()))
+
+
+def saved_run_config(kind: str, hidden_dim: int, knobs: dict, training: dict) -> RunConfig:
+    """The RunConfig a saved dictionary records: its kind (as users name it), width, knobs and
+    ``RunConfig.training()``'s fields (a KeyError names a missing one)."""
+    if not isinstance(training, dict):
+        raise TypeError(f"training={training!r} must be a mapping of training settings")
+    if not isinstance(knobs, dict):
+        raise TypeError(f"knobs={knobs!r} must be a mapping of knob names to values")
+    settings = {name: training[name] for name in ("epochs", "seed", "batch_size", "lr", "optimizer")}
+    return run_config_for(
+        kind, knobs, hidden_dim=hidden_dim, activation=training.get("activation", "relu"), **settings
+    )
+
+
+def run_config_for(kind: str, knobs: dict, **settings) -> RunConfig:
+    """The RunConfig of a kind named as users name it (``kinds.user_kinds``), its knobs by name
+    (each checked, defaults filled in) and the other settings (RunConfig's fields)."""
+    kinds = user_kinds()
+    check_choice("kind", kind, kinds)
+    return RunConfig(model=kinds[kind].name, **kinds[kind].config_fields(knobs), **settings)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -310,7 +310,7 @@ def _check_group_fits(
             f"{kind.min_batch}: change batch_size or the number of samples"
         )
     K = configs[0].hidden_dim
-    per_run = K * input_dim * (1 if configs[0].model == "encoder" else 2) + K + input_dim
+    per_run = kind.parameter_count(input_dim, configs[0])
     need = len(configs) * per_run * 4 * torch.finfo(dtype).bits // 8  # weights, gradients, two Adam moments
     free = _available_memory(device)
     if free is not None and need > free:

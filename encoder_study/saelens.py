@@ -22,6 +22,10 @@ norm) is written for raw inputs: W_enc / s, b_dec * s, W_dec * s, so SAELens nee
 normalisation step (``normalize_activations`` "none"), and the scale is recorded. The package's
 own fields (kind, knobs, training settings, readout) live under ``metadata.encoder_study``, which
 is how ``read`` rebuilds the dictionary; SAELens keeps unknown metadata keys as they are.
+
+Each kind declares its part in its own file (``kinds/``): ``saelens_architecture``,
+``saelens_pre_biased``, ``saelens_fields`` (TopK's k), and ``to_saelens`` / ``from_saelens`` (the
+tensors both ways). This module holds what every kind shares: scaling, cfg.json, the checks.
 """
 
 from __future__ import annotations
@@ -32,34 +36,13 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .config import RunConfig, saved_run_config
+from .kinds import KINDS, ModelKind, user_kinds
 from .metrics import features, fit_linear_readout
-from .storage import write_atomic
+from .storage import read_json_object, read_safetensors, write_atomic
 
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
-ARCHITECTURES = {"ours": "standard", "sae": "standard", "topk": "topk", "batchtopk": "jumprelu"}
-PRE_BIASED = ("topk", "batchtopk")  # kinds that subtract b_pre (SAELens: b_dec) from the input
-
-
-def _tensors(
-    kind: str, state: dict[str, torch.Tensor], readout: torch.Tensor | None
-) -> dict[str, torch.Tensor]:
-    """The four SAELens tensors of a dictionary trained on unscaled inputs."""
-    if kind == "ours":
-        return {
-            "W_enc": state["linear.weight"].T,
-            "b_enc": state["linear.bias"],
-            "W_dec": readout[:-1],
-            "b_dec": readout[-1],
-        }
-    out = {
-        "W_enc": state["encoder.weight"].T,
-        "b_enc": state["encoder.bias"],
-        "W_dec": state["decoder.weight"].T,
-    }
-    out["b_dec"] = state["pre_bias"] if kind in PRE_BIASED else state["decoder.bias"]
-    if kind == "batchtopk":  # SAELens's JumpReLU: one threshold per latent, here all the same
-        out["threshold"] = state["threshold"].expand(state["encoder.bias"].shape)
-    return out
+SAELENS_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")  # every architecture's; JumpReLU adds threshold
 
 
 def readout_of(dictionary, readout_x: torch.Tensor) -> torch.Tensor:
@@ -79,52 +62,52 @@ def write(
     model_name: str | None,
 ) -> Path:
     """Write ``dictionary`` (an ``api.Dictionary``) as a SAELens folder at ``path`` (see the module
-    docstring); ``readout`` is ours' fitted readout in its own (scaled) input space."""
+    docstring); ``readout`` is a decoder-free kind's fitted readout in its own (scaled) input space."""
     from safetensors.torch import save
 
-    kind, config = dictionary.kind, dictionary.config
+    config = dictionary.config
+    kind = KINDS[config.model]
+    if kind.saelens_architecture is None:
+        raise ValueError(f"model kind {kind.name!r} has no SAELens form (its saelens_architecture is None)")
     if config.activation != "relu":
         raise ValueError(
             f"activation={config.activation!r}: only ReLU activations map onto SAELens's architectures"
         )
     tensors = {
-        n: t.detach().to(torch.float32).cpu() for n, t in _tensors(kind, dictionary.state, readout).items()
+        n: t.detach().to(torch.float32).cpu() for n, t in kind.to_saelens(dictionary.state, readout).items()
     }
     tensors["W_enc"] = tensors["W_enc"] / input_scale
     for name in ("W_dec", "b_dec"):
         tensors[name] = tensors[name] * input_scale
     tensors = {n: t.contiguous() for n, t in tensors.items()}
-    from .api import knobs_of, training_of
-
     cfg = {
-        "architecture": ARCHITECTURES[kind],
+        "architecture": kind.saelens_architecture,
         "d_in": dictionary.input_dim,
         "d_sae": dictionary.hidden_dim,
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": kind in PRE_BIASED,
+        "apply_b_dec_to_input": kind.saelens_pre_biased,
         "normalize_activations": "none",
         "reshape_activations": "none",
+        **kind.saelens_fields(config),
         "metadata": {
             "model_name": model_name,
             "hook_name": hook_name,
             "encoder_study": {
-                "kind": kind,
-                "knobs": knobs_of(config),
-                "training": training_of(config),
+                "kind": kind.user_name,
+                "knobs": kind.knob_values(config),
+                "training": config.training(),
                 "input_scale": input_scale,
                 "decoder": (
-                    f"least-squares affine readout fitted on {readout_samples} samples "
+                    "the model's trained decoder"
+                    if kind.has_decoder
+                    else f"least-squares affine readout fitted on {readout_samples} samples "
                     "(the model has no decoder)"
-                    if kind == "ours"
-                    else "the model's trained decoder"
                 ),
                 "package_version": __version__,
             },
         },
     }
-    if kind == "topk":
-        cfg.update(k=config.k, rescale_acts_by_decoder_norm=False)
     path.mkdir(parents=True, exist_ok=True)
     write_atomic(path / WEIGHTS_FILE, save(tensors))
     write_atomic(path / CFG_FILE, json.dumps(cfg, indent=1))
@@ -135,70 +118,67 @@ def is_saelens_folder(path: Path) -> bool:
     return (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
-def read(path: Path) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor | None]:
-    """(the package's metadata, the model's state in raw input units, ours' readout or None) of
-    a folder ``write`` wrote, after checking that ``cfg.json``'s architecture, d_in, d_sae and k
-    agree with the tensors and with the package's metadata (an error names the field)."""
-    from .api import _read_json, _read_weights
-
+def read(path: Path) -> tuple[RunConfig, int, dict[str, torch.Tensor], torch.Tensor | None]:
+    """(the run config, the input dimension, the model's state in raw input units, a decoder-free
+    kind's readout or None) of a folder ``write`` wrote, after checking that ``cfg.json``'s
+    architecture, d_in, d_sae and the kind's own fields (TopK's k) agree with the tensors and with
+    the package's metadata (an error names the file and the field)."""
     cfg_file = path / CFG_FILE
-    cfg = _read_json(cfg_file)
+    cfg = read_json_object(cfg_file)
     ours = cfg.get("metadata", {}).get("encoder_study") if isinstance(cfg.get("metadata"), dict) else None
     if not ours:
         raise ValueError(
             f"path={str(path)!r} is a SAELens folder that encoder-study did not write (no metadata."
             f"encoder_study); load it with sae_lens.SAE.load_from_disk"
         )
-    kind = ours.get("kind")
-    if kind not in ARCHITECTURES:
+    kinds = user_kinds()
+    if ours.get("kind") not in kinds:
         raise ValueError(
-            f"{cfg_file}: metadata.encoder_study.kind={kind!r} is not one of {sorted(ARCHITECTURES)}"
+            f"{cfg_file}: metadata.encoder_study.kind={ours.get('kind')!r} is not one of {sorted(kinds)}"
         )
-    t = _read_weights(path / WEIGHTS_FILE)
-    _check_cfg(cfg, cfg_file, kind, ours, t)
-    if kind == "ours":
-        state = {"linear.weight": t["W_enc"].T.contiguous(), "linear.bias": t["b_enc"]}
-        return ours, state, torch.cat([t["W_dec"], t["b_dec"][None]]).contiguous()
-    state = {
-        "encoder.weight": t["W_enc"].T.contiguous(),
-        "encoder.bias": t["b_enc"],
-        "decoder.weight": t["W_dec"].T.contiguous(),
-    }
-    state["pre_bias" if kind in PRE_BIASED else "decoder.bias"] = t["b_dec"]
-    if kind == "batchtopk":
-        state["threshold"] = t["threshold"][0].clone()
-    return ours, state, None
-
-
-def _check_cfg(cfg: dict, cfg_file: Path, kind: str, ours: dict, t: dict[str, torch.Tensor]) -> None:
-    """Refuse a SAELens folder whose cfg.json disagrees with its tensors or its metadata."""
-    names = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if kind == "batchtopk" else set())
-    weights = cfg_file.parent / WEIGHTS_FILE
-    if set(t) != names:
-        raise ValueError(
-            f"{weights}: tensors {sorted(t)} are not SAELens's {sorted(names)} for kind {kind!r}"
-        )
-    if t["W_enc"].dim() != 2:
-        raise ValueError(f"{weights}: W_enc has shape {tuple(t['W_enc'].shape)}; expected (d_in, d_sae)")
-    d_in, d_sae = t["W_enc"].shape
+    kind = kinds[ours["kind"]]
+    t = read_safetensors(path / WEIGHTS_FILE)
+    d_in, d_sae = _check_tensors(kind, t, path / WEIGHTS_FILE)
+    try:
+        config = saved_run_config(ours["kind"], d_sae, ours["knobs"], ours["training"])
+    except KeyError as e:
+        raise ValueError(f"{cfg_file}: metadata.encoder_study lacks the field {e}") from e
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_file}: {e}") from e
     expected = {
-        "architecture": ARCHITECTURES[kind],
+        "architecture": kind.saelens_architecture,
         "d_in": d_in,
         "d_sae": d_sae,
-        **({"k": ours.get("knobs", {}).get("k")} if kind == "topk" else {}),
+        **kind.saelens_fields(config),
     }
     for field, want in expected.items():
         if cfg.get(field) != want:
             raise ValueError(
                 f"{cfg_file}: {field}={cfg.get(field)!r}, but the tensors and metadata.encoder_study "
-                f"(kind {kind!r}) say {want!r}"
+                f"(kind {kind.user_name!r}) say {want!r}"
             )
+    try:
+        state, readout = kind.from_saelens(t)
+    except ValueError as e:
+        raise ValueError(f"{path / WEIGHTS_FILE}: {e}") from e
+    return config, d_in, state, readout
+
+
+def _check_tensors(kind: type[ModelKind], t: dict[str, torch.Tensor], source: Path) -> tuple[int, int]:
+    """(d_in, d_sae) of SAELens tensors whose names and shapes fit together, else an error."""
+    names = set(SAELENS_TENSORS) | ({"threshold"} if kind.saelens_architecture == "jumprelu" else set())
+    if set(t) != names:
+        raise ValueError(
+            f"{source}: tensors {sorted(t)} are not SAELens's {sorted(names)} for kind {kind.user_name!r}"
+        )
+    if t["W_enc"].dim() != 2:
+        raise ValueError(f"{source}: W_enc has shape {tuple(t['W_enc'].shape)}; expected (d_in, d_sae)")
+    d_in, d_sae = t["W_enc"].shape
     shapes = {"b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,), "threshold": (d_sae,)}
-    for name in names - {"W_enc"}:
+    for name in sorted(names - {"W_enc"}):
         if tuple(t[name].shape) != shapes[name]:
             raise ValueError(
-                f"{weights}: {name} has shape {tuple(t[name].shape)}; d_in={d_in}, d_sae={d_sae} "
+                f"{source}: {name} has shape {tuple(t[name].shape)}; d_in={d_in}, d_sae={d_sae} "
                 f"needs {shapes[name]}"
             )
-    if kind == "batchtopk" and not bool((t["threshold"] == t["threshold"][0]).all()):
-        raise ValueError(f"{weights}: the BatchTopK SAE has one threshold for all latents; these differ")
+    return d_in, d_sae

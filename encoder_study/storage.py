@@ -129,6 +129,29 @@ def load_tree(path: Path) -> object:
         raise ValueError(f"its structure does not parse ({type(e).__name__}: {e})") from e
 
 
+def read_json_object(path: Path) -> dict:
+    """The JSON object in ``path``, or a ValueError naming the file (not JSON, not an object)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or a ValueError naming the file."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors reports damage as its own error types
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e)[:120]})"
+        ) from e
+
+
 def move_aside(path: Path, what: str, reason: str) -> Path:
     """Rename a damaged or unexpected cache file to a name no reader uses, and warn naming it."""
     kept = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")

@@ -15,24 +15,25 @@ import torch
 from .config import ADAM_BETAS, ADAM_EPS, RunConfig, resolve_device
 from .cpu import flush_denormals
 from .data import TensorLoader
+from .kinds import KINDS
+from .kinds.encoder import EncoderKind
+from .kinds.sae import SAEKind
 from .losses import combined_loss, sae_loss
 from .metrics import dead_units, l0, redundancy_score
-from .model import Encoder, StandardSAE, build_run_model
+from .model import build_run_model
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor], dict]
-PLAIN_LOOP_KINDS = {"encoder": Encoder, "sae": StandardSAE}  # the references the engine is held to
 
 
-def make_loss_fn(config: RunConfig) -> LossFn:
-    """loss_fn(model, x) -> dict of per-batch terms, with 'total' the one to minimise."""
-    if config.model == "sae":
+def _sae_loss_fn(config: RunConfig) -> LossFn:
+    def sae(model: torch.nn.Module, x: torch.Tensor) -> dict:
+        x_hat, a = model(x)
+        return sae_loss(x, x_hat, a, config.l1)
 
-        def sae(model: torch.nn.Module, x: torch.Tensor) -> dict:
-            x_hat, a = model(x)
-            return sae_loss(x, x_hat, a, config.l1)
+    return sae
 
-        return sae
 
+def _encoder_loss_fn(config: RunConfig) -> LossFn:
     def encoder(model: torch.nn.Module, x: torch.Tensor) -> dict:
         a, _ = model(x)
         out = combined_loss(a, model.W, config.loss)
@@ -40,6 +41,20 @@ def make_loss_fn(config: RunConfig) -> LossFn:
         return out
 
     return encoder
+
+
+# The kinds the plain loop trains (the references the engine is held to), each with its loss as
+# written in losses.py; keyed by the kind's class itself, so a subclass (sae_infomax) is not taken
+# for its parent.
+PLAIN_LOOP_LOSSES: dict[type, Callable[[RunConfig], LossFn]] = {
+    EncoderKind: _encoder_loss_fn,
+    SAEKind: _sae_loss_fn,
+}
+
+
+def make_loss_fn(config: RunConfig) -> LossFn:
+    """loss_fn(model, x) -> dict of per-batch terms, with 'total' the one to minimise."""
+    return PLAIN_LOOP_LOSSES[KINDS[config.model]](config)
 
 
 def make_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
@@ -98,13 +113,13 @@ def train(
     ``eval_every`` epochs). A non-finite loss stops the run and is recorded as ``diverged``."""
     if not isinstance(config, RunConfig):
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
-    if config.model not in PLAIN_LOOP_KINDS:
+    if KINDS[config.model] not in PLAIN_LOOP_LOSSES:
         raise ValueError(
             f"model={config.model!r} is not allowed in the plain loop (it trains "
-            f"{', '.join(map(repr, PLAIN_LOOP_KINDS))}); train it with the engine "
+            f"{', '.join(repr(kind.name) for kind in PLAIN_LOOP_LOSSES)}); train it with the engine "
             f"(engine.train_group, runs.run_experiments), where its kind's training rules live"
         )
-    expected = PLAIN_LOOP_KINDS[config.model]
+    expected = KINDS[config.model].module
     if not isinstance(model, expected):
         raise TypeError(
             f"config.model={config.model!r} needs a {expected.__name__}, got {type(model).__name__}"

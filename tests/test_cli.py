@@ -366,7 +366,7 @@ def test_what_only_the_run_config_refuses_is_reported_too(small, tmp_path, capsy
     def refusing(*args, **kwargs):
         raise TypeError("kind='sae' does not take something")
 
-    monkeypatch.setattr(cli.api, "_run_config", refusing)
+    monkeypatch.setattr(cli, "run_config_for", refusing)
     assert main(_args(small, tmp_path)) == 2
     assert _refused(capsys, tmp_path) == "kind='sae' does not take something\n"
 

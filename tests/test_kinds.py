@@ -1,13 +1,19 @@
 """Every registered model kind, through the engine: its gradient against finite differences, its
-stack against each run alone, its stacked encode against its module's, and resuming. A kind added
-for the test (tanh_encoder_kind.py, one file and the registry line below) runs through all of it."""
+stack against each run alone, its stacked encode against its module's, and resuming; and every
+kind a user names, through fit, the command and both disk formats. Kinds added for the test (one
+file each and the registry lines below; l2_encoder_kind.py with a knob of its own) run through
+all of it."""
 
+import numpy as np
 import pytest
 import torch
 from ema_encoder_kind import EmaEncoderKind
+from l2_encoder_kind import L2EncoderKind
+from sklearn.datasets import load_digits
 from tanh_encoder_kind import TanhEncoderKind
 
-from encoder_study import kinds
+import encoder_study as es
+from encoder_study import cli, kinds
 from encoder_study.config import RunConfig
 from encoder_study.engine import RunStack, train_group
 from encoder_study.kinds.topk import AUXK_COEF
@@ -16,7 +22,9 @@ from encoder_study.stacking import gather
 
 kinds.register(TanhEncoderKind)  # the one registry line a new kind needs
 kinds.register(EmaEncoderKind)  # a kind with a buffer (state the optimizer never touches)
+kinds.register(L2EncoderKind)  # a kind users name, with a knob RunConfig has no field for
 ALL_KINDS = sorted(kinds.KINDS)
+USER_KINDS = sorted(kinds.user_kinds())
 
 
 def differentiated(out: dict) -> torch.Tensor:
@@ -29,7 +37,9 @@ def differentiated(out: dict) -> torch.Tensor:
 
 def config(kind: str, **changes) -> RunConfig:
     """A small run of ``kind`` (a TopK-like kind gets k = 4)."""
-    base = {"model": kind, "hidden_dim": 16, "epochs": 2, "batch_size": 32, "device": "cpu", **changes}
+    own = {k.name: 0.3 for k in kinds.KINDS[kind].knobs if not k.field}  # a kind's own knobs, switched on
+    base = {"model": kind, "hidden_dim": 16, "epochs": 2, "batch_size": 32, "device": "cpu", "knobs": own}
+    base.update(changes)
     try:
         return RunConfig(**base)
     except ValueError:
@@ -171,3 +181,46 @@ def test_a_buffer_is_stacked_updated_by_its_kind_and_returned_but_never_trained(
     # from 0, eight steps of ema <- 0.9 ema + 0.1 (batch mean of a >= 0): non-negative, not all 0
     assert ema.shape == (16,) and bool((ema >= 0).all()) and float(ema.sum()) > 0
     assert torch.allclose(result.model().activation_ema.double(), ema, rtol=1e-6, atol=0)  # float32 copy
+
+
+def knob_values(kind: type[kinds.ModelKind]) -> dict:
+    """A value for each of a kind's knobs, away from its default where it has one (an int: 3)."""
+    return {k.name: 3 if k.type is int else (k.default or 0.0) * 0.5 + 0.25 for k in kind.knobs}
+
+
+@pytest.mark.parametrize("name", USER_KINDS)
+def test_every_kind_users_name_works_through_fit_the_command_and_both_formats(name, tmp_path):
+    """Nothing outside a kind's file says what its knobs or its SAELens form are: a kind left out
+    anywhere (fit's keywords, the command's flags, the export or the import) fails here."""
+    X = (load_digits().data[:256] / 16.0).astype(np.float32)
+    kind, knobs = kinds.user_kinds()[name], knob_values(kinds.user_kinds()[name])
+    settings = {"hidden_dim": 8, "epochs": 1, "batch_size": 64, "cache": tmp_path / "runs", "progress": False}
+    d = es.fit(X, kind=name, **settings, **knobs)
+    assert d.kind == name and kind.knob_values(d.config) == knobs
+    A = d.encode(X)
+    assert np.isfinite(A).all() and A.shape == (256, 8)
+    assert np.array_equal(es.load(d.save(tmp_path / "own")).encode(X), A)
+    back = es.load(d.save(tmp_path / "saelens", format="saelens", readout_x=X))
+    assert back.kind == name and kind.knob_values(back.config) == knobs
+    assert np.array_equal(back.encode(X), A)
+    np.save(tmp_path / "x.npy", X)
+    argv = ["--activations", str(tmp_path / "x.npy"), "--kind", name, "--out", str(tmp_path / "cmd")]
+    argv += ["--hidden-dim", "8", "--epochs", "1", "--batch-size", "64", "--cache", str(tmp_path / "runs")]
+    for knob in kind.knobs:
+        argv += [knob.flag, str(knobs[knob.name])]
+    assert cli.main(argv) == 0
+    assert kind.knob_values(es.load(tmp_path / "cmd").config) == knobs
+
+
+def test_a_kinds_own_knob_changes_its_training_and_is_refused_by_name_elsewhere(tmp_path):
+    X = (load_digits().data[:256] / 16.0).astype(np.float32)
+    settings = {"hidden_dim": 8, "epochs": 1, "batch_size": 64, "cache": tmp_path, "progress": False}
+    plain, l2 = (es.fit(X, kind="ours_l2", lambda_l2=w, **settings) for w in (0.0, 5.0))
+    assert dict(l2.config.knobs) == {"lambda_l2": 5.0}
+    assert not torch.equal(plain.state["linear.weight"], l2.state["linear.weight"])
+    with pytest.raises(TypeError, match="kind='ours' does not take lambda_l2"):
+        es.fit(X, kind="ours", lambda_l2=1.0, **settings)
+    with pytest.raises(ValueError, match=r"model='encoder' has no knob \['lambda_l2'\]"):
+        RunConfig(knobs={"lambda_l2": 1.0})
+    with pytest.raises(ValueError, match=r"lambda_l2=-1\.0 must be >= 0"):
+        RunConfig(model="l2_encoder", knobs={"lambda_l2": -1.0})

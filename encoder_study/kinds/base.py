@@ -11,6 +11,8 @@ data orders, seeds, the optimizer over the stack, divergence, checkpoints.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import ClassVar
 
 import torch
@@ -41,6 +43,58 @@ ACTIVATION_GRADS = {
     "neg_relu": lambda z, g: relu_backward(z, -g),
 }
 Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A setting a user chooses for a kind (its sparsity knob), declared once, in the kind's file:
+    ``fit`` takes it as a keyword, the command as a flag, saved dictionaries record it, and
+    ``RunConfig`` holds it where ``field`` says."""
+
+    name: str
+    """The keyword ``fit`` takes (the command's flag: ``--`` + name, '-' for '_')."""
+    doc: str
+    """One line: what it does (the flag's help, fit's messages)."""
+    type: type = float
+    """int or float."""
+    default: float | None = None
+    """Its value when not given; None: the user must give it."""
+    minimum: float = 0.0
+    """The smallest value allowed (a bound that depends on other settings is ``check_config``'s)."""
+    field: str = ""
+    """Where RunConfig holds it: a field ("l1", "k"), a lambda of its loss ("loss.lse"), or ""
+    for ``RunConfig.knobs`` (a kind's own knob that RunConfig has no field for)."""
+    at_most: str = ""
+    """A RunConfig field it may not exceed ("hidden_dim" for TopK's k); ``check_config`` holds it."""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value: object, kind: str) -> float | int:
+        """``value`` as a plain Python number of this knob's type, or an error naming the knob, the
+        value and what is allowed (the upper bound ``at_most`` is ``check_config``'s to hold)."""
+        wanted = Integral if self.type is int else Real
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            raise TypeError(
+                f"{self.name}={value!r} must be {'an integer' if self.type is int else 'a real number'}, "
+                f"got {type(value).__name__} (kind={kind!r}: {self.doc})"
+            )
+        plain = self.type(value)
+        if not math.isfinite(plain):
+            raise ValueError(f"{self.name}={value!r} must be finite (kind={kind!r})")
+        if plain < self.minimum:
+            upper = f" and <= {self.at_most}" if self.at_most else ""
+            raise ValueError(f"{self.name}={value!r} must be >= {self.minimum:g}{upper} (kind={kind!r})")
+        return plain
+
+    def read(self, config) -> float | int:
+        """This knob's value in a RunConfig."""
+        if not self.field:
+            return dict(config.knobs)[self.name]
+        if self.field.startswith("loss."):
+            return getattr(config.loss, self.field.removeprefix("loss."))
+        return getattr(config, self.field)
 
 
 def check_input(x: torch.Tensor, input_dim: int) -> None:
@@ -82,6 +136,19 @@ class ModelKind:
     terms: ClassVar[tuple[str, ...]]
     module: ClassVar[type[nn.Module]]
 
+    user_name: ClassVar[str | None] = None
+    """The name ``fit``, the command and saved dictionaries use (``kind="ours"``); None for a kind
+    only the notebooks train through the engine."""
+    knobs: ClassVar[tuple[Knob, ...]] = ()
+    """The kind's knobs (``Knob``), each declared once here."""
+    saelens_architecture: ClassVar[str | None] = None
+    """SAELens's ``architecture`` the kind exports as (``to_saelens``); None: it has no SAELens form."""
+    saelens_pre_biased: ClassVar[bool] = False
+    """Whether SAELens subtracts b_dec from the input before encoding (``apply_b_dec_to_input``)."""
+    has_decoder: ClassVar[bool] = True
+    """False for a decoder-free kind: its reconstruction (and SAELens's W_dec, b_dec) is a linear
+    readout fitted after training (``metrics.fit_linear_readout``)."""
+
     def __init__(self, configs: list, layout: SeedLayout, device: torch.device, dtype: torch.dtype) -> None:
         self.configs, self.layout = list(configs), layout
         self.device, self.dtype = device, dtype
@@ -112,6 +179,63 @@ class ModelKind:
     def build(cls, input_dim: int, config) -> nn.Module:
         """The single-run module of ``config``, initialised from torch's current random state."""
         raise NotImplementedError
+
+    @classmethod
+    def parameter_count(cls, input_dim: int, config) -> int:
+        """Trained parameters of one run, counted on torch's meta device (nothing allocated)."""
+        with torch.device("meta"):
+            module = cls.build(input_dim, config)
+        return sum(p.numel() for p in module.parameters())
+
+    # -- what a user chooses, and the SAELens form ----------------------------------------------
+    @classmethod
+    def describe_knobs(cls) -> str:
+        return ", ".join(f"{k.name} ({k.doc})" for k in cls.knobs) or "none"
+
+    @classmethod
+    def config_fields(cls, values: dict) -> dict:
+        """RunConfig's fields for the knob ``values`` a user gave by name: each checked, defaults
+        filled in; a knob the kind does not take, or a required one left out, refused by name."""
+        label = cls.user_name or cls.name
+        unknown = sorted(set(values) - {k.name for k in cls.knobs})
+        if unknown:
+            raise TypeError(
+                f"kind={label!r} does not take {', '.join(unknown)}; its knobs are: {cls.describe_knobs()}"
+            )
+        fields: dict = {}
+        for knob in cls.knobs:
+            if knob.name not in values and knob.default is None:
+                raise TypeError(f"kind={label!r} needs {knob.name}= ({knob.doc})")
+            value = knob.check(values.get(knob.name, knob.default), label)
+            if knob.field.startswith("loss."):
+                fields.setdefault("loss", {})[knob.field.removeprefix("loss.")] = value
+            elif knob.field:
+                fields[knob.field] = value
+            else:
+                fields.setdefault("knobs", {})[knob.name] = value
+        return fields
+
+    @classmethod
+    def knob_values(cls, config) -> dict:
+        """Each knob's value in ``config``, by the names ``fit`` takes."""
+        return {k.name: k.read(config) for k in cls.knobs}
+
+    @classmethod
+    def saelens_fields(cls, config) -> dict:
+        """Fields of SAELens's cfg.json the architecture needs beyond the shapes (TopK: its k)."""
+        return {}
+
+    @classmethod
+    def to_saelens(cls, state: Params, readout: torch.Tensor | None) -> Params:
+        """SAELens's tensors for one run's state: W_enc (d_in, d_sae), b_enc, W_dec (d_sae, d_in),
+        b_dec and any the architecture adds; ``readout`` (K + 1, D), bias last, stands in for the
+        decoder of a decoder-free kind."""
+        raise ValueError(f"model kind {cls.name!r} has no SAELens form (its saelens_architecture is None)")
+
+    @classmethod
+    def from_saelens(cls, tensors: Params) -> tuple[Params, torch.Tensor | None]:
+        """The state (and a decoder-free kind's readout) that ``to_saelens`` wrote as ``tensors``."""
+        raise ValueError(f"model kind {cls.name!r} has no SAELens form (its saelens_architecture is None)")
 
     @classmethod
     def divergence_bound(cls, config, train_x: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .base import Params
+from .base import Knob, Params
 from .topk import TopKKind, TopKSAE
 
 THRESHOLD_DECAY = 0.99  # the inference threshold's running average forgets at this rate per step
@@ -70,9 +70,42 @@ class BatchTopKKind(TopKKind):
     ``THRESHOLD_DECAY``)."""
 
     name, module = "batchtopk", BatchTopKSAE
+    user_name, saelens_architecture = (
+        "batchtopk",
+        "jumprelu",
+    )  # SAELens's JumpReLU: ReLU(h) where h > threshold
+    knobs = (
+        Knob(
+            "k",
+            "active latents per sample, on average over a minibatch",
+            type=int,
+            minimum=1,
+            field="k",
+            at_most="hidden_dim",
+        ),
+    )
     buffers = ("threshold",)
     per_run_state = ("k", "idle", "last_min")
     checkpointed = ("idle", "steps")
+
+    @classmethod
+    def saelens_fields(cls, config) -> dict:
+        return {}
+
+    @classmethod
+    def to_saelens(cls, state: Params, readout: torch.Tensor | None) -> Params:
+        # SAELens's JumpReLU has a threshold per latent; the BatchTopK SAE's one, repeated
+        return {
+            **super().to_saelens(state, readout),
+            "threshold": state["threshold"].expand(state["encoder.bias"].shape),
+        }
+
+    @classmethod
+    def from_saelens(cls, tensors: Params) -> tuple[Params, torch.Tensor | None]:
+        if not bool((tensors["threshold"] == tensors["threshold"][0]).all()):
+            raise ValueError("the BatchTopK SAE has one threshold for all latents; these differ")
+        state, _ = super().from_saelens(tensors)
+        return {**state, "threshold": tensors["threshold"][0].clone()}, None
 
     def __init__(self, configs: list, layout, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(configs, layout, device, dtype)

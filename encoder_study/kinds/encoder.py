@@ -8,7 +8,7 @@ import torch.nn as nn
 from ..losses import TERMS, LossConfig, combined_loss, combined_loss_and_grad
 from ..stacking import linear_shared_input
 from ..validation import check_choice, check_positive_int
-from .base import ACTIVATION_GRADS, ACTIVATIONS, FirstLayer, ModelKind, Params, check_input, log_units
+from .base import ACTIVATION_GRADS, ACTIVATIONS, FirstLayer, Knob, ModelKind, Params, check_input, log_units
 
 
 class Encoder(FirstLayer, nn.Module):
@@ -49,6 +49,12 @@ class EncoderKind(ModelKind):
     name, terms, module = "encoder", TERMS, Encoder
     per_run_state = ("lambdas",)
     min_batch = 2  # the variance and correlation terms are unbiased minibatch statistics
+    user_name, saelens_architecture, has_decoder = "ours", "standard", False
+    knobs = (
+        Knob("lambda_lse", "weight of the log-sum-exp term", default=1.0, field="loss.lse"),
+        Knob("lambda_var", "weight of the variance term", default=1.0, field="loss.var"),
+        Knob("lambda_tc", "weight of the decorrelation term", default=1.0, field="loss.tc"),
+    )
 
     def __init__(self, configs: list, layout, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(configs, layout, device, dtype)
@@ -70,6 +76,24 @@ class EncoderKind(ModelKind):
     @classmethod
     def build(cls, input_dim: int, config) -> nn.Module:
         return Encoder(input_dim, config.hidden_dim, config.activation)
+
+    @classmethod
+    def to_saelens(cls, state: Params, readout: torch.Tensor | None) -> Params:
+        if readout is None:
+            raise ValueError(
+                f"model kind {cls.name!r} has no decoder: SAELens's W_dec, b_dec need its fitted readout"
+            )
+        return {
+            "W_enc": state["linear.weight"].T,
+            "b_enc": state["linear.bias"],
+            "W_dec": readout[:-1],
+            "b_dec": readout[-1],
+        }
+
+    @classmethod
+    def from_saelens(cls, tensors: Params) -> tuple[Params, torch.Tensor | None]:
+        state = {"linear.weight": tensors["W_enc"].T.contiguous(), "linear.bias": tensors["b_enc"]}
+        return state, torch.cat([tensors["W_dec"], tensors["b_dec"][None]]).contiguous()
 
     @classmethod
     def divergence_bound(cls, config, train_x: torch.Tensor) -> float:

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from ..stacking import linear_shared_input
 from ..validation import check_choice, check_positive_int
-from .base import ACTIVATION_GRADS, ACTIVATIONS, FirstLayer, ModelKind, Params, check_input
+from .base import ACTIVATION_GRADS, ACTIVATIONS, FirstLayer, Knob, ModelKind, Params, check_input
 
 SAE_ACTIVATIONS = ("relu", "neg_relu")  # neg_relu = -ReLU: the author's sign comparison
 
@@ -41,6 +41,8 @@ class SAEKind(ModelKind):
 
     name, terms, module = "sae", ("mse", "l1"), StandardSAE
     per_run_state = ("l1",)
+    user_name, saelens_architecture = "sae", "standard"
+    knobs = (Knob("l1", "weight of the L1 sparsity penalty", default=0.01, field="l1"),)
 
     def __init__(self, configs: list, layout, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(configs, layout, device, dtype)
@@ -59,6 +61,25 @@ class SAEKind(ModelKind):
     @classmethod
     def build(cls, input_dim: int, config) -> nn.Module:
         return StandardSAE(input_dim, config.hidden_dim, config.activation)
+
+    @classmethod
+    def to_saelens(cls, state: Params, readout: torch.Tensor | None) -> Params:
+        return {
+            "W_enc": state["encoder.weight"].T,
+            "b_enc": state["encoder.bias"],
+            "W_dec": state["decoder.weight"].T,
+            "b_dec": state["decoder.bias"],
+        }
+
+    @classmethod
+    def from_saelens(cls, tensors: Params) -> tuple[Params, torch.Tensor | None]:
+        state = {
+            "encoder.weight": tensors["W_enc"].T.contiguous(),
+            "encoder.bias": tensors["b_enc"],
+            "decoder.weight": tensors["W_dec"].T.contiguous(),
+            "decoder.bias": tensors["b_dec"],
+        }
+        return state, None
 
     def activation_terms(self, a: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Further loss terms on the activations a (R, B, K), with "total" their weighted sum, and

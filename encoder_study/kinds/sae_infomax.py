@@ -20,6 +20,7 @@ class SAEInfoMaxKind(SAEKind):
 
     name, terms = "sae_infomax", ("mse", "l1", *INFOMAX_TERMS)
     per_run_state = ("l1", "lambdas")
+    user_name, knobs = None, ()  # the notebooks' hybrid (its lambdas in RunConfig.loss), not fit's
     min_batch = 2  # its variance and correlation terms are unbiased minibatch statistics
 
     def __init__(self, configs: list, layout, device: torch.device, dtype: torch.dtype) -> None:

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..validation import check_positive_int
-from .base import FirstLayer, ModelKind, Params, check_input
+from .base import FirstLayer, Knob, ModelKind, Params, check_input
 
 AUXK_COEF = 1 / 32  # Gao et al.'s weight of the AuxK loss
 AUXK_MAX = 256  # AuxK reconstructs the residual with the top min(256, hidden/2) dead latents
@@ -96,6 +96,8 @@ class TopKKind(ModelKind):
     name, terms, module = "topk", ("mse", "auxk"), TopKSAE
     per_run_state = ("k", "idle")
     checkpointed = ("idle",)
+    user_name, saelens_architecture, saelens_pre_biased = "topk", "topk", True
+    knobs = (Knob("k", "active latents per sample", type=int, minimum=1, field="k", at_most="hidden_dim"),)
 
     def __init__(self, configs: list, layout, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(configs, layout, device, dtype)
@@ -119,6 +121,29 @@ class TopKKind(ModelKind):
     @classmethod
     def build(cls, input_dim: int, config) -> nn.Module:
         return TopKSAE(input_dim, config.hidden_dim, config.k)
+
+    @classmethod
+    def saelens_fields(cls, config) -> dict:
+        return {"k": config.k, "rescale_acts_by_decoder_norm": False}
+
+    @classmethod
+    def to_saelens(cls, state: Params, readout: torch.Tensor | None) -> Params:
+        return {
+            "W_enc": state["encoder.weight"].T,
+            "b_enc": state["encoder.bias"],
+            "W_dec": state["decoder.weight"].T,
+            "b_dec": state["pre_bias"],  # SAELens subtracts it from the input (apply_b_dec_to_input)
+        }
+
+    @classmethod
+    def from_saelens(cls, tensors: Params) -> tuple[Params, torch.Tensor | None]:
+        state = {
+            "encoder.weight": tensors["W_enc"].T.contiguous(),
+            "encoder.bias": tensors["b_enc"],
+            "decoder.weight": tensors["W_dec"].T.contiguous(),
+            "pre_bias": tensors["b_dec"],
+        }
+        return state, None
 
     def _pre_activations(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """W_enc (x - b_pre) + b_enc for per-run inputs x (R, B, D)."""
