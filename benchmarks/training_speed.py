@@ -80,19 +80,9 @@ def epoch_rate(configs: list[RunConfig], X: torch.Tensor) -> float:
     return len(configs) / statistics.median(h["seconds"] for h in results[0].history[1:])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
-    )
-    ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement (the first is a warm-up)")
-    ap.add_argument("--runs", type=int, nargs="*", default=[1, 4, 12, 24])
-    ap.add_argument("--out", default=str(Path(__file__).with_name("training_speed.csv")))
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    X = mnist_tensors()["train_x"].to(device)
-    peaks = [gemm_peak(device)]  # measured again between the parts and at the end: the median is used
-    print(f"machine: {machine(device)}; fp32 GEMM peak (2048^3, median): {peaks[0]:.0f} GFLOP/s")
+def measure(args: argparse.Namespace, device: torch.device, X: torch.Tensor, peaks: list[float]):
+    """The rows (method, model, runs, seeds, n, d, k, run-epochs/s) of every measurement, and the plain
+    loop's rate; the GEMM peak is measured again between the parts (into ``peaks``)."""
     rows = []
 
     cfg = RunConfig(epochs=args.epochs, device=args.device, seed=1)
@@ -117,21 +107,30 @@ def main() -> None:
     for model in ("sae", "topk", "batchtopk"):
         for hidden in (288, 1152):
             # three seeds; the TopK kinds at the sparsities of a frontier (as in notebook 5)
-            configs = [RunConfig(model=model, hidden_dim=hidden, batch_size=1024, epochs=args.epochs,
-                                 device=args.device, seed=s, **({} if model == "sae" else {"k": k}))
-                       for s, k in ((1, 32), (2, 64), (3, 128))]
+            configs = [
+                RunConfig(
+                    model=model,
+                    hidden_dim=hidden,
+                    batch_size=1024,
+                    epochs=args.epochs,
+                    device=args.device,
+                    seed=s,
+                    **({} if model == "sae" else {"k": k}),
+                )
+                for s, k in ((1, 32), (2, 64), (3, 128))
+            ]
             rows.append(("engine_torch", model, 3, 3, len(V), 576, hidden, epoch_rate(configs, V)))
             print(f"  engine {model} 576 -> {hidden}, 3 runs: {rows[-1][-1]:.2f} run-epochs/s", flush=True)
     peaks.append(gemm_peak(device))
-    peak = statistics.median(peaks)
-    print(f"fp32 GEMM peak, median of {len(peaks)} measurements ({', '.join(f'{p:.0f}' for p in peaks)}): "
-          f"{peak:.0f} GFLOP/s")
-    memory = peak_memory_gib() if device.type == "cpu" else torch.cuda.max_memory_allocated() / 2**30
+    return rows, plain
 
+
+def write_table(out: str, rows: list, peak: float, plain: float, memory: float, device: torch.device) -> None:
+    """Print the table and write the CSV: each row's share of the GEMM peak and speed-up."""
     header = ("method", "model", "shape", "runs", "seeds", "run-epochs/s", "GEMM fraction")
     cells = (f"{h:<{w}}" if i < 2 else f"{h:>{w}}" for i, (h, w) in enumerate(zip(header, WIDTHS)))
     print("\n" + "".join(cells))
-    with open(args.out, "w", newline="") as f:
+    with open(out, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
             [
@@ -173,6 +172,30 @@ def main() -> None:
                     machine(device),
                 ]
             )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement (the first is a warm-up)")
+    ap.add_argument("--runs", type=int, nargs="*", default=[1, 4, 12, 24])
+    ap.add_argument("--out", default=str(Path(__file__).with_name("training_speed.csv")))
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    X = mnist_tensors()["train_x"].to(device)
+    peaks = [gemm_peak(device)]  # measured again between the parts and at the end: the median is used
+    print(f"machine: {machine(device)}; fp32 GEMM peak (2048^3, median): {peaks[0]:.0f} GFLOP/s")
+    rows, plain = measure(args, device, X, peaks)
+    peak = statistics.median(peaks)
+    print(
+        f"fp32 GEMM peak, median of {len(peaks)} measurements ({', '.join(f'{p:.0f}' for p in peaks)}): "
+        f"{peak:.0f} GFLOP/s"
+    )
+    memory = peak_memory_gib() if device.type == "cpu" else torch.cuda.max_memory_allocated() / 2**30
+
+    write_table(args.out, rows, peak, plain, memory, device)
     print(f"\npeak memory ({'process RSS' if device.type == 'cpu' else 'CUDA allocated'}): {memory:.2f} GiB")
     print(f"written: {args.out}")
 
