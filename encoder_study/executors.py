@@ -1,10 +1,13 @@
 """Where the groups of runs that the run cache lacks are trained: in this process, or on a Ray cluster.
 
-``run_experiments`` (runs.py) decides which groups need training and keeps the run cache. With the
-``local`` executor it trains them itself, one after another, checkpointing each. ``ray`` sends each
-group to a Ray cluster as one task (the data go to the cluster once, through Ray's object store) and
-hands every finished group back to the driver as it arrives, so the driver caches it at once;
-a group whose task keeps failing is reported by name after the others have finished.
+``run_experiments`` (runs.py) forms the groups and hands them, with the run cache
+(``run_cache.py``), to an executor: ``EXECUTORS[name](jobs, cache, train_x, test_x, progress)``
+returns every group's results, taking each from the cache where it is there. ``local``
+(``run_local``) trains the others itself, one after another, checkpointing each. ``ray``
+(``run_ray``) sends each to a Ray cluster as one task (the data go to the cluster once, through
+Ray's object store) and hands every finished group back to the driver as it arrives, so the driver
+caches it at once; a group whose task keeps failing is reported by name after the others have
+finished.
 
 The executor is chosen by the ``executor`` argument of ``run_experiments`` or the environment
 variable ENCODER_STUDY_EXECUTOR (``local`` by default). ENCODER_STUDY_RAY_ADDRESS names an
@@ -34,7 +37,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import torch
@@ -42,12 +44,9 @@ import torch
 from .config import RunConfig, resolve_device
 from .engine import RunResult, from_record, to_record, train_group
 from .progress import Progress
+from .run_cache import GroupJob, RunCache
 from .validation import check_choice
 
-if TYPE_CHECKING:
-    from .runs import GroupJob
-
-EXECUTORS = ("local", "ray")
 EXECUTOR_ENV, RAY_ADDRESS_ENV = "ENCODER_STUDY_EXECUTOR", "ENCODER_STUDY_RAY_ADDRESS"
 RAY_TIMEOUT_ENV, RAY_TIMEOUT_DEFAULT = "ENCODER_STUDY_RAY_TIMEOUT", 60.0  # seconds to reach a cluster
 START_CLUSTER = (
@@ -72,7 +71,61 @@ def executor_name(executor: str | None) -> str:
     return check_choice("executor", name, EXECUTORS)
 
 
-Done = Callable[["GroupJob", list[RunResult]], None]  # called in the driver with each finished group
+Done = Callable[[GroupJob, list[RunResult]], None]  # called in the driver with each finished group
+Found = dict[str, list[RunResult]]  # every group's results, by the job's name
+
+
+def run_local(
+    jobs: list[GroupJob], cache: RunCache, train_x: torch.Tensor, test_x: torch.Tensor | None, progress: bool
+) -> Found:
+    """Each group from the cache, else trained here (checkpointing) and cached, one after another,
+    each under its lock: a second process that needs the group waits, then loads it."""
+    found: Found = {}
+    overall = Progress(total=len(jobs), desc="groups of runs", unit="done", disable=not progress)
+    for job in jobs:
+        with cache.holding(job):
+            loaded = cache.cached(job)
+            if loaded is None:
+                _, _, checkpoint = cache.paths(job)
+                if cache.fresh and checkpoint.exists():
+                    checkpoint.unlink()
+                loaded = train_group(
+                    job.configs,
+                    train_x,
+                    test_x,
+                    checkpoint=checkpoint,
+                    progress=progress,
+                    desc=job.name,
+                    init=job.init,
+                )
+                cache.save(job, loaded, locked=True)
+        found[job.name] = loaded
+        overall.status(f"{cache.hits} from the run cache")
+        overall.update()
+    runs = sum(len(job.configs) for job in jobs)
+    overall.close(
+        f"{len(jobs)} group{'s' if len(jobs) > 1 else ''} of {runs} runs: "
+        f"{len(jobs) - cache.hits} trained, {cache.hits} loaded from the run cache"
+    )
+    return found
+
+
+def run_ray(
+    jobs: list[GroupJob], cache: RunCache, train_x: torch.Tensor, test_x: torch.Tensor | None, progress: bool
+) -> Found:
+    """Each group from the cache, else trained as a task on the Ray cluster (``train_on_ray``) and
+    cached by the driver as it comes back; no cluster is started when every group is cached."""
+    found: Found = {}
+    missing = [job for job in jobs if not cache.load_into(job, found)]
+    if missing:
+        train_on_ray(
+            missing,
+            train_x,
+            test_x,
+            lambda job, res: found.update({job.name: cache.save(job, res)}),
+            progress,
+        )
+    return found
 
 
 def _train_group_task(
@@ -207,7 +260,7 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return host, port
 
 
-def run_ray(
+def train_on_ray(
     jobs: list[GroupJob], train_x: torch.Tensor, test_x: torch.Tensor | None, done: Done, progress: bool
 ) -> None:
     """Train each job as a Ray task; ``done`` receives each group as it finishes (in the driver).
@@ -258,3 +311,8 @@ def _first_line(error: BaseException) -> str:
     text = f"{type(cause).__name__}: {cause}" if cause is not error else str(error)
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:300] if lines else type(error).__name__
+
+
+# The executors, by the name run_experiments takes: each trains the groups the cache lacks and
+# returns every group's results (cached ones included), by the job's name.
+EXECUTORS: dict[str, Callable[..., Found]] = {"local": run_local, "ray": run_ray}

@@ -33,13 +33,13 @@ def cluster():
 def tasks(monkeypatch):
     """The number of groups each call of run_experiments sends to the cluster."""
     sent = []
-    real = runs.run_ray
+    real = executors.train_on_ray
 
     def counting(jobs, *args, **kwargs):
         sent.append(len(jobs))
         return real(jobs, *args, **kwargs)
 
-    monkeypatch.setattr(runs, "run_ray", counting)
+    monkeypatch.setattr(executors, "train_on_ray", counting)
     return sent
 
 

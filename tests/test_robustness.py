@@ -27,7 +27,8 @@ from encoder_study.engine import divergence_bound, train_group
 from encoder_study.kinds import KINDS
 from encoder_study.metrics import dead_units, l0, linear_probe_accuracy
 from encoder_study.progress import CONSOLE_ENV
-from encoder_study.runs import NUMERIC_SOURCES, kind_files, relative_imports, run_experiments
+from encoder_study.run_cache import NUMERIC_SOURCES, kind_files, relative_imports
+from encoder_study.runs import run_experiments
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "encoder_study"
@@ -38,7 +39,8 @@ PACKAGE = ROOT / "encoder_study"
 
 def _fingerprint_of(package_parent: Path) -> str:
     code = (
-        f"import encoder_study.runs as r; assert r.__file__.startswith({str(package_parent)!r}), r.__file__; "
+        "import encoder_study.run_cache as r; "
+        f"assert r.__file__.startswith({str(package_parent)!r}), r.__file__; "
         "print(r.code_fingerprint('encoder'), r.code_fingerprint('topk'))"
     )
     env = {**os.environ, "PYTHONPATH": str(package_parent)}
@@ -99,10 +101,11 @@ def test_every_module_the_engine_reaches_is_declared_numeric_or_not():
         "storage.py",
         "validation.py",
         "runs.py",
+        "run_cache.py",
         "executors.py",
         "kinds/__init__.py",
     }
-    seen, todo = set(), [PACKAGE / "engine.py", PACKAGE / "runs.py"]
+    seen, todo = set(), [PACKAGE / "engine.py", PACKAGE / "runs.py", PACKAGE / "run_cache.py"]
     while todo:
         path = todo.pop()
         if path not in seen:
@@ -112,7 +115,7 @@ def test_every_module_the_engine_reaches_is_declared_numeric_or_not():
     names = {str(p.relative_to(PACKAGE)) for p in seen - kind_modules}
     assert "kinds/topk.py" in {str(p.relative_to(PACKAGE)) for p in seen}  # the walk follows the subpackage
     undeclared = names - set(NUMERIC_SOURCES) - not_numeric
-    assert not undeclared, f"declare {undeclared} in runs.NUMERIC_SOURCES or here"
+    assert not undeclared, f"declare {undeclared} in run_cache.NUMERIC_SOURCES or here"
 
 
 # --- caches verify what they read -----------------------------------------------------------------
@@ -371,14 +374,15 @@ def test_warnings_also_reach_the_book_console(tmp_path, monkeypatch):
 
 CHILD = textwrap.dedent("""
     import os, sys, time, torch
+    import encoder_study.executors as E
     import encoder_study.runs as R
-    real = R.train_group
+    real = E.train_group
     def train_when_told(*a, **k):
         print("TRAINING", flush=True)
         while len(sys.argv) > 2 and not os.path.exists(sys.argv[2]):  # hold the lock until the test says go
             time.sleep(0.05)
         return real(*a, **k)
-    R.train_group = train_when_told
+    E.train_group = train_when_told
     X = torch.rand(1024, 16, generator=torch.Generator().manual_seed(0))
     cfg = [R.RunConfig(seed=s, epochs=2, hidden_dim=8, device="cpu") for s in (1, 2)]
     res = R.run_experiments(cfg, X, cache=sys.argv[1], progress=False)
