@@ -18,6 +18,7 @@ import math
 import torch
 
 from .engine import RunResult
+from .kinds import KINDS
 from .metrics import activation_summary, features, fvu, l0, linear_probe_accuracy, readout_fvu
 from .model import count_parameters
 
@@ -83,6 +84,7 @@ def evaluate_run(
     A_train, A_test = features(model, train_x), features(model, test_x)
     row.update(evaluate_codes(A_train, A_test, train_x, test_x, train_y, test_y, probe_max_iter))
     row.update(activation_summary(A_test, model.W))
-    row["decoder_fvu"] = fvu(test_x, model(test_x)[0]) if hasattr(model, "decoder") else math.nan
+    has_decoder = KINDS[result.config.model].has_decoder
+    row["decoder_fvu"] = fvu(test_x, model(test_x)[0]) if has_decoder else math.nan
     row["fvu"] = row["readout_fvu"] if math.isnan(row["decoder_fvu"]) else row["decoder_fvu"]
     return row

@@ -224,3 +224,23 @@ def test_a_kinds_own_knob_changes_its_training_and_is_refused_by_name_elsewhere(
         RunConfig(knobs={"lambda_l2": 1.0})
     with pytest.raises(ValueError, match=r"lambda_l2=-1\.0 must be >= 0"):
         RunConfig(model="l2_encoder", knobs={"lambda_l2": -1.0})
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_every_module_keeps_one_contract_encode_decode_dictionary(kind, X):
+    """encode, decode (the forward's reconstruction, or a refusal for a decoder-free kind) and
+    dictionary (hidden_dim x input_dim), whatever the kind: no reader asks which kind it holds."""
+    cfg = config(kind)
+    model = build_run_model(cfg, X.shape[1], seed=1).double().eval()
+    x = X[:64]
+    with torch.no_grad():
+        codes = model.encode(x)
+        assert codes.shape == (64, cfg.hidden_dim)
+        assert model.dictionary.shape == (cfg.hidden_dim, X.shape[1]) and not model.dictionary.requires_grad
+        assert torch.equal(model.W, model.W) and model.b.shape == (cfg.hidden_dim,)
+        if kinds.KINDS[kind].has_decoder:
+            x_hat, a = model(x)
+            assert torch.equal(a, codes) and torch.allclose(model.decode(codes), x_hat, rtol=0, atol=1e-12)
+        else:
+            with pytest.raises(NotImplementedError, match="has no decoder"):
+                model.decode(codes)

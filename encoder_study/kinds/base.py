@@ -105,8 +105,11 @@ def check_input(x: torch.Tensor, input_dim: int) -> None:
 
 
 class FirstLayer:
-    """W, b and get_weights() of a model's first linear layer (the features every notebook shows),
-    the submodule named ``first_layer``."""
+    """The contract every kind's single-run module keeps, so that no reader has to ask which kind it
+    holds: ``W`` and ``b`` (its first linear layer, whatever the submodule is called: the one
+    ``first_layer`` names), ``encode(x)`` (the codes), ``decode(codes)`` (the reconstruction, or a
+    refusal that says why for a decoder-free kind) and ``dictionary`` (the rows a reader should look
+    at: the decoder's columns where there is a decoder, the first layer's rows otherwise)."""
 
     first_layer = "encoder"
 
@@ -122,6 +125,20 @@ class FirstLayer:
     def get_weights(self) -> torch.Tensor:
         """A detached copy of W."""
         return self.W.detach().clone()
+
+    @property
+    def dictionary(self) -> torch.Tensor:
+        """(hidden_dim, input_dim), detached: the decoder's columns (one row per latent) where the
+        module has a decoder, else the first layer's rows."""
+        decoder = getattr(self, "decoder", None)
+        return (decoder.weight.T if decoder is not None else self.W).detach()
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of inputs from their codes; a decoder-free module refuses by name."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no decoder: its reconstruction is a linear readout fitted "
+            f"after training (metrics.fit_linear_readout; es.Dictionary keeps one once saved for SAELens)"
+        )
 
 
 class ModelKind:
@@ -145,9 +162,9 @@ class ModelKind:
     """SAELens's ``architecture`` the kind exports as (``to_saelens``); None: it has no SAELens form."""
     saelens_pre_biased: ClassVar[bool] = False
     """Whether SAELens subtracts b_dec from the input before encoding (``apply_b_dec_to_input``)."""
-    has_decoder: ClassVar[bool] = True
-    """False for a decoder-free kind: its reconstruction (and SAELens's W_dec, b_dec) is a linear
-    readout fitted after training (``metrics.fit_linear_readout``)."""
+    has_decoder: ClassVar[bool] = False
+    """Whether the module decodes (``decode``); a decoder-free kind's reconstruction (and SAELens's
+    W_dec, b_dec) is a linear readout fitted after training (``metrics.fit_linear_readout``)."""
 
     def __init__(self, configs: list, layout: SeedLayout, device: torch.device, dtype: torch.dtype) -> None:
         self.configs, self.layout = list(configs), layout

@@ -49,7 +49,7 @@ class EncoderKind(ModelKind):
     name, terms, module = "encoder", TERMS, Encoder
     per_run_state = ("lambdas",)
     min_batch = 2  # the variance and correlation terms are unbiased minibatch statistics
-    user_name, saelens_architecture, has_decoder = "ours", "standard", False
+    user_name, saelens_architecture = "ours", "standard"
     knobs = (
         Knob("lambda_lse", "weight of the log-sum-exp term", default=1.0, field="loss.lse"),
         Knob("lambda_var", "weight of the variance term", default=1.0, field="loss.var"),

@@ -28,10 +28,13 @@ class StandardSAE(FirstLayer, nn.Module):
         check_input(x, self.input_dim)
         return ACTIVATIONS[self.activation_name](self.encoder(x))
 
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.decoder(codes)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (reconstruction x_hat, activations a)."""
         a = self.encode(x)
-        return self.decoder(a), a
+        return self.decode(a), a
 
 
 class SAEKind(ModelKind):
@@ -41,7 +44,7 @@ class SAEKind(ModelKind):
 
     name, terms, module = "sae", ("mse", "l1"), StandardSAE
     per_run_state = ("l1",)
-    user_name, saelens_architecture = "sae", "standard"
+    user_name, saelens_architecture, has_decoder = "sae", "standard", True
     knobs = (Knob("l1", "weight of the L1 sparsity penalty", default=0.01, field="l1"),)
 
     def __init__(self, configs: list, layout, device: torch.device, dtype: torch.dtype) -> None:

@@ -77,10 +77,13 @@ class TopKSAE(FirstLayer, nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return topk_relu(self.pre_activations(x), self.k)
 
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.decoder(codes) + self.pre_bias
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (reconstruction x_hat, activations a)."""
         a = self.encode(x)
-        return self.decoder(a) + self.pre_bias, a
+        return self.decode(a), a
 
 
 class TopKKind(ModelKind):
@@ -96,7 +99,7 @@ class TopKKind(ModelKind):
     name, terms, module = "topk", ("mse", "auxk"), TopKSAE
     per_run_state = ("k", "idle")
     checkpointed = ("idle",)
-    user_name, saelens_architecture, saelens_pre_biased = "topk", "topk", True
+    user_name, saelens_architecture, saelens_pre_biased, has_decoder = "topk", "topk", True, True
     knobs = (Knob("k", "active latents per sample", type=int, minimum=1, field="k", at_most="hidden_dim"),)
 
     def __init__(self, configs: list, layout, device: torch.device, dtype: torch.dtype) -> None:
