@@ -140,7 +140,7 @@ def _tamper(folder, **changes):
     "changes,words",
     [
         ({"kind": "sae", "knobs": {"l1": 0.01}}, "are not those of a 'sae' model"),
-        ({"kind": "jumprelu"}, "kind='jumprelu' is not allowed"),
+        ({"kind": "gated"}, "kind='gated' is not allowed"),
         ({"hidden_dim": 8}, r"linear.weight is torch.float32 \(16, 64\); a hidden_dim=8"),
         ({"input_dim": 10}, "input_dim=10 model needs"),
         ({"input_dim": "64"}, "input_dim='64' must be an integer"),

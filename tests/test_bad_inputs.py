@@ -189,9 +189,7 @@ REFUSED = [
         id="fit-X_test-list",
     ),
     # es.fit: kind and knobs
-    pytest.param(
-        lambda c: fit(c, kind="jumprelu"), ValueError, r"^kind='jumprelu' is not allowed", id="fit-kind"
-    ),
+    pytest.param(lambda c: fit(c, kind="gated"), ValueError, r"^kind='gated' is not allowed", id="fit-kind"),
     pytest.param(lambda c: fit(c, l1=0.1), TypeError, r"^kind='ours' does not take l1", id="fit-ours-l1"),
     pytest.param(
         lambda c: fit(c, kind="sae", k=2), TypeError, r"^kind='sae' does not take k", id="fit-sae-k"
@@ -425,9 +423,9 @@ REFUSED = [
         id="load-format",
     ),
     pytest.param(
-        lambda c: load_with_config(c, lambda cfg: cfg.update(kind="jumprelu")),
+        lambda c: load_with_config(c, lambda cfg: cfg.update(kind="gated")),
         ValueError,
-        r"/config\.json: kind='jumprelu' is not allowed",
+        r"/config\.json: kind='gated' is not allowed",
         id="load-kind",
     ),
     pytest.param(
@@ -573,9 +571,7 @@ REFUSED = [
         id="runs-train_x-list",
     ),
     # RunConfig
-    pytest.param(
-        lambda c: tiny(model="jumprelu"), ValueError, r"^model='jumprelu' is not allowed", id="cfg-model"
-    ),
+    pytest.param(lambda c: tiny(model="gated"), ValueError, r"^model='gated' is not allowed", id="cfg-model"),
     pytest.param(
         lambda c: tiny(model="sae", activation="tanh"),
         ValueError,
@@ -770,8 +766,8 @@ COMMAND = [
         id="cmd-heldout-rows",
     ),
     pytest.param(
-        lambda c: command(c, npy(c, c.X), "--kind", "jumprelu"),
-        r"argument --kind: invalid choice: 'jumprelu'",
+        lambda c: command(c, npy(c, c.X), "--kind", "gated"),
+        r"argument --kind: invalid choice: 'gated'",
         id="cmd-kind",
     ),
     pytest.param(

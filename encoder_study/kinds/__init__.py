@@ -12,7 +12,9 @@ from __future__ import annotations
 from .base import Knob, ModelKind
 from .batchtopk import BatchTopKKind
 from .encoder import EncoderKind
+from .jumprelu import JumpReLUKind
 from .sae import SAEKind
+from .sae_dnorm import SAEDecoderNormKind
 from .sae_infomax import SAEInfoMaxKind
 from .topk import TopKKind
 
@@ -22,6 +24,8 @@ KINDS: dict[str, type[ModelKind]] = {
     "sae_infomax": SAEInfoMaxKind,
     "topk": TopKKind,
     "batchtopk": BatchTopKKind,
+    "jumprelu": JumpReLUKind,
+    "sae_dnorm": SAEDecoderNormKind,
 }
 
 

@@ -324,6 +324,11 @@ class ModelKind:
     per_run_state: ClassVar[tuple[str, ...]] = ()
     """Attributes holding per-run tensors (or dicts of them), first dimension run: ``keep`` filters them."""
 
+    surrogate_gradients: ClassVar[tuple[str, ...]] = ()
+    """Parameters whose gradient is a pseudo-derivative (a straight-through estimator, as for the
+    JumpReLU SAE's thresholds), not the loss's derivative: the finite-difference test leaves them
+    out and the kind's own tests check them against their formula."""
+
     checkpointed: ClassVar[tuple[str, ...]] = ()
     """Attributes of training state (not hyperparameters) a checkpoint must hold, such as counters."""
 

@@ -1,0 +1,189 @@
+"""The JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead: Improving Reconstruction Fidelity
+with JumpReLU Sparse Autoencoders").
+
+a = z * H(z - theta), z = W_enc x + b_enc, with a trained threshold theta_j > 0 per latent
+(``log_threshold``, so theta = exp(log_threshold) stays positive); x_hat = W_dec a + b_dec. The
+loss is the reconstruction's mean squared error plus ``sparsity`` times L0, the number of active
+latents per sample (averaged over the minibatch): the sparsity is paid for directly, not through
+an L1 proxy that also shrinks the active values.
+
+Neither H nor L0 has a useful derivative in theta (zero almost everywhere), so theta learns through
+the paper's straight-through estimator: with the rectangle kernel K(u) = 1{|u| < 1/2} and a
+``bandwidth`` eps, the pseudo-derivatives are d a / d theta = -(theta / eps) K((z - theta) / eps)
+and d H(z - theta) / d theta = -(1 / eps) K((z - theta) / eps); z gets the exact gradient of the
+JumpReLU (the mask) and none through L0. The decoder's columns are kept at unit norm and b_dec
+starts at the data mean, as the paper's setup does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..validation import check_positive_int
+from .base import FirstLayer, Knob, ModelKind, Params, check_input
+
+THRESHOLD_INIT = 1e-3  # the paper's initial threshold
+
+
+def _kernel(z: torch.Tensor, theta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The rectangle kernel K((z - theta) / eps) = 1{|z - theta| < eps / 2}, as z's dtype."""
+    return ((z - theta).abs() < eps / 2).to(z.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """z * H(z - theta) for z (R, B, K), theta and eps broadcast against it (R, 1, K) and (R, 1, 1);
+    backward: the mask for z, the straight-through pseudo-derivative for theta."""
+
+    @staticmethod
+    def forward(ctx, z, theta, eps):  # type: ignore[override]
+        ctx.save_for_backward(z, theta, eps)
+        return z * (z > theta)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        z, theta, eps = ctx.saved_tensors
+        d_theta = (g * (-theta / eps) * _kernel(z, theta, eps)).sum(1, keepdim=True)
+        return g * (z > theta), d_theta, None
+
+
+class _Step(torch.autograd.Function):
+    """H(z - theta); backward: no gradient for z, the straight-through pseudo-derivative for theta."""
+
+    @staticmethod
+    def forward(ctx, z, theta, eps):  # type: ignore[override]
+        ctx.save_for_backward(z, theta, eps)
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        z, theta, eps = ctx.saved_tensors
+        return None, (g * (-1.0 / eps) * _kernel(z, theta, eps)).sum(1, keepdim=True), None
+
+
+class JumpReLUSAE(FirstLayer, nn.Module):
+    """a = z * H(z - theta), z = W_enc x + b_enc; x_hat = W_dec a + b_dec; one threshold per latent."""
+
+    def __init__(self, input_dim: int = 784, hidden_dim: int = 64) -> None:
+        super().__init__()
+        check_positive_int("input_dim", input_dim)
+        check_positive_int("hidden_dim", hidden_dim)
+        self.input_dim, self.hidden_dim = input_dim, hidden_dim
+        self.encoder = nn.Linear(input_dim, hidden_dim)
+        self.decoder = nn.Linear(hidden_dim, input_dim)
+        self.log_threshold = nn.Parameter(torch.full((hidden_dim,), math.log(THRESHOLD_INIT)))
+        with torch.no_grad():  # unit-norm decoder columns, the encoder their transpose, b_enc 0
+            self.decoder.weight.div_(self.decoder.weight.norm(dim=0, keepdim=True))
+            self.encoder.weight.copy_(self.decoder.weight.T)
+            self.encoder.bias.zero_()
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        return self.log_threshold.exp()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.input_dim)
+        z = self.encoder(x)
+        return z * (z > self.threshold)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.decoder(codes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (reconstruction x_hat, activations a)."""
+        a = self.encode(x)
+        return self.decode(a), a
+
+
+class JumpReLUKind(ModelKind):
+    """Training stacks of JumpReLU SAEs, each run with its own sparsity weight and bandwidth; one
+    batched forward for the stack, gradients by autograd through the straight-through functions."""
+
+    name, terms, module = "jumprelu", ("mse", "l0"), JumpReLUSAE
+    user_name, saelens_architecture, has_decoder = "jumprelu", "jumprelu", True
+    knobs = (
+        Knob("sparsity", "weight of the L0 penalty (active latents per sample)", default=1e-3),
+        Knob(
+            "bandwidth", "width of the straight-through estimator's kernel for the thresholds", default=1e-3
+        ),
+    )
+    surrogate_gradients = ("log_threshold",)
+    per_run_state = ("sparsity", "bandwidth")
+
+    def __init__(self, configs: list, layout, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(configs, layout, device, dtype)
+        own = [dict(c.knobs) for c in configs]
+        self.sparsity = self.per_run([k["sparsity"] for k in own])
+        self.bandwidth = self.per_run([k["bandwidth"] for k in own])
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if dict(config.knobs)["bandwidth"] <= 0:
+            raise ValueError(
+                f"bandwidth={dict(config.knobs)['bandwidth']!r} must be > 0 for model='jumprelu'"
+            )
+
+    @classmethod
+    def build(cls, input_dim: int, config) -> nn.Module:
+        return JumpReLUSAE(input_dim, config.hidden_dim)
+
+    def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
+        xr = self.layout.run_inputs(x)
+        z = torch.baddbmm(params["encoder.bias"].unsqueeze(1), xr, params["encoder.weight"].transpose(1, 2))
+        theta = params["log_threshold"].exp().unsqueeze(1)
+        eps = self.bandwidth.view(-1, 1, 1)
+        a = _JumpReLU.apply(z, theta, eps)
+        l0 = _Step.apply(z, theta, eps).sum(-1).mean(-1)
+        x_hat = torch.baddbmm(
+            params["decoder.bias"].unsqueeze(1), a, params["decoder.weight"].transpose(1, 2)
+        )
+        mse = (x_hat - xr).square().mean((1, 2))
+        total = mse + self.sparsity * l0
+        names = list(params)
+        grads = torch.autograd.grad(total.sum(), [params[n] for n in names])
+        return {"total": total.detach(), "mse": mse.detach(), "l0": l0.detach()}, dict(zip(names, grads))
+
+    def encode(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        z = torch.baddbmm(
+            params["encoder.bias"].unsqueeze(1),
+            x.expand(self.layout.runs, -1, -1),
+            params["encoder.weight"].transpose(1, 2),
+        )
+        return z * (z > params["log_threshold"].exp().unsqueeze(1))
+
+    @torch.no_grad()
+    def prepare(self, params: Params, train_x: torch.Tensor) -> None:
+        """b_dec starts at the data mean (where the reconstruction of nothing should land)."""
+        params["decoder.bias"].copy_(train_x.mean(0).expand(self.layout.runs, -1))
+
+    @torch.no_grad()
+    def after_step(self, params: Params) -> None:
+        """The decoder's columns back to unit norm."""
+        w = params["decoder.weight"]
+        w.div_(w.norm(dim=1, keepdim=True))
+
+    @classmethod
+    def to_saelens(cls, state: Params, readout: torch.Tensor | None) -> Params:
+        return {
+            "W_enc": state["encoder.weight"].T,
+            "b_enc": state["encoder.bias"],
+            "W_dec": state["decoder.weight"].T,
+            "b_dec": state["decoder.bias"],
+            "threshold": state["log_threshold"].exp(),
+        }
+
+    @classmethod
+    def from_saelens(cls, tensors: Params) -> tuple[Params, torch.Tensor | None]:
+        if not bool((tensors["threshold"] > 0).all()):
+            raise ValueError("the JumpReLU SAE's thresholds must be > 0 (it stores their logarithm)")
+        state = {
+            "encoder.weight": tensors["W_enc"].T.contiguous(),
+            "encoder.bias": tensors["b_enc"],
+            "decoder.weight": tensors["W_dec"].T.contiguous(),
+            "decoder.bias": tensors["b_dec"],
+            "log_threshold": tensors["threshold"].log(),
+        }
+        return state, None
