@@ -379,6 +379,13 @@ def _identifiability() -> list[str]:
     return out
 
 
+def _memory(notebook: str) -> str:
+    """' (x.x GiB)': the peak resident memory its run_info records, or nothing."""
+    info = EXEC / notebook / "run_info.json"
+    peak = json.loads(info.read_text()).get("peak_memory_gib") if info.exists() else None
+    return f" ({peak:.1f} GiB)" if peak is not None else ""
+
+
 def _timings() -> list[str]:
     """The time of each notebook (book_timings.csv)."""
     out: list[str] = []
@@ -402,8 +409,10 @@ def _timings() -> list[str]:
         out += [
             f"**Time to run the book here** ({env.get('torch_threads', '?')} threads, "
             f"{env.get('processor', 'unknown processor')}; "
-            f"empty run cache{note}): "
-            + ", ".join(f"{r['notebook']} {float(r['seconds']) / 60:.1f} min" for r in rows)
+            f"empty run cache{note}; in brackets the peak memory of the run in the record): "
+            + ", ".join(
+                f"{r['notebook']} {float(r['seconds']) / 60:.1f} min{_memory(r['notebook'])}" for r in rows
+            )
             + f"; total {total / 60:.1f} min.",
             "",
         ]
