@@ -310,8 +310,7 @@ def _check_group_fits(
             f"{kind.min_batch}: change batch_size or the number of samples"
         )
     K = configs[0].hidden_dim
-    per_run = kind.parameter_count(input_dim, configs[0])
-    need = len(configs) * per_run * 4 * torch.finfo(dtype).bits // 8  # weights, gradients, two Adam moments
+    need = group_memory_bytes(configs, input_dim, dtype)
     free = _available_memory(device)
     if free is not None and need > free:
         raise MemoryError(
@@ -319,6 +318,13 @@ def _check_group_fits(
             f"{need / 2**30:.1f} GiB for weights, gradients and optimizer state; "
             f"{free / 2**30:.1f} GiB are available"
         )
+
+
+def group_memory_bytes(configs: list[RunConfig], input_dim: int, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes a group's parameters take in training: weights, gradients and Adam's two moments per
+    run (what the memory check holds a group to, before the data and a minibatch's activations)."""
+    per_run = KINDS[configs[0].model].parameter_count(input_dim, configs[0])
+    return len(configs) * per_run * 4 * torch.finfo(dtype).bits // 8
 
 
 def _available_memory(device: torch.device) -> int | None:
