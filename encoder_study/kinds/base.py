@@ -162,6 +162,8 @@ class ModelKind:
     """SAELens's ``architecture`` the kind exports as (``to_saelens``); None: it has no SAELens form."""
     saelens_pre_biased: ClassVar[bool] = False
     """Whether SAELens subtracts b_dec from the input before encoding (``apply_b_dec_to_input``)."""
+    saelens_b_dec: ClassVar[str] = "decoder.bias"
+    """The state entry SAELens's b_dec holds (the TopK SAEs: "pre_bias")."""
     has_decoder: ClassVar[bool] = False
     """Whether the module decodes (``decode``); a decoder-free kind's reconstruction (and SAELens's
     W_dec, b_dec) is a linear readout fitted after training (``metrics.fit_linear_readout``)."""
@@ -246,13 +248,34 @@ class ModelKind:
     def to_saelens(cls, state: Params, readout: torch.Tensor | None) -> Params:
         """SAELens's tensors for one run's state: W_enc (d_in, d_sae), b_enc, W_dec (d_sae, d_in),
         b_dec and any the architecture adds; ``readout`` (K + 1, D), bias last, stands in for the
-        decoder of a decoder-free kind."""
-        raise ValueError(f"model kind {cls.name!r} has no SAELens form (its saelens_architecture is None)")
+        decoder of a decoder-free kind. This default is an autoencoder's (``encoder``, ``decoder``
+        and ``saelens_b_dec``); a kind with another layout overrides it and ``from_saelens``."""
+        cls._refuse_without_saelens_form()
+        return {
+            "W_enc": state["encoder.weight"].T,
+            "b_enc": state["encoder.bias"],
+            "W_dec": state["decoder.weight"].T,
+            "b_dec": state[cls.saelens_b_dec],
+        }
 
     @classmethod
     def from_saelens(cls, tensors: Params) -> tuple[Params, torch.Tensor | None]:
         """The state (and a decoder-free kind's readout) that ``to_saelens`` wrote as ``tensors``."""
-        raise ValueError(f"model kind {cls.name!r} has no SAELens form (its saelens_architecture is None)")
+        cls._refuse_without_saelens_form()
+        state = {
+            "encoder.weight": tensors["W_enc"].T.contiguous(),
+            "encoder.bias": tensors["b_enc"],
+            "decoder.weight": tensors["W_dec"].T.contiguous(),
+            cls.saelens_b_dec: tensors["b_dec"],
+        }
+        return state, None
+
+    @classmethod
+    def _refuse_without_saelens_form(cls) -> None:
+        if cls.saelens_architecture is None:
+            raise ValueError(
+                f"model kind {cls.name!r} has no SAELens form (its saelens_architecture is None)"
+            )
 
     @classmethod
     def divergence_bound(cls, config, train_x: torch.Tensor) -> float:

@@ -167,23 +167,11 @@ class JumpReLUKind(ModelKind):
 
     @classmethod
     def to_saelens(cls, state: Params, readout: torch.Tensor | None) -> Params:
-        return {
-            "W_enc": state["encoder.weight"].T,
-            "b_enc": state["encoder.bias"],
-            "W_dec": state["decoder.weight"].T,
-            "b_dec": state["decoder.bias"],
-            "threshold": state["log_threshold"].exp(),
-        }
+        return {**super().to_saelens(state, readout), "threshold": state["log_threshold"].exp()}
 
     @classmethod
     def from_saelens(cls, tensors: Params) -> tuple[Params, torch.Tensor | None]:
         if not bool((tensors["threshold"] > 0).all()):
             raise ValueError("the JumpReLU SAE's thresholds must be > 0 (it stores their logarithm)")
-        state = {
-            "encoder.weight": tensors["W_enc"].T.contiguous(),
-            "encoder.bias": tensors["b_enc"],
-            "decoder.weight": tensors["W_dec"].T.contiguous(),
-            "decoder.bias": tensors["b_dec"],
-            "log_threshold": tensors["threshold"].log(),
-        }
-        return state, None
+        state, _ = super().from_saelens(tensors)
+        return {**state, "log_threshold": tensors["threshold"].log()}, None

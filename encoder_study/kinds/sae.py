@@ -65,25 +65,6 @@ class SAEKind(ModelKind):
     def build(cls, input_dim: int, config) -> nn.Module:
         return StandardSAE(input_dim, config.hidden_dim, config.activation)
 
-    @classmethod
-    def to_saelens(cls, state: Params, readout: torch.Tensor | None) -> Params:
-        return {
-            "W_enc": state["encoder.weight"].T,
-            "b_enc": state["encoder.bias"],
-            "W_dec": state["decoder.weight"].T,
-            "b_dec": state["decoder.bias"],
-        }
-
-    @classmethod
-    def from_saelens(cls, tensors: Params) -> tuple[Params, torch.Tensor | None]:
-        state = {
-            "encoder.weight": tensors["W_enc"].T.contiguous(),
-            "encoder.bias": tensors["b_enc"],
-            "decoder.weight": tensors["W_dec"].T.contiguous(),
-            "decoder.bias": tensors["b_dec"],
-        }
-        return state, None
-
     def activation_terms(self, a: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Further loss terms on the activations a (R, B, K), with "total" their weighted sum, and
         d total / da; the L1 SAE has none."""

@@ -100,6 +100,7 @@ class TopKKind(ModelKind):
     per_run_state = ("k", "idle")
     checkpointed = ("idle",)
     user_name, saelens_architecture, saelens_pre_biased, has_decoder = "topk", "topk", True, True
+    saelens_b_dec = "pre_bias"  # SAELens subtracts b_dec from the input (apply_b_dec_to_input)
     knobs = (Knob("k", "active latents per sample", type=int, minimum=1, field="k", at_most="hidden_dim"),)
 
     def __init__(self, configs: list, layout, device: torch.device, dtype: torch.dtype) -> None:
@@ -128,25 +129,6 @@ class TopKKind(ModelKind):
     @classmethod
     def saelens_fields(cls, config) -> dict:
         return {"k": config.k, "rescale_acts_by_decoder_norm": False}
-
-    @classmethod
-    def to_saelens(cls, state: Params, readout: torch.Tensor | None) -> Params:
-        return {
-            "W_enc": state["encoder.weight"].T,
-            "b_enc": state["encoder.bias"],
-            "W_dec": state["decoder.weight"].T,
-            "b_dec": state["pre_bias"],  # SAELens subtracts it from the input (apply_b_dec_to_input)
-        }
-
-    @classmethod
-    def from_saelens(cls, tensors: Params) -> tuple[Params, torch.Tensor | None]:
-        state = {
-            "encoder.weight": tensors["W_enc"].T.contiguous(),
-            "encoder.bias": tensors["b_enc"],
-            "decoder.weight": tensors["W_dec"].T.contiguous(),
-            "pre_bias": tensors["b_dec"],
-        }
-        return state, None
 
     def _pre_activations(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """W_enc (x - b_pre) + b_enc for per-run inputs x (R, B, D)."""
