@@ -153,6 +153,11 @@ def run_notebook(py: Path, params: dict, out: Path, workdir: Path) -> float:
             # the kernel's start-up notice that it talks to papermill over local TCP says nothing to
             # a reader of the console; the kernel's errors still show
             extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            # the notebook is saved before its kernel is shut down; a graceful shutdown interrupts
+            # the kernel's whole process group, where a local Ray cluster's processes die with
+            # stack traces on the console while the driver waits for them. Nothing runs after the
+            # last cell, so the kernel is stopped at once.
+            shutdown_kernel="immediate",
         )
     finally:
         follower.close()
