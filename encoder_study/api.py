@@ -165,7 +165,7 @@ class Dictionary:
         return folder
 
 
-def _dictionary_files(folder: Path) -> dict[str, list[str]]:
+def dictionary_files(folder: Path) -> dict[str, list[str]]:
     """The files of each disk format present in ``folder`` (formats with none left out)."""
     formats = {
         "encoder-study": (CONFIG_FILE, WEIGHTS_FILE),
@@ -185,7 +185,7 @@ def _writable_folder(path: object, overwrite: bool) -> Path:
         raise OSError(f"path={str(path)!r} is not a writable folder: {e.strerror or e}") from e
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OSError(f"path={str(path)!r} is not a writable folder: permission denied")
-    existing = _dictionary_files(folder)
+    existing = dictionary_files(folder)
     if existing and not overwrite:
         files = ", ".join(n for names in existing.values() for n in names)
         raise FileExistsError(
@@ -198,7 +198,7 @@ def _writable_folder(path: object, overwrite: bool) -> Path:
 def _remove_dictionary(folder: Path) -> None:
     """Remove the dictionary files of either format (links, not their targets), so that a folder
     written again never holds two dictionaries."""
-    for names in _dictionary_files(folder).values():
+    for names in dictionary_files(folder).values():
         for name in names:
             (folder / name).unlink()
 
@@ -267,7 +267,7 @@ def load(path: str | os.PathLike) -> Dictionary:
     folder = _as_path("path", path)
     if not folder.is_dir():
         raise FileNotFoundError(f"path={str(path)!r} is not a folder holding a saved dictionary")
-    present = _dictionary_files(folder)
+    present = dictionary_files(folder)
     if len(present) > 1:
         raise ValueError(
             f"path={str(path)!r} holds two dictionaries, one in each format "

@@ -107,8 +107,8 @@ def parser() -> argparse.ArgumentParser:
         "--kind",
         required=True,
         choices=sorted(user_kinds()),
-        help="the kind of dictionary: ours (LSE + InfoMax, no decoder), sae (L1), topk, batchtopk, or a "
-        "kind registered in this process (required)",
+        help="the kind of dictionary: ours (LSE + InfoMax, no decoder) or an SAE; every kind registered "
+        "in this process, each with its own knob flags below (required)",
     )
     p.add_argument("--hidden-dim", required=True, type=int, help="latents of the dictionary, >= 1 (required)")
     p.add_argument(
@@ -298,7 +298,7 @@ def check_folder(flag: str, path: Path, overwrite: bool | None = None) -> None:
         where = "it" if existing == path else f"{existing}, where it would be created,"
         raise refuse(flag, path, f"{where} is not writable (permission denied); choose another folder")
     if overwrite is False and path.is_dir():
-        present = api._dictionary_files(path)
+        present = api.dictionary_files(path)
         if present:
             files = ", ".join(name for names in present.values() for name in names)
             raise refuse(
