@@ -141,17 +141,12 @@ class FirstLayer:
         )
 
 
-class ModelKind:
-    """A model kind's part of training R runs of one group as a stack.
-
-    Subclasses set ``name``, ``terms`` (the loss terms logged besides "total") and ``module``, and
-    implement ``build`` and ``loss_and_grads``; the rest has defaults. ``params`` arguments map the
-    module's state-dict names to stacked tensors (leading dimension: run).
-    """
+class UserFacing:
+    """What users see of a model kind, declared in the kind's file: the name they give it, its
+    knobs, whether it decodes, and its SAELens form. ``fit``, the command, saved dictionaries and
+    the SAELens export and import read these and nothing else (``ModelKind`` inherits them)."""
 
     name: ClassVar[str]
-    terms: ClassVar[tuple[str, ...]]
-    module: ClassVar[type[nn.Module]]
 
     user_name: ClassVar[str | None] = None
     """The name ``fit``, the command and saved dictionaries use (``kind="ours"``); None for a kind
@@ -168,45 +163,6 @@ class ModelKind:
     """Whether the module decodes (``decode``); a decoder-free kind's reconstruction (and SAELens's
     W_dec, b_dec) is a linear readout fitted after training (``metrics.fit_linear_readout``)."""
 
-    def __init__(self, configs: list, layout: SeedLayout, device: torch.device, dtype: torch.dtype) -> None:
-        self.configs, self.layout = list(configs), layout
-        self.device, self.dtype = device, dtype
-
-    def per_run(self, values: list[float]) -> torch.Tensor:
-        """A per-run hyperparameter as a tensor (R,) on the stack's device."""
-        return torch.tensor(values, dtype=self.dtype, device=self.device)
-
-    # -- the run config and the single-run module --------------------------------------------------
-    @classmethod
-    def check_config(cls, config) -> None:
-        """Refuse, by name, a RunConfig field this kind cannot use (the SAEs take ReLU and no k)."""
-        if config.activation != "relu":
-            raise ValueError(
-                f"activation={config.activation!r} is not allowed for model={cls.name!r}; it uses 'relu'"
-            )
-        cls.refuse_k(config)
-
-    @classmethod
-    def refuse_k(cls, config) -> None:
-        """Refuse a nonzero ``k``: only the TopK kinds take one."""
-        if config.k != 0:
-            raise ValueError(
-                f"k={config.k} is not allowed for model={cls.name!r}; k is the TopK SAE's (leave it 0)"
-            )
-
-    @classmethod
-    def build(cls, input_dim: int, config) -> nn.Module:
-        """The single-run module of ``config``, initialised from torch's current random state."""
-        raise NotImplementedError
-
-    @classmethod
-    def parameter_count(cls, input_dim: int, config) -> int:
-        """Trained parameters of one run, counted on torch's meta device (nothing allocated)."""
-        with torch.device("meta"):
-            module = cls.build(input_dim, config)
-        return sum(p.numel() for p in module.parameters())
-
-    # -- what a user chooses, and the SAELens form ----------------------------------------------
     @classmethod
     def describe_knobs(cls) -> str:
         return ", ".join(f"{k.name} ({k.doc})" for k in cls.knobs) or "none"
@@ -276,6 +232,57 @@ class ModelKind:
             raise ValueError(
                 f"model kind {cls.name!r} has no SAELens form (its saelens_architecture is None)"
             )
+
+
+class ModelKind(UserFacing):
+    """A model kind's part of training R runs of one group as a stack.
+
+    Subclasses set ``name``, ``terms`` (the loss terms logged besides "total") and ``module``, and
+    implement ``build`` and ``loss_and_grads``; the rest has defaults. ``params`` arguments map the
+    module's state-dict names to stacked tensors (leading dimension: run).
+    """
+
+    name: ClassVar[str]
+    terms: ClassVar[tuple[str, ...]]
+    module: ClassVar[type[nn.Module]]
+
+    def __init__(self, configs: list, layout: SeedLayout, device: torch.device, dtype: torch.dtype) -> None:
+        self.configs, self.layout = list(configs), layout
+        self.device, self.dtype = device, dtype
+
+    def per_run(self, values: list[float]) -> torch.Tensor:
+        """A per-run hyperparameter as a tensor (R,) on the stack's device."""
+        return torch.tensor(values, dtype=self.dtype, device=self.device)
+
+    # -- the run config and the single-run module --------------------------------------------------
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse, by name, a RunConfig field this kind cannot use (the SAEs take ReLU and no k)."""
+        if config.activation != "relu":
+            raise ValueError(
+                f"activation={config.activation!r} is not allowed for model={cls.name!r}; it uses 'relu'"
+            )
+        cls.refuse_k(config)
+
+    @classmethod
+    def refuse_k(cls, config) -> None:
+        """Refuse a nonzero ``k``: only the TopK kinds take one."""
+        if config.k != 0:
+            raise ValueError(
+                f"k={config.k} is not allowed for model={cls.name!r}; k is the TopK SAE's (leave it 0)"
+            )
+
+    @classmethod
+    def build(cls, input_dim: int, config) -> nn.Module:
+        """The single-run module of ``config``, initialised from torch's current random state."""
+        raise NotImplementedError
+
+    @classmethod
+    def parameter_count(cls, input_dim: int, config) -> int:
+        """Trained parameters of one run, counted on torch's meta device (nothing allocated)."""
+        with torch.device("meta"):
+            module = cls.build(input_dim, config)
+        return sum(p.numel() for p in module.parameters())
 
     @classmethod
     def divergence_bound(cls, config, train_x: torch.Tensor) -> float:
