@@ -140,8 +140,9 @@ class Dictionary:
                     f"readout_x=None: {self.kind} has no decoder; give samples (readout_x=) to fit the "
                     "linear readout that SAELens's W_dec and b_dec hold"
                 )
-            _remove_dictionary(folder)
-            return saelens.write(self, folder, readout, samples, input_scale, hook_name, model_name)
+            saelens.write(self, folder, readout, samples, input_scale, hook_name, model_name)
+            _remove_other_format(folder, keep="saelens")
+            return folder
         final_loss = self.history[-1]["total"] if self.history else None
         final_loss = final_loss if final_loss is not None and math.isfinite(final_loss) else None
         config = {
@@ -159,9 +160,9 @@ class Dictionary:
             "tensors": {name: list(t.shape) for name, t in self.state.items()},
         }
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state.items()}
-        _remove_dictionary(folder)
         write_atomic(folder / WEIGHTS_FILE, save(tensors, metadata={"format": FORMAT}))
         write_atomic(folder / CONFIG_FILE, json.dumps(config, indent=1, allow_nan=False))
+        _remove_other_format(folder, keep="encoder-study")
         return folder
 
 
@@ -195,12 +196,14 @@ def _writable_folder(path: object, overwrite: bool) -> Path:
     return folder
 
 
-def _remove_dictionary(folder: Path) -> None:
-    """Remove the dictionary files of either format (links, not their targets), so that a folder
-    written again never holds two dictionaries."""
-    for names in dictionary_files(folder).values():
-        for name in names:
-            (folder / name).unlink()
+def _remove_other_format(folder: Path, keep: str) -> None:
+    """Once a dictionary is written in format ``keep``, remove the other format's files (links, not
+    their targets), so the folder never holds two dictionaries. Nothing is removed before the new
+    files are written: a refusal or a failed write leaves the old dictionary as it was."""
+    for fmt, names in dictionary_files(folder).items():
+        if fmt != keep:
+            for name in names:
+                (folder / name).unlink()
 
 
 def _as_path(name: str, path: object) -> Path:
@@ -314,7 +317,8 @@ def load(path: str | os.PathLike) -> Dictionary:
 def check_state(state: dict[str, torch.Tensor], config: RunConfig, input_dim: int, source: Path) -> None:
     """Refuse, naming ``source``, weights that are not the state of the model ``config`` describes
     on ``input_dim`` inputs: other tensor names, shapes or dtypes, or non-finite values."""
-    expected = build_run_model(config, input_dim).state_dict()
+    with torch.device("meta"):  # names, shapes and dtypes only: nothing allocated, no random numbers drawn
+        expected = build_run_model(config, input_dim).state_dict()
     if set(state) != set(expected):
         raise ValueError(
             f"{source}: tensors {sorted(state)} are not those of a {config.model!r} model "

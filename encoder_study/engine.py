@@ -36,7 +36,7 @@ from .metrics import dead_units, l0, redundancy_score
 from .model import build_run_model
 from .progress import Progress
 from .stacking import SeedLayout, gather
-from .storage import load_or_discard, save_tree, warn
+from .storage import load_or_discard, move_aside, save_tree, warn
 
 # 3: parameters by name, the kind's training state by name; 4: buffers; 5: safetensors + JSON, no pickle
 CHECKPOINT_FORMAT = 5
@@ -369,10 +369,14 @@ def _resume(
     if not (
         isinstance(ck, dict)
         and ck.get("format") == CHECKPOINT_FORMAT
-        and ck["configs"] == [c.as_dict() for c in configs]
+        and ck.get("configs") == [c.as_dict() for c in configs]
     ):
         return state
-    finished = {int(i): from_record(record) for i, record in ck["finished"]}
+    try:
+        finished = _checked_checkpoint(ck, len(configs), stack, opt)
+    except (KeyError, TypeError, ValueError, IndexError) as e:  # parsed, but not a state of this group
+        move_aside(checkpoint, "checkpoint", f"it does not fit this group: {e}")
+        return state
     stack.keep(ck["alive"])
     opt.keep(ck["alive"], list(stack.params.values()))
     with torch.no_grad():
@@ -381,6 +385,32 @@ def _resume(
     opt.load(ck["opt"])
     stack.kind.load_state(ck["kind"])
     return _GroupState(ck["alive"], ck["histories"], finished, ck["epoch"], ck["elapsed"])
+
+
+def _checked_checkpoint(
+    ck: dict, n_runs: int, stack: RunStack, opt: StackedOptimizer
+) -> dict[int, RunResult]:
+    """The finished runs of a checkpoint whose every part fits this group (the runs still alive,
+    each parameter's and optimizer moment's shape, the kind's state, the histories), else an error
+    before anything is restored."""
+    alive = ck["alive"]
+    if not (isinstance(alive, list) and alive == sorted(set(alive)) and set(alive) <= set(range(n_runs))):
+        raise ValueError(f"alive={alive!r} are not runs of this group")
+    shapes = {n: (len(alive), *p.shape[1:]) for n, p in stack.tensors.items()}
+    if {n: tuple(t.shape) for n, t in ck["params"].items()} != shapes:
+        raise ValueError("its parameters are not this group's")
+    moments = ck["opt"]["m"] + ck["opt"]["v"]
+    wanted = [(len(alive), *p.shape[1:]) for p in opt.m + opt.v]
+    if [tuple(t.shape) for t in moments] != wanted or not isinstance(ck["opt"]["step"], torch.Tensor):
+        raise ValueError("its optimizer state is not this group's")
+    if not all(isinstance(ck["kind"][name], torch.Tensor) for name in stack.kind.checkpointed):
+        raise ValueError("its model kind's state is incomplete")
+    if len(ck["histories"]) != n_runs or not isinstance(ck["epoch"], int):
+        raise ValueError("its histories are not this group's")
+    finished = {int(i): from_record(record) for i, record in ck["finished"]}
+    if not set(finished) <= set(range(n_runs)) - set(alive):
+        raise ValueError("its finished runs are not this group's")
+    return finished
 
 
 def _save_checkpoint(
@@ -428,7 +458,12 @@ def _starting_loss(stack: RunStack, X: torch.Tensor, batch_size: int) -> torch.T
     host), the scale its divergence bound is measured in. The kind's training state (counters such
     as TopK's steps since a latent fired) is put back as it was, so training is unchanged."""
     idx = _epoch_orders(stack.layout.data_seeds, 0, len(X), X.device)[:, :batch_size]
-    kept = {n: v.clone() for n, v in vars(stack.kind).items() if isinstance(v, torch.Tensor)}
+    kept = {}  # the kind's tensors, and dicts of them, as they are before the extra evaluation
+    for n, v in vars(stack.kind).items():
+        if isinstance(v, torch.Tensor):
+            kept[n] = v.clone()
+        elif isinstance(v, dict) and v and all(isinstance(t, torch.Tensor) for t in v.values()):
+            kept[n] = {k: t.clone() for k, t in v.items()}
     with flush_denormals():
         terms, _ = stack.loss_and_grads(X, idx)
     vars(stack.kind).update(kept)

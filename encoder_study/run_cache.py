@@ -163,6 +163,8 @@ def _load_group(path: Path, group: list[RunConfig]) -> list[RunResult] | None:
         results = [from_record(d) for d in records]  # type: ignore[union-attr]
         if [r.config for r in results] != group:
             raise ValueError("it holds other runs than its key names")
+        if not all(isinstance(t, torch.Tensor) for r in results for t in r.state.values()):
+            raise ValueError("a run's state is not a set of tensors")
     except (TypeError, KeyError, ValueError) as e:
         move_aside(path, "run-cache file", f"not a finished group: {e}")
         return None

@@ -132,6 +132,10 @@ def read(path: Path) -> tuple[RunConfig, int, dict[str, torch.Tensor], torch.Ten
             f"encoder_study); load it with sae_lens.SAE.load_from_disk"
         )
     kinds = user_kinds()
+    if not isinstance(ours, dict) or not isinstance(ours.get("kind"), str):
+        raise ValueError(
+            f"{cfg_file}: metadata.encoder_study must be an object naming its kind, got {ours!r}"[:300]
+        )
     if ours.get("kind") not in kinds:
         raise ValueError(
             f"{cfg_file}: metadata.encoder_study.kind={ours.get('kind')!r} is not one of {sorted(kinds)}"

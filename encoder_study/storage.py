@@ -62,6 +62,8 @@ def write_atomic(path: Path, content: bytes | str | Callable[[BinaryIO], None]) 
                 content(f)
             else:
                 f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it takes the name: a power cut leaves old or new
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -72,7 +74,11 @@ def _plain(value: object, tensors: dict[str, torch.Tensor], where: str) -> objec
     """``value`` as JSON-ready data, its tensors moved into ``tensors`` (CPU copies)."""
     if isinstance(value, torch.Tensor):
         name = str(len(tensors))
-        tensors[name] = value.detach().to("cpu", copy=True).contiguous()
+        t = value.detach().cpu().contiguous()
+        shared = any(
+            t.untyped_storage().data_ptr() == u.untyped_storage().data_ptr() for u in tensors.values()
+        )
+        tensors[name] = t.clone() if shared else t  # safetensors refuses tensors that share memory
         return {TENSOR_REF: name}
     if isinstance(value, dict):
         if any(not isinstance(k, str) for k in value):
@@ -125,7 +131,7 @@ def load_tree(path: Path) -> object:
         raise ValueError(f"format {meta.get('format')!r} is not {TREE_FORMAT!r}")
     try:
         return _rebuilt(json.loads(meta["tree"]), tensors)
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, RecursionError, json.JSONDecodeError) as e:
         raise ValueError(f"its structure does not parse ({type(e).__name__}: {e})") from e
 
 

@@ -219,3 +219,37 @@ def test_batch_size_one_is_refused_by_name_for_ours_and_trained_for_the_saes(dig
         es.fit(digits, kind="ours", hidden_dim=16, epochs=1, batch_size=1, cache=cache, progress=False)
     d = es.fit(digits[:64], kind="sae", hidden_dim=4, epochs=1, batch_size=1, cache=cache, progress=False)
     assert np.isfinite(d.history[-1]["total"])
+
+
+def test_a_refused_overwrite_leaves_the_old_dictionary_as_it_was(digits, cache, tmp_path):
+    sae = es.fit(digits, kind="sae", hidden_dim=8, epochs=1, cache=cache, progress=False)
+    neg = dataclasses.replace(sae, config=sae.config.with_(activation="neg_relu"))
+    folder = neg.save(tmp_path / "d")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(ValueError, match="only ReLU activations"):
+        neg.save(folder, format="saelens", overwrite=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_load_draws_no_random_numbers_and_allocates_nothing_for_a_huge_config(ours, tmp_path):
+    folder = ours.save(tmp_path / "d")
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    es.load(folder)
+    assert torch.equal(torch.rand(3), expected)
+    _tamper(folder, hidden_dim=10**7, input_dim=10**7, tensors=None)
+    with pytest.raises(ValueError, match="a hidden_dim=10000000, input_dim=10000000 model needs"):
+        es.load(folder)
+
+
+def test_knobs_too_large_for_a_float_and_malformed_metadata_are_refused_by_name(digits, cache, tmp_path):
+    with pytest.raises(ValueError, match="l1=1000000.* must be finite"):
+        es.fit(digits, kind="sae", l1=10**400, hidden_dim=8, epochs=1, cache=cache, progress=False)
+    sae = es.fit(digits, kind="sae", hidden_dim=8, epochs=1, cache=cache, progress=False)
+    folder = sae.save(tmp_path / "s", format="saelens")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["metadata"]["encoder_study"] = ["not", "an", "object"]
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="metadata.encoder_study must be an object"):
+        es.load(folder)

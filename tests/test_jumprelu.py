@@ -89,3 +89,19 @@ def test_bandwidth_must_be_positive():
     with pytest.raises(ValueError, match="bandwidth=0.0 must be > 0"):
         RunConfig(model="jumprelu", knobs={"bandwidth": 0.0})
     assert math.isclose(dict(RunConfig(model="jumprelu").knobs)["bandwidth"], 1e-3)
+
+
+def test_saelens_files_give_back_the_exact_thresholds(X, tmp_path):
+    d = es.fit(
+        X.float().numpy(),
+        kind="jumprelu",
+        hidden_dim=64,
+        epochs=1,
+        batch_size=64,
+        progress=False,
+        cache=str(tmp_path),
+    )
+    with torch.no_grad():  # thresholds everywhere on the float32 line, as a trained dictionary may have them
+        d.state["log_threshold"].copy_(torch.linspace(-9, 1, 64))
+    back = es.load(d.save(tmp_path / "s", format="saelens"))
+    assert torch.equal(back.model().threshold, d.model().threshold)

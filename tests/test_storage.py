@@ -119,3 +119,41 @@ def test_a_lock_that_is_a_link_is_refused_by_name(tmp_path):
     with pytest.raises(OSError, match="symbolic link"):
         run_experiments(_cfg(), X, cache=tmp_path, progress=False)
     assert victim.read_text() == "x"
+
+
+def test_a_tree_nested_too_deep_is_refused_as_damage_not_a_crash(tmp_path):
+    from safetensors.torch import save
+
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(save({}, metadata={"format": storage.TREE_FORMAT, "tree": deep}))
+    with pytest.raises(ValueError, match="does not parse"):
+        storage.load_tree(path)
+    with pytest.warns(UserWarning, match="kept as"):
+        assert storage.load_or_discard(path, "run-cache file") is None
+
+
+def test_a_checkpoint_that_parses_but_does_not_fit_its_group_is_moved_aside(tmp_path):
+    X = torch.rand(256, 12)
+    cfg = _cfg(epochs=2)
+    straight = train_group(cfg, X, progress=False)
+    ck = tmp_path / "g.partial.safetensors"
+    storage.save_tree(
+        {
+            "format": 5,
+            "configs": [c.as_dict() for c in cfg],
+            "alive": [0],
+            "epoch": 1,
+            "params": {"linear.weight": torch.zeros(1, 3, 3)},  # not this group's shapes
+            "opt": {"step": torch.zeros(()), "m": [], "v": []},
+            "kind": {},
+            "histories": [[]],
+            "finished": [],
+            "elapsed": 0.0,
+        },
+        ck,
+    )
+    with pytest.warns(UserWarning, match="does not fit this group"):
+        resumed = train_group(cfg, X, checkpoint=ck, progress=False)
+    assert torch.equal(resumed[0].state["linear.weight"], straight[0].state["linear.weight"])
+    assert list(tmp_path.glob("*.unreadable-*"))

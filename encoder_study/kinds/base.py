@@ -80,7 +80,10 @@ class Knob:
                 f"{self.name}={value!r} must be {'an integer' if self.type is int else 'a real number'}, "
                 f"got {type(value).__name__} (kind={kind!r}: {self.doc})"
             )
-        plain = self.type(value)
+        try:
+            plain = self.type(value)
+        except OverflowError:  # an integer too large for a float
+            plain = math.inf
         if not math.isfinite(plain):
             raise ValueError(f"{self.name}={value!r} must be finite (kind={kind!r})")
         if plain < self.minimum:

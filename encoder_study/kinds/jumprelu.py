@@ -63,6 +63,20 @@ class _Step(torch.autograd.Function):
         return None, (g * (-1.0 / eps) * _kernel(z, theta, eps)).sum(1, keepdim=True), None
 
 
+def _exact_log(threshold: torch.Tensor) -> torch.Tensor:
+    """log(threshold), nudged by up to two units in the last place where that makes exp() give the
+    threshold back exactly: the module encodes with exp(log_threshold), and a threshold read from
+    SAELens's files should encode exactly as the one that was written."""
+    best = threshold.log()
+    for direction in (math.inf, -math.inf):
+        candidate = best
+        for _ in range(2):
+            candidate = torch.nextafter(candidate, torch.full_like(candidate, direction))
+            fixes = (best.exp() != threshold) & (candidate.exp() == threshold)
+            best = torch.where(fixes, candidate, best)
+    return best
+
+
 class JumpReLUSAE(FirstLayer, nn.Module):
     """a = z * H(z - theta), z = W_enc x + b_enc; x_hat = W_dec a + b_dec; one threshold per latent."""
 
@@ -174,4 +188,4 @@ class JumpReLUKind(ModelKind):
         if not bool((tensors["threshold"] > 0).all()):
             raise ValueError("the JumpReLU SAE's thresholds must be > 0 (it stores their logarithm)")
         state, _ = super().from_saelens(tensors)
-        return {**state, "log_threshold": tensors["threshold"].log()}, None
+        return {**state, "log_threshold": _exact_log(tensors["threshold"])}, None
