@@ -17,9 +17,13 @@ def check_choice(name: str, value: object, allowed: Iterable[str]) -> str:
 def check_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name}={value!r} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(float(value)):
+    try:
+        plain = float(value)
+    except OverflowError:  # an integer too large for a float
+        plain = math.inf
+    if not math.isfinite(plain):
         raise ValueError(f"{name}={value!r} must be finite")
-    return float(value)
+    return plain
 
 
 def check_nonnegative(name: str, value: object) -> float:

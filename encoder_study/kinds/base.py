@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import ClassVar
 
 import torch
@@ -20,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..stacking import SeedLayout
+from ..validation import check_int, check_number
 
 ACTIVATIONS = {
     "relu": F.relu,
@@ -74,18 +74,10 @@ class Knob:
     def check(self, value: object, kind: str) -> float | int:
         """``value`` as a plain Python number of this knob's type, or an error naming the knob, the
         value and what is allowed (the upper bound ``at_most`` is ``check_config``'s to hold)."""
-        wanted = Integral if self.type is int else Real
-        if isinstance(value, bool) or not isinstance(value, wanted):
-            raise TypeError(
-                f"{self.name}={value!r} must be {'an integer' if self.type is int else 'a real number'}, "
-                f"got {type(value).__name__} (kind={kind!r}: {self.doc})"
-            )
         try:
-            plain = self.type(value)
-        except OverflowError:  # an integer too large for a float
-            plain = math.inf
-        if not math.isfinite(plain):
-            raise ValueError(f"{self.name}={value!r} must be finite (kind={kind!r})")
+            plain = check_int(self.name, value) if self.type is int else check_number(self.name, value)
+        except (TypeError, ValueError) as e:  # the package's number checks, with the kind named
+            raise type(e)(f"{e} (kind={kind!r}: {self.doc})") from None
         if plain < self.minimum:
             upper = f" and <= {self.at_most}" if self.at_most else ""
             raise ValueError(f"{self.name}={value!r} must be >= {self.minimum:g}{upper} (kind={kind!r})")
