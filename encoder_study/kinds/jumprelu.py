@@ -22,6 +22,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ..stacking import linear_shared_input
 from ..validation import check_positive_int
 from .base import FirstLayer, Knob, ModelKind, Params, check_input
 
@@ -145,8 +146,7 @@ class JumpReLUKind(ModelKind):
         return JumpReLUSAE(input_dim, config.hidden_dim)
 
     def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
-        xr = self.layout.run_inputs(x)
-        z = torch.baddbmm(params["encoder.bias"].unsqueeze(1), xr, params["encoder.weight"].transpose(1, 2))
+        z = self.layout.linear(x, params["encoder.weight"], params["encoder.bias"])
         theta = params["log_threshold"].exp().unsqueeze(1)
         eps = self.bandwidth.view(-1, 1, 1)
         a = _JumpReLU.apply(z, theta, eps)
@@ -154,18 +154,14 @@ class JumpReLUKind(ModelKind):
         x_hat = torch.baddbmm(
             params["decoder.bias"].unsqueeze(1), a, params["decoder.weight"].transpose(1, 2)
         )
-        mse = (x_hat - xr).square().mean((1, 2))
+        mse = (x_hat - self.layout.run_inputs(x)).square().mean((1, 2))
         total = mse + self.sparsity * l0
         names = list(params)
         grads = torch.autograd.grad(total.sum(), [params[n] for n in names])
         return {"total": total.detach(), "mse": mse.detach(), "l0": l0.detach()}, dict(zip(names, grads))
 
     def encode(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        z = torch.baddbmm(
-            params["encoder.bias"].unsqueeze(1),
-            x.expand(self.layout.runs, -1, -1),
-            params["encoder.weight"].transpose(1, 2),
-        )
+        z = linear_shared_input(x, params["encoder.weight"], params["encoder.bias"])
         return z * (z > params["log_threshold"].exp().unsqueeze(1))
 
     @torch.no_grad()

@@ -31,12 +31,12 @@ class SAEDecoderNormKind(SAEKind):
     )
 
     def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
-        xr = self.layout.run_inputs(x)
-        z = torch.baddbmm(params["encoder.bias"].unsqueeze(1), xr, params["encoder.weight"].transpose(1, 2))
-        a = ACTIVATIONS[self.activation](z)
+        a = ACTIVATIONS[self.activation](
+            self.layout.linear(x, params["encoder.weight"], params["encoder.bias"])
+        )
         Wd = params["decoder.weight"]  # (R, D, K): column j is latent j's direction
         x_hat = torch.baddbmm(params["decoder.bias"].unsqueeze(1), a, Wd.transpose(1, 2))
-        mse = (x_hat - xr).square().mean((1, 2))
+        mse = (x_hat - self.layout.run_inputs(x)).square().mean((1, 2))
         weighted = (a.abs() * Wd.norm(dim=1, keepdim=True)).mean((1, 2))
         total = mse + self.l1 * weighted
         names = list(params)
