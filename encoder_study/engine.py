@@ -583,7 +583,9 @@ def _train_stack(
         state.elapsed += seconds
         evaluate = Xt is not None and ((epoch + 1) % first.eval_every == 0 or epoch + 1 == first.epochs)
         test = _test_metrics(stack, Xt) if evaluate else None
-        _record_epoch(state, configs, stack.kind.terms, means, reasons, test, seconds, last_good)
+        current = [stack.state_of(r) for r in range(len(stack))]
+        motion = parameter_motion(last_good, current, list(stack.params))
+        _record_epoch(state, configs, stack.kind.terms, means, reasons, test, seconds, last_good, motion)
         if not finite.all():
             keep = [r for r in range(len(stack)) if finite[r]]
             state.alive = [state.alive[r] for r in keep]
@@ -592,7 +594,7 @@ def _train_stack(
             stack.keep(keep)
             opt.keep(keep, list(stack.params.values()))
             bound = bound[keep]
-        last_good = [stack.state_of(r) for r in range(len(stack))]
+        last_good = [current[r] for r in range(len(current)) if finite[r]]
         last_loss = float(means[0][finite].mean())
         bar.status(f"loss {last_loss:.4g}")
         bar.update()
@@ -623,12 +625,14 @@ def _record_epoch(
     test: list[dict] | None,
     seconds: float,
     last_good: list[dict[str, torch.Tensor]],
+    motion: list[tuple[float, float]],
 ) -> None:
     """Each live run's history row of the epoch just trained; a run that diverged in it is
     finished with its last finite state, its row saying why (``diverged_because``)."""
     epoch = state.epoch + 1
     for r, orig in enumerate(state.alive):
         row = {"epoch": epoch, "total": float(means[0, r]), "seconds": seconds}
+        row["param_norm"], row["param_change"] = motion[r]
         row.update({t: float(means[i + 1, r]) for i, t in enumerate(terms)})
         if test is not None and reasons[r] is None:
             row.update(test[r])
@@ -637,6 +641,20 @@ def _record_epoch(
             state.finished[orig] = RunResult(configs[orig], last_good[r], state.histories[orig], epoch)
         state.histories[orig].append(row)
     state.epoch = epoch
+
+
+def parameter_motion(
+    before: list[dict[str, torch.Tensor]], after: list[dict[str, torch.Tensor]], names: list[str]
+) -> list[tuple[float, float]]:
+    """Per run: the norm of its trained parameters ``names`` taken together after an epoch, and
+    how far the epoch moved them relative to where they started it, ||after - before|| / ||before||
+    (float64). Training at a fixed point leaves the second near zero; growing in scale keeps it up."""
+    rows = []
+    for b, a in zip(before, after):
+        old = torch.cat([b[n].double().flatten() for n in names])
+        new = torch.cat([a[n].double().flatten() for n in names])
+        rows.append((float(new.norm()), float((new - old).norm() / old.norm())))
+    return rows
 
 
 def init_fingerprint(init: dict[str, torch.Tensor] | None) -> str:

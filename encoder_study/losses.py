@@ -126,6 +126,20 @@ def variance_loss(
     return -torch.log(var + eps).sum(-1)
 
 
+def scale_free_variance_loss(
+    a: torch.Tensor, eps: float = VARIANCE_EPS, cov: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L_var with the activation scale taken out: -sum_j log(v_j + eps) + K log(mean_k v_k + eps),
+    v the units' unbiased minibatch variances. Scaling every a_j by c leaves it unchanged (up to
+    eps), where the paper's L_var falls by 2 K log c: it still rewards spreading variance evenly
+    over the units (it is K times the log of the arithmetic over the geometric mean of v, >= 0,
+    0 when all are equal) but no longer rewards growing it. Notebook 10's bounded variant (b)."""
+    if cov is None:
+        _check_activations(a, min_batch=2)
+    var = torch.diagonal(cov, dim1=-2, dim2=-1) if cov is not None else a.var(dim=-2, unbiased=True)
+    return -torch.log(var + eps).sum(-1) + var.shape[-1] * torch.log(var.mean(-1) + eps)
+
+
 def correlation_matrix(
     a: torch.Tensor, eps: float = CORRELATION_EPS, cov: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -230,6 +244,7 @@ __all__ = [
     "neg_lse_and_exp",
     "off_diagonal_sq_sum",
     "sae_loss",
+    "scale_free_variance_loss",
     "uniform_lse_value",
     "variance_loss",
     "weight_redundancy_loss",

@@ -37,7 +37,7 @@ def differentiated(out: dict) -> torch.Tensor:
 
 def config(kind: str, **changes) -> RunConfig:
     """A small run of ``kind`` (a TopK-like kind gets k = 4)."""
-    own = {k.name: 0.3 for k in kinds.KINDS[kind].knobs if not k.field}  # a kind's own knobs, switched on
+    own = {k.name: 3 if k.type is int else 0.3 for k in kinds.KINDS[kind].knobs if not k.field}  # switched on
     base = {"model": kind, "hidden_dim": 16, "epochs": 2, "batch_size": 32, "device": "cpu", "knobs": own}
     base.update(changes)
     try:

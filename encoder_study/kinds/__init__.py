@@ -12,6 +12,9 @@ from __future__ import annotations
 from .base import Knob, ModelKind
 from .batchtopk import BatchTopKKind
 from .encoder import EncoderKind
+from .encoder_em import EncoderEMKind
+from .encoder_scale_free import EncoderScaleFreeKind
+from .encoder_unit_rows import EncoderUnitRowsKind
 from .jumprelu import JumpReLUKind
 from .sae import SAEKind
 from .sae_dnorm import SAEDecoderNormKind
@@ -26,6 +29,9 @@ KINDS: dict[str, type[ModelKind]] = {
     "batchtopk": BatchTopKKind,
     "jumprelu": JumpReLUKind,
     "sae_dnorm": SAEDecoderNormKind,
+    "encoder_unit_rows": EncoderUnitRowsKind,
+    "encoder_scale_free": EncoderScaleFreeKind,
+    "encoder_em": EncoderEMKind,
 }
 
 
