@@ -106,6 +106,15 @@ def responsibility_entropy(A) -> float:
 
 
 @torch.no_grad()
+def silent_responsibility_share(A) -> np.ndarray:
+    """Per sample, the share of its responsibility softmax(-a) that goes to units with a = 0
+    exactly (a ReLU unit that is off): (samples,), 0 where no unit is off. With ReLU, the units
+    that do not respond to a sample are its most responsible ones, each as much as the others."""
+    r = responsibilities(A)
+    return (r * (_as64(A) == 0)).sum(dim=1).numpy()
+
+
+@torch.no_grad()
 def usage_distribution(A) -> np.ndarray:
     """Mean responsibility of each component over the samples (sums to 1): how the data is shared."""
     return responsibilities(A).mean(dim=0).numpy()
