@@ -99,15 +99,26 @@ def bootstrap_interval(
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    method: str = "percentile",
 ) -> tuple[float, float]:
-    """The percentile bootstrap interval of ``statistic(rows)`` over ``resamples`` resamplings,
-    with replacement, of the row indices 0..n-1 (a statistic of paired matrices takes the same
-    rows of each: the pairing is kept)."""
+    """A bootstrap interval of ``statistic(rows)`` from ``resamples`` resamplings, with
+    replacement, of the row indices 0..n-1 (a statistic of paired matrices takes the same rows of
+    each: the pairing is kept). ``method="percentile"``: the quantiles of the resampled values;
+    ``"basic"``: those quantiles reflected about the full-sample value (2 t - q_hi, 2 t - q_lo),
+    which corrects a statistic that resampling itself biases (a mutual information computed from
+    resampled rows is larger on average than from the rows drawn once, so the percentile interval
+    can miss the full-sample value)."""
     check_positive_int("n", n)
     check_positive_int("resamples", resamples)
     if not 0 < level < 1:
         raise ValueError(f"level={level!r} must lie strictly between 0 and 1")
+    if method not in ("percentile", "basic"):
+        raise ValueError(f"method={method!r} must be 'percentile' or 'basic'")
     rng = np.random.default_rng(seed)
     values = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)])
     tail = (1 - level) / 2 * 100
-    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+    lo, hi = float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+    if method == "basic":
+        full = float(statistic(np.arange(n)))
+        return 2 * full - hi, 2 * full - lo
+    return lo, hi

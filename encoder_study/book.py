@@ -232,6 +232,13 @@ class Record:
         df.to_csv(path, index=False, float_format="%.6g")
         return path
 
+    def summary(self, markdown: str) -> Path:
+        """The notebook's findings for the README, as Markdown rendered from its own tables
+        (``summary.md``): ``scripts/update_readme.py`` joins these and types no number itself."""
+        path = self.dir / "summary.md"
+        path.write_text(markdown.strip() + "\n")
+        return path
+
     def duration(self, label: str, seconds: float) -> None:
         self.durations[label] = round(float(seconds), 3)
 

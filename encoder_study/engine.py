@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from . import cuda_graphs
 from .config import ADAM_BETAS, ADAM_EPS, RunConfig, resolve_device
 from .cpu import flush_denormals
 from .data import epoch_permutation
@@ -438,14 +439,24 @@ def _save_checkpoint(
 def _train_epoch(
     stack: RunStack, opt: StackedOptimizer, X: torch.Tensor, epoch: int, batch_size: int
 ) -> torch.Tensor:
-    """One pass over X; the mean of each loss term per run, (1 + len(terms), R), on the host."""
+    """One pass over X; the mean of each loss term per run, (1 + len(terms), R), on the host. On
+    a CUDA device the full-size minibatches replay one captured step (``cuda_graphs``: the same
+    kernels in the same order); the short last minibatch, and every step elsewhere, runs eagerly."""
     n = len(X)
     orders = _epoch_orders(stack.layout.data_seeds, epoch, n, X.device)
-    sums = torch.zeros(len(stack.kind.terms) + 1, len(stack), device=X.device, dtype=X.dtype)
+    graph = cuda_graphs.epoch_steps(stack, opt, X, batch_size)  # None on the CPU
+    if graph is None:
+        sums = torch.zeros(len(stack.kind.terms) + 1, len(stack), device=X.device, dtype=X.dtype)
+    else:
+        sums = graph.begin_epoch()  # the graph's static sums, zeroed
     steps = 0
     with flush_denormals():
         for s in range(0, n, batch_size):
-            sums += stack.step(X, orders[:, s : s + batch_size], opt)
+            idx = orders[:, s : s + batch_size]
+            if graph is not None and idx.shape[1] == batch_size:
+                graph.step(stack, opt, X, idx)  # adds the step's loss terms into sums
+            else:
+                sums += stack.step(X, idx, opt)
             steps += 1
     return (sums / steps).cpu()  # the one host sync of the epoch
 

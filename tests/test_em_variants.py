@@ -141,5 +141,33 @@ def test_bootstrap_interval_of_a_mean_matches_the_normal_interval():
     half = 1.96 * x.std() / math.sqrt(len(x))  # 0.031; the percentile interval's own noise ~5%
     assert lo == pytest.approx(x.mean() - half, abs=0.2 * half)
     assert hi == pytest.approx(x.mean() + half, abs=0.2 * half)
+    lo_b, hi_b = bootstrap_interval(
+        lambda idx: float(x[idx].mean()), len(x), resamples=2000, seed=2, method="basic"
+    )
+    assert lo_b == pytest.approx(2 * x.mean() - hi) and hi_b == pytest.approx(2 * x.mean() - lo)
+    with pytest.raises(ValueError, match="method"):
+        bootstrap_interval(lambda idx: 0.0, 10, method="bca")
     with pytest.raises(ValueError, match="level"):
         bootstrap_interval(lambda idx: 0.0, 10, level=1.5)
+
+
+def test_the_scale_free_kind_logs_and_differentiates_the_scale_free_term(X):
+    # its hand-derived gradient is held to finite differences by test_kinds; here its terms are
+    # held to the plain formulas (losses.py) on the same activations, and its total to autograd
+    stack = RunStack(
+        [cfg("encoder_scale_free", seed=s) for s in (1, 2)], X.shape[1], torch.device("cpu"), torch.float64
+    )
+    idx = torch.stack(
+        [torch.randperm(len(X), generator=torch.Generator().manual_seed(s))[:32] for s in (1, 2)]
+    )
+    out, grads = stack.kind.loss_and_grads(stack.tensors, gather(X, idx))
+    W = stack.params["linear.weight"].detach().clone().requires_grad_(True)
+    b = stack.params["linear.bias"].detach().clone().requires_grad_(True)
+    a = torch.relu(X[idx] @ W.transpose(1, 2) + b[:, None])
+    lse = -torch.logsumexp(-a, -1).sum(-1)
+    total = lse + scale_free_variance_loss(a) + correlation_loss(a)
+    gW, gb = torch.autograd.grad(total.sum(), (W, b))
+    assert torch.allclose(out["var"], scale_free_variance_loss(a).detach(), rtol=1e-12)
+    assert torch.allclose(out["total"], total.detach(), rtol=1e-12)
+    assert torch.allclose(grads["linear.weight"], gW, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(grads["linear.bias"], gb, rtol=1e-9, atol=1e-12)

@@ -10,29 +10,43 @@ at smaller activations wherever a sample has no unit at zero. Notebook 10's boun
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
-from ..losses import combined_loss, scale_free_variance_loss
-from .base import ACTIVATIONS, Params
+from ..losses import VARIANCE_EPS, combined_loss_and_grad
+from .base import ACTIVATION_GRADS, ACTIVATIONS, Params
 from .encoder import EncoderKind
 
 
 class EncoderScaleFreeKind(EncoderKind):
     """Training stacks of the decoder-free encoder with the scale-free variance term in place of
-    L_var (logged as "var"); knobs as the encoder's; gradient by autograd."""
+    L_var (logged as "var"); knobs as the encoder's (weight redundancy not allowed).
+
+    The gradient is the encoder's by hand plus the added term's: d/dv_j of K log(mean v + eps) is
+    1 / (mean v + eps) for every unit, and v = diag(A_c^T A_c) / (B - 1), so it adds
+    2 lambda_var A_c / ((mean v + eps)(B - 1)) to dL/da (held to finite differences by the tests).
+    """
 
     name = "encoder_scale_free"
     user_name = None  # the notebooks' variant, not a kind ``fit`` offers
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if config.loss.wr != 0:
+            raise ValueError(f"lambda_wr={config.loss.wr} is not allowed for model={cls.name!r} (leave it 0)")
+
     def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
         W, b = params["linear.weight"], params["linear.bias"]
-        a = ACTIVATIONS[self.activation](self.layout.linear(x, W, b))
-        others = replace(self.terms_in_use, var=0.0)  # every term but L_var, as the encoder has them
-        out = combined_loss(a, W, others, weights=self.lambdas)
-        out["var"] = scale_free_variance_loss(a)
-        total = out["total"] + self.lambdas["var"] * out["var"]
-        W_grad, b_grad = torch.autograd.grad(total.sum(), (W, b))
-        terms = {t: out[t].detach() for t in self.terms}
-        return {"total": total.detach(), **terms}, {"linear.weight": W_grad, "linear.bias": b_grad}
+        with torch.no_grad():
+            z = self.layout.linear(x, W, b)
+            a = ACTIVATIONS[self.activation](z)
+            out, grad_a = combined_loss_and_grad(a, self.lambdas, self.reduction)
+            centred = a - a.mean(dim=-2, keepdim=True)
+            mean_var = centred.square().sum(-2).mean(-1) / (a.shape[-2] - 1) + VARIANCE_EPS  # (R,)
+            added = a.shape[-1] * torch.log(mean_var)
+            out["var"] = out["var"] + added
+            out["total"] = out["total"] + self.lambdas["var"] * added
+            coef = 2.0 * self.lambdas["var"] / (mean_var * (a.shape[-2] - 1))
+            grad_a.add_(centred.mul_(coef.view(-1, 1, 1)))
+            W_grad, b_grad = self.layout.linear_grads(ACTIVATION_GRADS[self.activation](z, grad_a), x)
+        return out, {"linear.weight": W_grad, "linear.bias": b_grad}
