@@ -11,12 +11,22 @@ and the process's peak memory; then the L1 SAE at the book's shape (12 runs), an
 and BatchTopK SAEs at notebook 5's (576 -> 288 and 1152 on 65,536 random vectors, batch 1024,
 3 runs; the TopK kinds with k = 32, 64 and 128). Each figure is the median over the timed epochs
 (the first epoch is a warm-up). A TopK kind's run-epoch counts the L1 SAE's five GEMMs.
+
+    python benchmarks/training_speed.py --device cuda --graphs [--epochs 3] [--out ...csv]
+
+measures instead the engine on CUDA with every step eager and with its CUDA graphs
+(``encoder_study/cuda_graphs.py``; ENCODER_STUDY_CUDA_GRAPHS=0 and 1 in one process), side by
+side: run-epochs per second of the encoder at 24 and 96 runs (``--graph-runs``), notebook 3's
+groups (5 encoders, 5 L1 SAEs) and seconds per epoch at notebook 5's shapes (234,188 random
+vectors, 576 -> 1152, batch 1024, one run each of the encoder, the L1 SAE and the TopK and
+BatchTopK SAEs with k = 64).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import statistics
 import time
@@ -24,10 +34,12 @@ from pathlib import Path
 
 import torch
 
+from encoder_study import cuda_graphs
 from encoder_study.book import peak_memory_gib
 from encoder_study.config import LossConfig, RunConfig
 from encoder_study.data import mnist_tensors
 from encoder_study.engine import train_group
+from encoder_study.kinds import KINDS
 from encoder_study.training import train_run
 
 N, D, K = 60000, 784, 64
@@ -174,6 +186,91 @@ def write_table(out: str, rows: list, peak: float, plain: float, memory: float, 
             )
 
 
+LLM_VECTORS = 234_188  # notebook 5's activations: 234,188 x 576
+
+
+def graph_cases(runs: list[int], mnist: torch.Tensor, vectors: torch.Tensor) -> list[tuple]:
+    """(label, model, runs, data, hidden, batch, extra RunConfig fields) of the eager/graph rows."""
+    cases = [(f"encoder x{r}", "encoder", r, mnist, K, 128, {}) for r in runs]
+    cases += [(f"notebook 3: {m} x5", m, 5, mnist, K, 128, {}) for m in ("encoder", "sae")]
+    llm = (("encoder", {}), ("sae", {"l1": 0.1}), ("topk", {"k": 64}), ("batchtopk", {"k": 64}))
+    cases += [(f"notebook 5: {m}", m, 1, vectors, 1152, 1024, extra) for m, extra in llm]
+    return cases
+
+
+def graph_comparison(args: argparse.Namespace, mnist: torch.Tensor, vectors: torch.Tensor) -> list[dict]:
+    """Each case trained eagerly and with CUDA graphs, one after the other in this process: the
+    median seconds per epoch (the first epoch, with the graph's warm-up and capture, left out).
+    A case that fails is a row saying so; the CSV is written again after every case."""
+    rows: list[dict] = []
+    for label, model, runs, X, hidden, batch, extra in graph_cases(args.graph_runs, mnist, vectors):
+        configs = [
+            RunConfig(model=model, hidden_dim=hidden, batch_size=batch, epochs=args.epochs, **extra).with_(
+                device=args.device, seed=1 + i
+            )
+            for i in range(runs)
+        ]
+        shape = {"case": label, "model": model, "n": len(X), "input_dim": X.shape[1], "hidden_dim": hidden}
+        for method, flag in (("engine_eager", "0"), ("engine_graphs", "1")):
+            os.environ[cuda_graphs.FLAG] = flag
+            replayed, note = cuda_graphs.replays[model], ""
+            try:
+                results = train_group(configs, X, progress=False)
+                seconds = statistics.median(h["seconds"] for h in results[0].history[1:])
+            except Exception as e:  # noqa: BLE001 (a row that says what went wrong, and on to the next)
+                seconds, note = float("nan"), f"failed: {type(e).__name__}: {str(e)[:300]}"
+            if flag == "1" and not note:
+                note = cuda_graphs.eager_reason(KINDS[model]) or ""
+            eager = rows[-1]["seconds_per_epoch"] if flag == "1" else seconds
+            rows.append(
+                {
+                    "method": method,
+                    **shape,
+                    "batch_size": batch,
+                    "runs": runs,
+                    "seconds_per_epoch": seconds,
+                    "run_epochs_per_s": runs / seconds,
+                    "speedup_vs_eager": eager / seconds,
+                    "steps_replayed": cuda_graphs.replays[model] - replayed,
+                    "note": note,
+                }
+            )
+            r = rows[-1]
+            print(
+                f"  {method:14s} {label:24s} {r['seconds_per_epoch']:8.4f} s/epoch "
+                f"{r['run_epochs_per_s']:9.2f} run-epochs/s  x{r['speedup_vs_eager']:.2f}  "
+                f"replayed {r['steps_replayed']}  {note[:100]}",
+                flush=True,
+            )
+        write_graph_table(args.out, rows, torch.device(args.device))
+    os.environ.pop(cuda_graphs.FLAG, None)
+    return rows
+
+
+def write_graph_table(out: str, rows: list[dict], device: torch.device) -> None:
+    """The eager/graph rows as CSV, each with the peak memory, the machine and torch named."""
+    memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else peak_memory_gib()
+    named = {"memory_gib": f"{memory:.2f}", "device": device.type, "machine": machine(device)}
+    named["torch"] = torch.__version__
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, [*rows[0], *named])
+        w.writeheader()
+        for row in rows:
+            w.writerow({**{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()}, **named})
+
+
+def graphs_main(args: argparse.Namespace, device: torch.device, X: torch.Tensor) -> None:
+    """``--graphs``: the eager and graph rows, printed and written to ``args.out``."""
+    V = torch.randn(LLM_VECTORS, 576, generator=torch.Generator().manual_seed(0)).to(device)
+    print(f"machine: {machine(device)}, torch {torch.__version__}; the engine eager and with CUDA graphs,")
+    print(f"{args.epochs} epochs each (median seconds of all but the first):")
+    rows = graph_comparison(args, X, V)
+    for method in ("engine_eager", "engine_graphs"):
+        nb3 = [r["seconds_per_epoch"] for r in rows if r["method"] == method and "notebook 3" in r["case"]]
+        print(f"notebook 3's training (5 encoders, 5 SAEs, 100 epochs), {method}: {100 * sum(nb3):.1f} s")
+    print(f"written: {args.out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -181,10 +278,19 @@ def main() -> None:
     )
     ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement (the first is a warm-up)")
     ap.add_argument("--runs", type=int, nargs="*", default=[1, 4, 12, 24])
-    ap.add_argument("--out", default=str(Path(__file__).with_name("training_speed.csv")))
+    ap.add_argument("--out", default=None, help="the CSV (default training_speed.csv; cuda/ with --graphs)")
+    ap.add_argument("--graphs", action="store_true", help="CUDA only: eager against CUDA graphs (above)")
+    ap.add_argument("--graph-runs", type=int, nargs="*", default=[24, 96], help="encoder runs, with --graphs")
     args = ap.parse_args()
+    if args.graphs and args.device != "cuda":
+        ap.error("--graphs compares the engine's CUDA graphs with its eager steps: it needs --device cuda")
     device = torch.device(args.device)
     X = mnist_tensors()["train_x"].to(device)
+    if args.graphs:
+        args.out = args.out or str(Path(__file__).parent / "cuda" / "training_speed_graphs.csv")
+        graphs_main(args, device, X)
+        return
+    args.out = args.out or str(Path(__file__).with_name("training_speed.csv"))
     peaks = [gemm_peak(device)]  # measured again between the parts and at the end: the median is used
     print(f"machine: {machine(device)}; fp32 GEMM peak (2048^3, median): {peaks[0]:.0f} GFLOP/s")
     rows, plain = measure(args, device, X, peaks)
