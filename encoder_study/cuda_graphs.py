@@ -29,11 +29,12 @@ the kind) with those at capture, so a stack that changed (runs leaving it after 
 Switch: ``ENCODER_STUDY_CUDA_GRAPHS=0`` (or false, off, no) in the environment turns the fast path
 off; it is read at every epoch. A kind that synchronises with the host inside its step, or keeps
 state by rebinding an attribute rather than updating a tensor in place, cannot be replayed:
-``EAGER_KINDS`` names the package's (the TopK kinds, and why), and a kind may declare
-``cuda_graphs = False`` (or True) as a class attribute. Every other kind is tried; if its capture
-fails, or its step rebinds an attribute of the kind while being captured (state that a replay
-would leave stale), the attributes are put back (capture ran no kernel, so nothing else changed),
-and that kind trains eagerly from then on, with one warning.
+``EAGER_KINDS`` names a kind of the package that trains eagerly, with why (the TopK kinds: their
+steps are written to be capturable, ``TopKKind.sync_free``, and wait for a GPU run to show it),
+and a kind may declare ``cuda_graphs = False`` (or True) as a class attribute. Every
+other kind is tried; if its capture fails, or its step rebinds an attribute of the kind while
+being captured (state that a replay would leave stale), the attributes are put back (capture ran
+no kernel, so nothing else changed), and that kind trains eagerly from then on, with one warning.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ WARMUP_STEPS = 3  # eager steps on the side stream before a capture (PyTorch's e
 
 EAGER_KINDS: dict[type, str] = {
     TopKKind: (
-        "its step reads each run's k on the host (k.tolist()) and whether any latent is dead "
-        "(bool(dead.any())), and rebinds its idle counts (self.idle = torch.where(...)) rather than "
-        "updating them in place; BatchTopK (a subclass) also finds its cut with host-side counts and "
-        "a selection of data-dependent size (kth_largest) and rebinds last_min"
+        "its step (and BatchTopK's, a subclass) reads nothing on the host on a GPU and updates its "
+        "state in place (TopKKind.sync_free; checked on the meta device and bit for bit against the "
+        "CPU path), but has not yet been captured and replayed on a GPU: it stays eager until a "
+        "device check (benchmarks/cuda/graph_check.sh) shows replay equal to eager"
     ),
 }
 """Kinds (and their subclasses) that always train eagerly, with the reason."""

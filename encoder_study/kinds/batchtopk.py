@@ -118,7 +118,8 @@ class BatchTopKKind(TopKKind):
 
     def _topk_per_run(self, z: torch.Tensor) -> torch.Tensor:
         """Per run, the k_r x B largest entries of its (B, K) pre-activations kept, then ReLU; the
-        smallest kept activation of each run is remembered for the threshold.
+        smallest kept activation of each run is remembered for the threshold (in ``last_min``, in
+        place, so that a replayed CUDA graph leaves it where ``after_step`` reads it).
 
         The cut is each run's (k_r x B)-th largest value and the kept entries are those at or above
         it: a mask rather than a top-k and a scatter (an exact tie at the cut keeps every tied
@@ -126,13 +127,24 @@ class BatchTopKKind(TopKKind):
         """
         R, B, K = z.shape
         with torch.no_grad():
-            flat = z.detach().reshape(R, B * K)
-            sample_rows = min(B, SAMPLE_ROWS)
-            cut = torch.stack(
-                [kth_largest(flat[r], int(self.k[r]) * B, flat[r, : sample_rows * K]) for r in range(R)]
-            )
-            self.last_min = cut.relu()
+            cut = self._cuts(z.detach().reshape(R, B * K), B)
+            self.last_min.copy_(cut.relu())
         return torch.where(z >= cut.view(R, 1, 1), z.relu(), 0.0)
+
+    def _cuts(self, flat: torch.Tensor, B: int) -> torch.Tensor:
+        """Each run's (k_r x B)-th largest entry of its row of ``flat`` (R, B x K), exactly: the same
+        number whichever way it is found. On the CPU, ``kth_largest`` (its counts are read on the
+        host, which costs nothing there, and it selects within a narrow bracket); a sync-free step
+        (``sync_free``: a GPU, a CUDA graph) takes the smallest of an unsorted top-(k_r x B), a
+        radix selection on the device that reads nothing back."""
+        sample = min(B, SAMPLE_ROWS) * (flat.shape[1] // B)  # the first SAMPLE_ROWS samples' entries
+        cuts = []
+        for r, k in enumerate(self.ks):
+            if self.sync_free:
+                cuts.append(flat[r].topk(k * B, sorted=False).values.amin())
+            else:
+                cuts.append(kth_largest(flat[r], k * B, flat[r, :sample]))
+        return torch.stack(cuts)
 
     def encode(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """Inference: each run's pre-activations above its threshold."""

@@ -109,6 +109,12 @@ class TopKKind(ModelKind):
         self.k_aux = max(1, min(AUXK_MAX, configs[0].hidden_dim // 2))
         self.idle = torch.zeros(len(configs), configs[0].hidden_dim, dtype=torch.long, device=device)
         self.dead_after = 0  # training samples without firing after which a latent is dead (prepare sets it)
+        # Whether the step must run without reading a tensor's value on the host. On the CPU such a
+        # read costs nothing and lets the step skip work (AuxK while no latent is dead, BatchTopK's
+        # bracketed cut); on a GPU it stalls the queue, and a step captured as a CUDA graph
+        # (cuda_graphs) cannot branch on a value at all, so there the step takes the sync-free way
+        # to the same numbers (tests/test_cuda_graphs.py holds the two ways equal bit for bit).
+        self.sync_free = torch.device(device).type != "cpu"
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -134,11 +140,17 @@ class TopKKind(ModelKind):
         """W_enc (x - b_pre) + b_enc for per-run inputs x (R, B, D)."""
         return _CentredLinear.apply(x, params["pre_bias"], params["encoder.weight"], params["encoder.bias"])
 
+    @property
+    def ks(self) -> list[int]:
+        """Each run's k as a plain int, from the configs (``keep`` filters them with the runs): the
+        step needs them as sizes, and ``self.k`` (a tensor) could give them only by a host read."""
+        return [c.k for c in self.configs]
+
     def _topk_per_run(self, z: torch.Tensor) -> torch.Tensor:
         """topk_relu with each run's own k, one run at a time (an unsorted top-k of exactly k_r
         per run measured about twice as fast on CPU as a sorted top-max(k) for the whole stack)."""
         a = torch.zeros_like(z)
-        for r, k in enumerate(self.k.tolist()):
+        for r, k in enumerate(self.ks):
             values, idx = z[r].topk(k, dim=-1, sorted=False)
             a[r] = a[r].scatter(-1, idx, values.relu())
         return a
@@ -150,26 +162,40 @@ class TopKKind(ModelKind):
         Wd_t = params["decoder.weight"].transpose(1, 2)
         x_hat = torch.baddbmm(params["pre_bias"].unsqueeze(1), a, Wd_t)
         mse = (x_hat - x).square().mean((1, 2))
-        dead = self.idle >= self.dead_after if self.dead_after > 0 else None
-        if dead is None or not bool(dead.any()):
-            # No dead latent in any run: AuxK reconstructs the residual from nothing, so it equals
-            # the MSE (the same bits) with zero gradient; skipping it saves three GEMMs.
-            auxk = mse.detach()
-        else:
-            a_aux = topk_relu(z.masked_fill(~dead.unsqueeze(1), float("-inf")), self.k_aux)
-            auxk = (torch.bmm(a_aux, Wd_t) - (x - x_hat).detach()).square().mean((1, 2))
+        auxk = self._auxk(z, x, x_hat, mse, Wd_t)
         return {"total": mse + AUXK_COEF * auxk, "mse": mse, "auxk": auxk}, a
+
+    def _auxk(
+        self, z: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor, mse: torch.Tensor, Wd_t: torch.Tensor
+    ) -> torch.Tensor:
+        """Each run's AuxK loss (R,): the dead latents' top-k_aux pre-activations (every live one
+        masked to -inf) reconstruct the residual x - x_hat, held fixed.
+
+        Where no latent is dead, a_aux is all zeros (ReLU of -inf) and AuxK is the residual's own
+        mean square: the MSE, the same bits (x_hat - x and 0 - (x - x_hat) are the same numbers),
+        with zero gradient. The CPU checks for a dead latent and, finding none, skips the three
+        GEMMs; a sync-free step (``sync_free``) cannot ask, so it always computes the term.
+        """
+        if self.dead_after <= 0:  # no horizon yet (prepare not run): no latent counts as dead
+            return mse.detach()
+        dead = self.idle >= self.dead_after
+        if not self.sync_free and not bool(dead.any()):
+            return mse.detach()
+        a_aux = topk_relu(z.masked_fill(~dead.unsqueeze(1), float("-inf")), self.k_aux)
+        return (torch.bmm(a_aux, Wd_t) - (x - x_hat).detach()).square().mean((1, 2))
 
     def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
         """Autograd gradients, each decoder column's component along itself removed (the step then
-        moves along the unit sphere, to first order); updates the idle counts."""
+        moves along the unit sphere, to first order); updates the idle counts in place (a latent
+        that fired in this minibatch back to 0, every other one up by the minibatch's size), so
+        that a replayed CUDA graph keeps counting in the same tensor."""
         out, a = self._losses(params, x)
         trained = [n for n, p in params.items() if p.requires_grad]  # a subclass's buffers get none
         grads = dict(zip(trained, torch.autograd.grad(out["total"].sum(), [params[n] for n in trained])))
         with torch.no_grad():
             w, g = params["decoder.weight"], grads["decoder.weight"]
             grads["decoder.weight"] = g - (g * w).sum(1, keepdim=True) * w
-            self.idle = torch.where((a > 0).any(1), 0, self.idle + a.shape[1])
+            self.idle.add_(a.shape[1]).masked_fill_((a > 0).any(1), 0)
         return out, grads
 
     def encode(self, params: Params, x: torch.Tensor) -> torch.Tensor:
