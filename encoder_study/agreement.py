@@ -32,7 +32,7 @@ def _entropy(p: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def soft_nmi(R1, R2) -> float:
+def soft_nmi(R1, R2, weights=None) -> float:
     """Normalised mutual information of two soft assignments (geometric normalisation).
 
     The joint distribution of (component under the first, component under the second) is
@@ -40,11 +40,19 @@ def soft_nmi(R1, R2) -> float:
     NMI = I(P) / sqrt(H(rows) H(columns)), 1 when one assignment determines the other, 0 when they
     are independent. For one-hot rows it is the usual NMI of two hard clusterings
     (scikit-learn's ``normalized_mutual_info_score`` with ``average_method="geometric"``).
+    ``weights`` (one non-negative number per sample) weights the samples: the counts of a bootstrap
+    resample give the NMI of the resampled rows without copying them.
     """
     A, B = _as_assignment(R1, "R1"), _as_assignment(R2, "R2")
     if len(A) != len(B):
         raise ValueError(f"R1 and R2 must assign the same samples; got {len(A)} and {len(B)} rows")
-    P = A.T @ B / len(A)
+    if weights is None:
+        P = A.T @ B / len(A)
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(A),) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"weights must be {len(A)} non-negative numbers, not all 0; got shape {w.shape}")
+        P = A.T @ (w[:, None] * B) / w.sum()
     p, q = P.sum(1), P.sum(0)
     nz = P > 0
     mutual = float((P[nz] * np.log(P[nz] / np.outer(p, q)[nz])).sum())

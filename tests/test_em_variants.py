@@ -171,3 +171,14 @@ def test_the_scale_free_kind_logs_and_differentiates_the_scale_free_term(X):
     assert torch.allclose(out["total"], total.detach(), rtol=1e-12)
     assert torch.allclose(grads["linear.weight"], gW, rtol=1e-9, atol=1e-12)
     assert torch.allclose(grads["linear.bias"], gb, rtol=1e-9, atol=1e-12)
+
+
+def test_weighted_nmi_equals_the_nmi_of_the_repeated_rows():
+    rng = np.random.default_rng(3)
+    R1, R2 = rng.dirichlet(np.ones(5), 40), rng.dirichlet(np.ones(4), 40)
+    idx = rng.integers(0, 40, 40)
+    counts = np.bincount(idx, minlength=40)
+    assert soft_nmi(R1, R2, weights=counts) == pytest.approx(soft_nmi(R1[idx], R2[idx]), rel=1e-12)
+    assert soft_nmi(R1, R2, weights=np.ones(40)) == pytest.approx(soft_nmi(R1, R2), rel=1e-12)
+    with pytest.raises(ValueError, match="weights"):
+        soft_nmi(R1, R2, weights=np.zeros(40))
