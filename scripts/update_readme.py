@@ -379,6 +379,17 @@ def _identifiability() -> list[str]:
     return out
 
 
+def _notebook_summary(notebook: str, title: str) -> list[str]:
+    """A notebook's own summary (``summary.md``, written by the notebook from its tables)."""
+    path = EXEC / notebook / "summary.md"
+    return [f"**{title}** " + path.read_text().strip(), ""] if path.exists() else []
+
+
+def _is_it_em() -> list[str]:
+    """Notebook 10: is it EM?"""
+    return _notebook_summary("10_is_it_em", "10. Is it EM?")
+
+
 def _memory(notebook: str) -> str:
     """' (x.x GiB)': the peak resident memory its run_info records, or nothing."""
     info = EXEC / notebook / "run_info.json"
@@ -441,6 +452,7 @@ PARTS = (
     _controls,
     _hybrids,
     _identifiability,
+    _is_it_em,
     _timings,
     _figures,
 )  # the results section's parts, in the record's order

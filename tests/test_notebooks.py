@@ -70,6 +70,20 @@ CONTRACT = {
         "recovery": ["model", "setting", "seed", "n_components", "input_dim", "mcc", "mean_best_cosine"],
         "stability": ["data", "model", "seed_a", "seed_b", "mean_matched_cosine", "share_above_0_9"],
     },
+    "10_is_it_em": {
+        "metrics": [
+            "model",
+            "seed",
+            "probe_accuracy",
+            "l0_any",
+            "silent_share",
+            "norm_growth",
+            "final_param_change",
+        ],
+        "curves": ["model", "seed", "epoch", "lse", "var", "tc", "param_norm", "param_change"],
+        "scale_slope": ["seed", "measured_slope", "formula_slope", "r_a_per_sample"],
+        "em_agreement": ["model", "energy", "nmi_soft", "nmi_soft_lo", "nmi_soft_hi", "nmi_hard"],
+    },
 }
 FIGURES = {
     "01_verify_theorem": ["fig1_theorem"],
@@ -81,6 +95,7 @@ FIGURES = {
     "07_controls": ["fig8_controls"],
     "08_hybrids": ["fig9_hybrids", "fig12_activation_sign"],
     "09_identifiability": ["fig10_recovery"],
+    "10_is_it_em": ["fig14_scale_direction", "fig15_responsibilities", "fig16_explicit_em"],
 }
 
 
