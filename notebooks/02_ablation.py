@@ -215,34 +215,77 @@ comparison
 # %% [markdown]
 # ## What it shows
 #
-# - **LSE alone collapses, exactly as the theory predicts.** Every unit ends dead on every seed,
-#   and the objective sits at its all-zero value (-128 ln 64 = -532.3 per full batch; the epoch
-#   mean above is slightly higher because the last batch holds 96 images). With no volume
-#   control, the cheapest way to make every sample well explained is to push every energy
-#   $a_j$ to 0, and ReLU makes that state absorbing: once a unit's pre-activation is negative on
-#   all inputs it receives no gradient again. By our plateau rule the loss stops improving within
-#   the first two epochs, earlier than the paper's "about epoch 10": the paper does not state its
-#   rule, and the collapse is fast under Adam at 1e-3.
-# - **The variance term alone prevents the collapse but leaves the units redundant**: no dead
-#   units, yet the off-diagonal correlation mass is in the paper's range (about 1,900 of a possible
-#   4,032), and the effective rank of $W$ is about 22 of 64: many units encode the same direction.
-# - **Adding decorrelation removes the redundancy** (about 29, as the paper) and raises the
-#   effective rank to about 56, while keeping the code sparse (L0 about 17 of 64, the paper's
-#   17.2) and the responsibilities far from uniform (entropy below ln 64 = 4.16).
-# - **Without LSE** (variance + decorrelation only) the units are as decorrelated (about 28, as
-#   the paper), but the code is no longer sparse: about 56 of 64 units are active per image and
-#   the responsibilities are nearly one-hot on the least active unit (entropy about 2). LSE is
-#   what makes the mixture sparse; InfoMax is what keeps it alive and diverse.
-# - **What LSE adds to the features, beyond the paper** (the `probe_accuracy` column): the linear
-#   probe reads the digit from the full objective's features at about 93.5%, from InfoMax alone
-#   (`var_tc_only`, close to VICReg's variance and covariance terms) at about 92.3%, from LSE with
-#   the variance term but no decorrelation at about 82%, and from the collapsed LSE-only code at
-#   chance (about 11%, every feature zero). So the LSE term buys about one point of probe accuracy
-#   over InfoMax alone while cutting the active units from about 56 to about 17 per image; most of
-#   the probe's accuracy comes from the InfoMax terms, and decorrelation is what turns LSE's
-#   sparsity from harmful (82%) into helpful. The seed spread is 0.1-0.6 points, far below these
-#   gaps.
-# - **The two dead-unit rules agree here.** The variance rule (variance < 0.01) and the firing
-#   rule (active on < 0.1% of test images) give the same counts for every run, because our
-#   activations are large (mean activation tens to hundreds). They disagree for the SAE in the
-#   benchmark notebook, whose activations are on the pixel scale.
+# Written by code from the tables above, so a rerun rewrites the numbers. A note on reading the
+# responsibility entropy: exp(H) is the number of equally weighted units that would give entropy
+# H. With ReLU, softmax(-a) gives every unit at exactly zero the same, largest responsibility, so
+# an entropy near ln(number of silent units) says the responsibility is spread evenly over the
+# units a sample does not drive, not that it has picked a component (notebook 10 measures where
+# the responsibility goes, and why the objective keeps lowering its loss by growing the
+# activations' scale).
+
+# %%
+from IPython.display import Markdown, display
+
+from encoder_study.losses import uniform_lse_value
+
+m = metrics.groupby("config", sort=False)
+mean, std = m.mean(numeric_only=True), m.std(numeric_only=True, ddof=1).fillna(0.0)
+
+
+def v(config, col, fmt=".3g"):
+    """'mean ± std over seeds' of a column, formatted."""
+    text = f"{mean.loc[config, col]:{fmt}}"
+    return text + (f" ± {std.loc[config, col]:.2g}" if len(seeds) > 1 else "")
+
+
+def spread(config):
+    """exp(entropy) against the units at or below the L0 threshold, per image."""
+    e_h = np.exp(mean.loc[config, "responsibility_entropy"])
+    return f"e^H = {e_h:.1f} vs {64 - mean.loc[config, 'l0']:.1f}"
+
+
+all_dead = bool((metrics[metrics.config == "lse_only"].dead_units == 64).all())
+plat = plateaus.groupby("config", sort=False).plateau_epoch
+gap_seed = metrics.groupby("config").probe_accuracy.std(ddof=1).max() if len(seeds) > 1 else np.nan
+rules_agree = bool((metrics.dead_units == metrics.dead_by_firing).all())
+lse_gain = mean.loc["lse_var_tc", "probe_accuracy"] - mean.loc["var_tc_only", "probe_accuracy"]
+removes = mean.loc["lse_var_tc", "redundancy"] < mean.loc["lse_var", "redundancy"] / 10
+sparser = mean.loc["lse_var_tc", "l0"] + 2 * std.loc["lse_var_tc", "l0"] < mean.loc["var_tc_only", "l0"]
+helpful = (mean.loc["lse_var", "probe_accuracy"] < mean.loc["var_tc_only", "probe_accuracy"]
+           <= mean.loc["lse_var_tc", "probe_accuracy"])
+dead, final = v("lse_only", "dead_units"), v("lse_only", "final_loss", ".1f")
+lines = [
+    f"- **LSE alone {'collapses' if all_dead else 'does not fully collapse'}**: dead units {dead} of 64, "
+    f"final epoch loss {final} (the all-zero value is {uniform_lse_value(128, 64):.1f} per full batch; the "
+    f"epoch's last batch is smaller), flat from epoch {plat.max().loc['lse_only']:.0f} at the latest by the "
+    "plateau rule (the paper: about epoch 10; it states no rule). With no volume control every energy is "
+    "pushed to 0, and ReLU makes that absorbing: a unit negative on every input gets no gradient again.",
+    "- **The variance term prevents the collapse but leaves redundancy**: dead units "
+    f"{v('lse_var', 'dead_units')}, redundancy {v('lse_var', 'redundancy', '.0f')} (paper: about 1,875; "
+    f"maximum 4,032), effective rank of W {v('lse_var', 'effective_rank', '.1f')} of 64.",
+    f"- **Decorrelation {'removes' if removes else 'does not remove'} it**: redundancy "
+    f"{v('lse_var_tc', 'redundancy', '.0f')} (paper: about 29), "
+    f"effective rank {v('lse_var_tc', 'effective_rank', '.1f')}, L0 {v('lse_var_tc', 'l0', '.1f')} of 64 "
+    f"(paper: 17.2). Responsibility entropy {v('lse_var_tc', 'responsibility_entropy')} nats (ln 64 = 4.16; "
+    f"{spread('lse_var_tc')} units at or below 0.01 per image): close to uniform over the silent units, "
+    "not a confident assignment.",
+    f"- **Without LSE** (`var_tc_only`): redundancy {v('var_tc_only', 'redundancy', '.0f')} (paper: about "
+    f"28), but L0 {v('var_tc_only', 'l0', '.1f')}: the code is not sparse. Entropy "
+    f"{v('var_tc_only', 'responsibility_entropy')} nats ({spread('var_tc_only')}): spread over its few "
+    "silent units, the same reading as above. "
+    + ("LSE is what makes the code sparse." if sparser else "Here LSE does not make the code sparser."),
+    f"- **Linear probe** (beyond the paper): full objective {v('lse_var_tc', 'probe_accuracy', '.4f')}, "
+    f"InfoMax alone {v('var_tc_only', 'probe_accuracy', '.4f')}, LSE + variance "
+    f"{v('lse_var', 'probe_accuracy', '.4f')}, LSE alone {v('lse_only', 'probe_accuracy', '.4f')} (every "
+    f"feature zero: the majority class). The largest seed standard deviation of any configuration is "
+    f"{gap_seed:.2g}; the full objective's probe differs from InfoMax alone's by {lse_gain:+.3f}"
+    + (" (within the seed spread)" if abs(lse_gain) <= 2 * gap_seed else "")
+    + (", and decorrelation is what turns LSE's sparsity from harmful into helpful (LSE + variance "
+       "probes below InfoMax alone)." if helpful else "."),
+    "- **The two dead-unit rules** (variance < 0.01, and active on < 0.1% of test images) "
+    + ("agree on every run: the activations here are large (the variance term grows them, notebook 10), so "
+       "the variance rule has no small-scale unit to misjudge. They disagree for the SAE of notebook 3, "
+       "whose activations are on the pixel scale." if rules_agree else
+       f"disagree on {int((metrics.dead_units != metrics.dead_by_firing).sum())} of {len(metrics)} runs."),
+]
+display(Markdown("\n".join(lines)))
