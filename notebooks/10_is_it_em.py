@@ -283,16 +283,18 @@ ax = axes[0]
 for term, color in (("lse", "#1f77b4"), ("var", "#ff7f0e"), ("tc", "#2ca02c"), ("objective", "k")):
     per_seed = paper.pivot(index="epoch", columns="seed", values=term)
     change = per_seed - per_seed.iloc[0]
-    ax.plot(change.index, change.mean(1), color=color, label={"objective": "total"}.get(term, "L_" + term))
-    ax.fill_between(change.index, change.min(1), change.max(1), color=color, alpha=0.2, lw=0)
+    label = {"objective": "total"}.get(term, "L_" + term)
+    ax.plot(change.index, change.mean(axis=1), color=color, label=label)
+    ax.fill_between(change.index, change.min(axis=1), change.max(axis=1), color=color, alpha=0.2, lw=0)
 ax.set_xlabel("epoch"), ax.set_ylabel("change since epoch 1"), ax.legend(fontsize=7)
 ax.set_title("paper's objective: which term falls", fontsize=9)
 for ax, column, label in ((axes[1], "param_norm", "norm of all parameters"),
                           (axes[2], "param_change", "relative parameter change per epoch")):
     for name, color in SHADES.items():
         per_seed = curves[curves.model == name].pivot(index="epoch", columns="seed", values=column)
-        ax.plot(per_seed.index, per_seed.mean(1), color=color, label=name)
-        ax.fill_between(per_seed.index, per_seed.min(1), per_seed.max(1), color=color, alpha=0.2, lw=0)
+        ax.plot(per_seed.index, per_seed.mean(axis=1), color=color, label=name)
+        ax.fill_between(per_seed.index, per_seed.min(axis=1), per_seed.max(axis=1), color=color, alpha=0.2,
+                        lw=0)
     ax.set_yscale("log"), ax.set_xlabel("epoch"), ax.set_ylabel(label), ax.legend(fontsize=7)
 axes[1].set_title("scale: grows unless bounded", fontsize=9)
 axes[2].set_title("towards a fixed point?", fontsize=9)
@@ -440,11 +442,11 @@ palette = plt.cm.viridis(np.linspace(0, 0.85, len(estep_every)))
 for e, color in zip(estep_every, palette):  # the every-1 check lies on 0 (float32 rounding); not drawn
     c = curves[curves.model == f"EM every {e}"].set_index(["seed", "epoch"])
     diff = (c.objective - gd).unstack("seed")
-    axes[0].plot(diff.index, diff.mean(1), color=color, label=f"E-step every {e} steps")
-    axes[0].fill_between(diff.index, diff.min(1), diff.max(1), color=color, alpha=0.2, lw=0)
+    axes[0].plot(diff.index, diff.mean(axis=1), color=color, label=f"E-step every {e} steps")
+    axes[0].fill_between(diff.index, diff.min(axis=1), diff.max(axis=1), color=color, alpha=0.2, lw=0)
     gap = c.em_gap.unstack("seed").clip(lower=1e-12)
-    axes[1].plot(gap.index, gap.mean(1), color=color, label=f"every {e}")
-    axes[1].fill_between(gap.index, gap.min(1), gap.max(1), color=color, alpha=0.2, lw=0)
+    axes[1].plot(gap.index, gap.mean(axis=1), color=color, label=f"every {e}")
+    axes[1].fill_between(gap.index, gap.min(axis=1), gap.max(axis=1), color=color, alpha=0.2, lw=0)
 axes[0].axhline(0, color="k", lw=0.8)
 axes[0].set_xlabel("epoch"), axes[0].set_ylabel("objective, EM minus gradient descent")
 axes[0].legend(fontsize=7)

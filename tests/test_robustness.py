@@ -104,6 +104,7 @@ def test_every_module_the_engine_reaches_is_declared_numeric_or_not():
         "run_cache.py",
         "executors.py",
         "kinds/__init__.py",
+        "cuda_graphs.py",  # CUDA only, bit for bit the eager path (tests/test_cuda_graphs.py, on a GPU)
     }
     seen, todo = set(), [PACKAGE / "engine.py", PACKAGE / "runs.py", PACKAGE / "run_cache.py"]
     while todo:
