@@ -136,6 +136,8 @@ COLORS = {
     "sae": "#d62728",
     "topk": "#2ca02c",
     "batchtopk": "#8c564b",
+    "sae_dnorm": "#e377c2",
+    "jumprelu": "#ff7f0e",
     "paper": "#7f7f7f",
     "lse_only": "#7f7f7f",
     "lse_var": "#ff7f0e",

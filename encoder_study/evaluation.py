@@ -15,11 +15,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .engine import RunResult
 from .kinds import KINDS
-from .metrics import activation_summary, features, fvu, l0, linear_probe_accuracy, readout_fvu
+from .metrics import (
+    _standardise,
+    activation_summary,
+    features,
+    fit_logistic_regression,
+    fvu,
+    l0,
+    linear_probe_accuracy,
+    readout_fvu,
+)
 from .model import count_parameters
 
 
@@ -50,6 +60,19 @@ def evaluate_codes(
             A_train, train_y, A_test, test_y, max_iter=probe_max_iter
         )
     return row
+
+
+@torch.no_grad()
+def probe_correct(A_train, y_train, A_test, y_test, max_iter: int = 5000) -> np.ndarray:
+    """Per test row, 1.0 where the book's linear probe (``linear_probe_accuracy``'s: logistic
+    regression on standardised training features) predicts its label, else 0.0. Their mean is the
+    probe accuracy; kept per row, they let an interval resample the test rows, paired across models
+    scored on the same rows."""
+    tr, te = _standardise(A_train, A_test)
+    classes, y = torch.unique(torch.as_tensor(y_train).cpu(), return_inverse=True)
+    Wb = fit_logistic_regression(tr, y, len(classes), max_iter=max_iter)
+    pred = classes[(te @ Wb[:-1] + Wb[-1]).argmax(1)]
+    return (pred == torch.as_tensor(y_test).cpu()).double().numpy()
 
 
 @torch.no_grad()

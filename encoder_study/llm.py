@@ -298,17 +298,20 @@ def splice_metrics(
     layer: int,
     splices: dict[str, Callable[[torch.Tensor], torch.Tensor]],
     batch_size: int = 8,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict]:
     """For each named splice: the mean next-token cross-entropy ("ce") and the mean over
     predicted positions of KL(clean || spliced) between the next-token distributions ("kl",
-    nats), on the contexts ``tokens``; under "clean", the clean model's "ce". The clean forward
+    nats), on the contexts ``tokens``, and each per context ("ce_per_context", "kl_per_context":
+    float64 arrays, one value per context, whose mean is the overall one since every context
+    predicts as many tokens); under "clean", the clean model's "ce" (and per context). The clean forward
     runs once per batch of contexts for all splices; each splice then runs only the blocks after
     ``layer`` where the model allows it (checked on the first batch against the clean logits)."""
     _check_layer(model, layer)
     if "clean" in splices:
         raise ValueError("a splice may not be named 'clean' (that entry holds the clean model's loss)")
-    sums = {name: {"ce": 0.0, "kl": 0.0} for name in splices}
-    clean_ce, count, later_blocks_only = 0.0, 0, None
+    per = {name: {"ce": [], "kl": []} for name in splices}
+    clean_per: list[torch.Tensor] = []
+    later_blocks_only = None
     for i in range(0, len(tokens), batch_size):
         batch = tokens[i : i + batch_size].to(model.device)
         target = batch[:, 1:].flatten()
@@ -324,7 +327,7 @@ def splice_metrics(
             except (TypeError, ValueError):
                 later_blocks_only = False
         clean = torch.log_softmax(clean_logits.flatten(0, 1), -1)
-        clean_ce += float(F.nll_loss(clean, target, reduction="sum"))
+        clean_per.append(_per_context(F.nll_loss(clean, target, reduction="none"), len(batch)))
         for name, splice in splices.items():
             if later_blocks_only:
                 hidden = captured[0].clone()
@@ -333,12 +336,56 @@ def splice_metrics(
             else:
                 logits = _next_token_logits(model, batch, layer, splice)
             spliced = torch.log_softmax(logits.flatten(0, 1), -1)
-            sums[name]["ce"] += float(F.nll_loss(spliced, target, reduction="sum"))
-            sums[name]["kl"] += float(F.kl_div(spliced, clean, reduction="sum", log_target=True))
-        count += len(target)
-    out = {name: {k: v / count for k, v in s.items()} for name, s in sums.items()}
-    out["clean"] = {"ce": clean_ce / count}
+            per[name]["ce"].append(_per_context(F.nll_loss(spliced, target, reduction="none"), len(batch)))
+            kl = F.kl_div(spliced, clean, reduction="none", log_target=True).sum(-1)
+            per[name]["kl"].append(_per_context(kl, len(batch)))
+    out = {"clean": _means_and_values(ce=clean_per)}
+    out.update({name: _means_and_values(**p) for name, p in per.items()})
     return out
+
+
+def _means_and_values(**per_context: list[torch.Tensor]) -> dict:
+    """Each measure's mean over contexts (``ce``) beside its values per context (``ce_per_context``,
+    a float64 array), for intervals that resample contexts."""
+    out: dict = {}
+    for name, chunks in per_context.items():
+        values = torch.cat(chunks).numpy()
+        out[name], out[f"{name}_per_context"] = float(values.mean()), values
+    return out
+
+
+def _per_context(values: torch.Tensor, contexts: int) -> torch.Tensor:
+    """float64 mean over each context's predicted positions of per-position values (flattened
+    contexts x positions): every context predicts the same number of tokens, so the mean over
+    contexts of these equals the mean over all positions."""
+    return values.double().view(contexts, -1).mean(1)
+
+
+def hold_out_contexts(loader: ActivationLoader, every: int = 10) -> tuple[ActivationLoader, ActivationLoader]:
+    """(rest, held): ``loader`` split by whole contexts, every ``every``-th context (the 5th of each
+    run of ``every``, so that it is disjoint from the test split's last-of-ten rule when the
+    loader is itself a train split) going to ``held``. A validation split of the training text:
+    knobs and learning rates are chosen on ``held``, the test contexts give only the final numbers.
+    Vectors stay grouped by context (``context - 1`` per context), so both parts keep their tokens."""
+    check_positive_int("every", every)
+    n = len(loader.tokens)
+    if every < 2 or n < every:
+        raise ValueError(f"every={every} is not allowed for {n} contexts; need 2 <= every <= {n}")
+    per_context = len(loader.x) // n
+    held = torch.arange(n) % every == min(4, every - 1)
+    rows = held.repeat_interleave(per_context)
+    return tuple(  # type: ignore[return-value]
+        ActivationLoader(
+            loader.x[keep],
+            loader.tokens[ctx],
+            loader.scale,
+            loader.manifest,
+            loader.batch_size,
+            loader.shuffle,
+            loader.seed,
+        )
+        for keep, ctx in ((~rows, ~held), (rows, held))
+    )
 
 
 def ce_loss_recovered(ce_clean: float, ce_zero: float, ce_spliced: float) -> float:

@@ -10,6 +10,7 @@ from sklearn.datasets import load_digits
 import encoder_study as es
 from encoder_study.config import RunConfig
 from encoder_study.engine import RunStack
+from encoder_study.model import build_run_model
 from encoder_study.stacking import gather
 
 
@@ -85,10 +86,40 @@ def test_a_larger_sparsity_weight_gives_a_sparser_code(X, tmp_path):
     assert l0[1] < l0[0], l0
 
 
-def test_bandwidth_must_be_positive():
+def test_bandwidth_and_threshold_init_must_be_positive():
     with pytest.raises(ValueError, match="bandwidth=0.0 must be > 0"):
         RunConfig(model="jumprelu", knobs={"bandwidth": 0.0})
-    assert math.isclose(dict(RunConfig(model="jumprelu").knobs)["bandwidth"], 1e-3)
+    with pytest.raises(ValueError, match="threshold_init=0.0 must be > 0"):
+        RunConfig(model="jumprelu", knobs={"threshold_init": 0.0})
+    defaults = dict(RunConfig(model="jumprelu").knobs)
+    assert math.isclose(defaults["bandwidth"], 1e-3) and math.isclose(defaults["threshold_init"], 1e-3)
+
+
+def test_thresholds_start_at_threshold_init_and_a_higher_start_is_sparser(X, tmp_path):
+    for start in (1e-3, 0.37):
+        model = build_run_model(
+            RunConfig(model="jumprelu", hidden_dim=16, knobs={"threshold_init": start}), 64, 1
+        )
+        assert torch.allclose(model.threshold, torch.full((16,), start), rtol=1e-6)
+    # with the same short budget and rate, where the thresholds start decides where they end
+    l0 = [
+        float((fit.encode(X.float().numpy()) > 0).sum(1).mean())
+        for fit in (
+            es.fit(
+                X.float().numpy(),
+                kind="jumprelu",
+                threshold_init=start,
+                lr=1e-3,
+                hidden_dim=16,
+                epochs=3,
+                batch_size=64,
+                progress=False,
+                cache=tmp_path,
+            )
+            for start in (1e-3, 3.0)
+        )
+    ]
+    assert l0[1] < l0[0], l0
 
 
 def test_saelens_files_give_back_the_exact_thresholds(X, tmp_path):

@@ -112,6 +112,12 @@ def test_splice_metrics_agree_with_next_token_loss_and_a_float64_kl(lm, tokens):
         q = torch.log_softmax(llm._next_token_logits(model, batch, 2, zero).double(), -1)
     expected = float((p.exp() * (p - q)).sum(-1).mean())
     assert expected > 0.1 and out["zero"]["kl"] == pytest.approx(expected, rel=1e-4)
+    # per context: one value per context, each that context's own mean, by hand in float64
+    by_context = (p.exp() * (p - q)).sum(-1).mean(-1).numpy()
+    assert out["zero"]["kl_per_context"].shape == (4,)
+    np.testing.assert_allclose(out["zero"]["kl_per_context"], by_context, rtol=1e-4)
+    ce_by_context = -p.gather(-1, batch[:, 1:, None]).squeeze(-1).mean(-1).numpy()
+    np.testing.assert_allclose(out["clean"]["ce_per_context"], ce_by_context, rtol=1e-5)
     with pytest.raises(ValueError, match="'clean'"):
         llm.splice_metrics(model, batch, 2, {"clean": zero})
 
@@ -132,6 +138,24 @@ def test_splices_run_only_the_later_blocks_and_fall_back_where_that_fails(lm, to
     for name in ("a", "b"):
         assert slow[name]["ce"] == pytest.approx(fast[name]["ce"], rel=1e-5)
         assert slow[name]["kl"] == pytest.approx(fast[name]["kl"], rel=1e-4, abs=1e-6)
+
+
+def test_held_out_contexts_are_whole_disjoint_and_keep_their_tokens():
+    n, per, width = 23, 4, 3
+    x = torch.arange(n * per * width, dtype=torch.float32).view(n * per, width)
+    tokens = torch.arange(n * (per + 1)).view(n, per + 1)
+    loader = llm.ActivationLoader(x, tokens, 2.0, {"m": 1}, 8, True, 0)
+    rest, held = llm.hold_out_contexts(loader, every=10)
+    assert held.tokens[:, 0].tolist() == [4 * 5, 14 * 5]  # contexts 4 and 14
+    assert len(rest.tokens) == n - 2 and len(held.x) == 2 * per and len(rest.x) == (n - 2) * per
+    # each held context's vectors are its own rows, in order
+    assert torch.equal(held.x[:per], x[4 * per : 5 * per]) and torch.equal(
+        held.x[per:], x[14 * per : 15 * per]
+    )
+    assert not set(map(tuple, rest.x.tolist())) & set(map(tuple, held.x.tolist()))
+    assert rest.scale == held.scale == 2.0 and rest.shuffle and held.manifest == {"m": 1}
+    with pytest.raises(ValueError, match="every=1 is not allowed"):
+        llm.hold_out_contexts(loader, every=1)
 
 
 def test_ce_loss_recovered_by_hand():

@@ -168,3 +168,16 @@ def test_centre_surround_opposition_hand_built():
     assert M.centre_surround_opposition(W, side) == 0.5
     with pytest.raises(ValueError, match="side x side = 100"):
         M.centre_surround_opposition(torch.ones(2, 99), side)
+
+
+def test_probe_correct_is_the_probe_accuracy_per_row():
+    from encoder_study.evaluation import probe_correct
+    from encoder_study.metrics import linear_probe_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (300,), generator=g)
+    A = torch.randn(300, 5, generator=g) + torch.nn.functional.one_hot(y, 5).float() * 1.5
+    per_row = probe_correct(A[:200], y[:200], A[200:], y[200:], max_iter=200)
+    assert per_row.shape == (100,) and set(np.unique(per_row)) <= {0.0, 1.0}
+    assert 0.5 < per_row.mean() < 1.0  # separable enough to learn, noisy enough to miss some
+    assert per_row.mean() == linear_probe_accuracy(A[:200], y[:200], A[200:], y[200:], max_iter=200)

@@ -39,7 +39,8 @@ def test_a_large_parameter_set_parses_against_its_notebook(path):
     check_names(set(params), declared)
     for name, value in params.items():
         check_value(name, value, declared[name])
-    assert len(params["sae_l1"]) == len(params["hidden_dims"]) and len(params["seeds"]) >= 3
+    grids = ("sae_l1_grid", "sae_dnorm_l1_grid", "jumprelu_threshold_init_grid")
+    assert all(len(params[g]) == len(params["hidden_dims"]) for g in grids) and len(params["seeds"]) >= 3
 
 
 def test_every_group_of_the_large_llm_set_fits_an_80_gib_gpu():

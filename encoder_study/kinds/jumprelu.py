@@ -13,6 +13,12 @@ the paper's straight-through estimator: with the rectangle kernel K(u) = 1{|u| <
 and d H(z - theta) / d theta = -(1 / eps) K((z - theta) / eps); z gets the exact gradient of the
 JumpReLU (the mask) and none through L0. The decoder's columns are kept at unit norm and b_dec
 starts at the data mean, as the paper's setup does.
+
+The thresholds start at ``threshold_init`` (the paper's 0.001 by default, chosen for inputs whose
+mean squared norm is 1; inputs of another scale want it scaled with them). They are trained in log
+space, and Adam moves a parameter by about its learning rate per step whatever the gradient's
+size, so within a short budget the thresholds end near where they started: there the starting
+value, more than ``sparsity``, sets how sparse the code is.
 """
 
 from __future__ import annotations
@@ -123,6 +129,7 @@ class JumpReLUKind(ModelKind):
         Knob(
             "bandwidth", "width of the straight-through estimator's kernel for the thresholds", default=1e-3
         ),
+        Knob("threshold_init", "every threshold's value before training", default=THRESHOLD_INIT),
     )
     surrogate_gradients = ("log_threshold",)
     per_run_state = ("sparsity", "bandwidth")
@@ -136,14 +143,16 @@ class JumpReLUKind(ModelKind):
     @classmethod
     def check_config(cls, config) -> None:
         super().check_config(config)
-        if dict(config.knobs)["bandwidth"] <= 0:
-            raise ValueError(
-                f"bandwidth={dict(config.knobs)['bandwidth']!r} must be > 0 for model='jumprelu'"
-            )
+        for name in ("bandwidth", "threshold_init"):
+            if dict(config.knobs)[name] <= 0:
+                raise ValueError(f"{name}={dict(config.knobs)[name]!r} must be > 0 for model='jumprelu'")
 
     @classmethod
     def build(cls, input_dim: int, config) -> nn.Module:
-        return JumpReLUSAE(input_dim, config.hidden_dim)
+        model = JumpReLUSAE(input_dim, config.hidden_dim)
+        with torch.no_grad():
+            model.log_threshold.fill_(math.log(dict(config.knobs)["threshold_init"]))
+        return model
 
     def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
         z = self.layout.linear(x, params["encoder.weight"], params["encoder.bias"])
