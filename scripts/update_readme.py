@@ -23,8 +23,10 @@ def table_row(*cells: object) -> str:
 
 
 def pm(series: pd.Series, k: float = 1.0, digits: int = 2) -> str:
-    s = series.std(ddof=1) if len(series) > 1 else 0.0
-    return f"{series.mean() * k:.{digits}f} ± {s * k:.{digits}f}"
+    """mean ± std over seeds; a single seed's value alone (a spread of one value is not 0)."""
+    if len(series) < 2:
+        return f"{series.mean() * k:.{digits}f}"
+    return f"{series.mean() * k:.{digits}f} ± {series.std(ddof=1) * k:.{digits}f}"
 
 
 def _theorem() -> list[str]:
@@ -171,64 +173,8 @@ def _dynamics() -> list[str]:
 
 
 def _llm() -> list[str]:
-    """Notebook 5: the language model's matched-L0 table and the LSE-weight rule."""
-    out: list[str] = []
-    t = EXEC / "05_llm_activations" / "metrics.csv"
-    if t.exists():
-        df = pd.read_csv(t)
-        info = json.loads((EXEC / "05_llm_activations" / "run_info.json").read_text())
-        p = info["parameters"]
-        refs = pd.read_csv(EXEC / "05_llm_activations" / "ce_references.csv").set_index("reference")
-        out += [
-            f"**5. Beyond the paper: SmolLM2-135M residual stream** (after block {p['layer']}, width "
-            f"{int(df.input_dim.iloc[0])}, {info['manifest']['n_tokens']:,} tokens of Debian fortunes, "
-            f"{p['epochs']} epochs, seed {', '.join(map(str, p['seeds']))}; next-token CE on held-out text: "
-            f"clean {refs.loc['clean', 'ce']:.3f}, zero-ablated {refs.loc['zero ablation', 'ce']:.3f}, "
-            f"mean-ablated {refs.loc['mean ablation', 'ce']:.3f} = "
-            f"{refs.loc['mean ablation', 'ce_loss_recovered']:.3f} recovered"
-            + (
-                f"; KL(clean || spliced) of zero- and mean-ablation "
-                f"{refs.loc['zero ablation', 'kl_div']:.2f} and "
-                f"{refs.loc['mean ablation', 'kl_div']:.2f} nats)"
-                if "kl_div" in refs
-                else ")"
-            ),
-            "",
-            "At matched sparsity (each model's three runs interpolated in log L0 to each target; "
-            "FVU / CE loss recovered / KL in nats; blank: outside the L0 that model reached):",
-            "",
-            "| units | L0 | ours | sae | topk | batchtopk |",
-            "|---|---|---|---|---|---|",
-        ]
-        matched = pd.read_csv(EXEC / "05_llm_activations" / "matched_l0.csv")
-        for (h, target), g in matched.groupby(["hidden_dim", "l0"]):
-            cells = []
-            for name in ("ours", "sae", "topk", "batchtopk"):
-                r = g[g.model == name].iloc[0]
-                cells.append(
-                    "" if pd.isna(r.fvu) else f"{r.fvu:.3f} / {r.ce_loss_recovered:.3f} / {r.kl_div:.2f}"
-                )
-            out.append(table_row(f"{h:.0f}", f"{target:g}", *cells))
-        paper = df[(df.model == "ours") & df.target_l0.isna()].sort_values("hidden_dim")
-        rule = df[(df.model == "ours") & df.target_l0.notna()].sort_values("target_l0")
-        fit = info.get("lse_rule_fit", {})
-        ratios = "; ".join(
-            f"{h:.0f} units: " + ", ".join(f"{x:.2f}" for x in g.l0 / g.target_l0)
-            for h, g in rule.groupby("hidden_dim")
-        )
-        alpha, beta = fit.get("alpha_width", float("nan")), fit.get("beta_lambda", float("nan"))
-        out += [
-            "",
-            "Ours at the paper's weights: "
-            + "; ".join(f"{r.hidden_dim:.0f} units L0 {r.l0:.1f}" for r in paper.itertuples())
-            + f". The LSE weight for target L0 at width K, lambda = (K / {paper.hidden_dim.min():.0f})^2 x "
-            f"{info['calibration_l0']:.1f} / L0 (derived in the notebook), gave measured / target L0 of "
-            f"{ratios} (targets {', '.join(f'{t:g}' for t in sorted(rule.target_l0.unique()))}; "
-            f"{p.get('test_width', '')} units is the test width); a free fit gives L0 ∝ "
-            f"K^{alpha:.2f} / lambda^{beta:.2f}.",
-            "",
-        ]
-    return out
+    """Notebook 5: the language model (its own summary, written from its tables)."""
+    return _notebook_summary("05_llm_activations", "5. Beyond the paper: SmolLM2-135M's residual stream.")
 
 
 def _mnist_frontier() -> list[str]:

@@ -29,14 +29,22 @@ def measured_seconds() -> dict[str, float]:
 
 
 def groups(p: dict) -> list[tuple[str, int, int]]:
-    """(model, width, runs) of each group notebook 5 trains with these parameters."""
-    seeds, targets = len(p["seeds"]), len(p["target_l0"])
+    """(model, width, runs) of each group notebook 5 trains with these parameters: the selection
+    round at the smallest width (every rate of lr_grid), the knob settings at the other widths at
+    the chosen rate, and the comparison runs on every seed (the first seed's partly shared with
+    the selection round; counted again here, an upper bound)."""
+    seeds, targets, rates = len(p["seeds"]), len(p["target_l0"]), len(p["lr_grid"])
+    k0 = min(p["hidden_dims"])
+    settings = {m: targets for m in ("encoder", "topk", "batchtopk")}
+    settings.update(sae=len(p["sae_l1_grid"][0]), sae_dnorm=len(p["sae_dnorm_l1_grid"][0]),
+                    jumprelu=len(p["jumprelu_threshold_init_grid"][0]))
+    out = [("encoder", k0, rates)]  # the calibration runs
+    out += [(m, k, n * (rates if k == k0 else 1)) for m, n in settings.items() for k in p["hidden_dims"]]
     widths = sorted({*p["hidden_dims"], *([p["test_width"]] if p["test_width"] else [])})
-    out = []
     for k in widths:
         paper = 1 if k in p["hidden_dims"] else 0
         out.append(("encoder", k, seeds * (paper + targets)))
-    for model in ("sae", "topk", "batchtopk"):
+    for model in ("sae", "sae_dnorm", "jumprelu", "topk", "batchtopk"):
         out += [(model, k, seeds * targets) for k in p["hidden_dims"]]
     return out
 
@@ -46,6 +54,9 @@ def main() -> None:
     n = int(p["max_tokens"] * TRAIN_FRACTION)
     seconds = measured_seconds()
     seconds["batchtopk"] = seconds["topk"]  # measured within 10% of TopK's (benchmarks/README.md)
+    # not measured on a GPU: the decoder-norm L1 SAE and the JumpReLU SAE do the L1 SAE's two GEMMs
+    # and a few elementwise passes more, so the L1 SAE's time is their floor
+    seconds["sae_dnorm"] = seconds["jumprelu"] = seconds["sae"]
     B, epochs = p["batch_size"], p["epochs"]
     print(
         f"{n:,} training tokens x {D}, batch {B}, {epochs} epochs; "
