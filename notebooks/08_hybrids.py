@@ -95,6 +95,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from IPython.display import Markdown, display
 
 from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
 from encoder_study.config import LossConfig, RunConfig
@@ -272,9 +273,27 @@ metrics = pd.DataFrame(rows)
 record.duration("measures", time.perf_counter() - t0)
 record.table("metrics", metrics)
 final = metrics[metrics.phase == "total"]
-final.groupby(["condition", "infomax_weight"], dropna=False, sort=False)[
-    ["l2_distance", "cosine_similarity", "fvu", "probe_accuracy", "l0", "dead_units"]
-].agg(["mean", "std"]).round(4)
+
+
+def mean_pm(values: pd.Series, fmt: str) -> str:
+    """'mean ± std' over seeds; a single seed's value alone, without ±."""
+    v = values.dropna()
+    if v.empty:
+        return "-"
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}" if len(v) > 1 else f"{v.mean():{fmt}}"
+
+
+SHOWN = {
+    "l2_distance": ".2f",
+    "cosine_similarity": ".3f",
+    "fvu": ".3f",
+    "probe_accuracy": ".4f",
+    "l0": ".1f",
+    "dead_units": ".1f",
+}
+final.groupby(["condition", "infomax_weight"], dropna=False, sort=False).agg(
+    seeds=("seed", "size"), **{c: (c, lambda v, f=f: mean_pm(v, f)) for c, f in SHOWN.items()}
+)
 
 # %% [markdown]
 # ## Figure 9: what the paper's objective does inside an SAE
@@ -399,47 +418,248 @@ for col, model in enumerate(["ours", "sae"]):
         )
         ax.axis("off")
 paths += save_figure(fig, "fig12_activation_sign", repo_path(figures_dir))
-record.close(figures=[p.name for p in paths])
 
 # %% [markdown]
 # ## What it shows
-#
-# Phases of 15 epochs (the author's were 50), three seeds; final states unless said.
-#
-# - **As a regulariser, the paper's objective turns the SAE into ours: the probe accuracy comes,
-#   the reconstruction goes.** The SAE trained with MSE + L1 + 0.1 (LSE + InfoMax) reaches ours'
-#   probe accuracy (93.3% against 90.3% for the plain SAE; ours alone has 93.3% at 30 epochs
-#   below) and loses its dead units (0 of 64, against 35 by the paper's variance rule), but its
-#   decoder's FVU doubles (0.48 against 0.24). The weight w hardly matters between 0.01 and 1
-#   (probe 92.9-93.3%, FVU 0.48 at each): the LSE term is a sum over the batch and the MSE a
-#   mean over its elements, so even at w = 0.01 the paper's terms dominate the gradient. So the
-#   hoped-for SAE that keeps the decoder's reconstruction and gains the decoder-free probe
-#   accuracy does not appear at any w tried; the trade-off of notebooks 3, 6 and 7 is reproduced
-#   inside one model.
-# - **As pretraining, it helps neither.** After the LSE + InfoMax phase the encoder alone probes
-#   at 93.0% (L0 20, no dead unit); the SAE phase that follows keeps its direction (cosine 0.99
-#   between the phase's start and end) but ends at 89.4% and FVU 0.50, both worse than the SAE
-#   from its initialisation, with a code five times sparser (L0 5.7). Alternating is worst:
-#   the SAE phase after the LSE + InfoMax phase ends at 81.6% and FVU 0.63 (L0 3.3). The encoder
-#   that the paper's objective leaves behind is far from where it started (distance about
-#   160-420, where the initial encoder's norm is about 5), and 15 epochs of SAE training from
-#   there, with the L1 penalty on activations that large, drive the code to a few units. (With
-#   the author's 50-epoch phases the SAE phases might recover more; this record does not say.)
-# - **The parameter distance itself** separates the objectives cleanly: SAE training moves the
-#   encoder little (distance 3.6, cosine 0.65 with its initialisation), any phase with the
-#   paper's terms moves it far (about 160-420, cosine 0.13-0.19), mostly by growing the weights.
-# - **The activation's sign matters for ours, not as a mirror image.** With -ReLU ours keeps
-#   almost the same probe accuracy (92.8% against 93.3%) but is no longer sparse (L0 55 of 64
-#   against 18), and its negated weights are not its ReLU weights (best one-to-one match cosine
-#   0.27; the pictures in figure 12 differ). The SAE hardly notices the sign (L0 34 against 32,
-#   probe 90.6% against 90.3%; match 0.10, its decoder absorbs the sign).
-# - **Prototypes? Partly, and the paper's responsibilities point the other way.** Weighted by
-#   how strongly each unit fires, ours' weights correlate 0.32 with the mean of the images they
-#   respond to (the SAE's 0.11): more template-like than the SAE's, far from copies. Weighted by
-#   the paper's responsibilities softmax(-a), the correlation is negative (-0.10), and so is the
-#   responsibility-weighted alignment of images and weights (-0.10): with ReLU the responsibility
-#   goes to the units that are silent on an image (notebook 7 found the same), so the paper's
-#   "responsible" components are the ones that do not match. With -ReLU the alignment turns
-#   positive (0.50): low energy then means strong firing. And 47% of ours' units have a centre
-#   and surround of opposite sign (19% for the SAE): detectors of where a stroke is not, as much
-#   as templates of where it is (figure 12).
+# Written by the next cell from this notebook's tables (every number, and each claim's wording,
+# follows a rerun); `summary.md` beside the tables holds the same text for the README.
+
+
+# %%
+def rows(condition, phase="total", w=None):
+    """One condition's rows at one phase; for `sae_plus_infomax`, at one w (`infomax_weight` unless given)."""
+    d = metrics[(metrics.condition == condition) & (metrics.phase == phase)]
+    if condition == "sae_plus_infomax":
+        d = d[d.infomax_weight == (infomax_weight if w is None else w)]
+    return d
+
+
+def sign(model, act):
+    return signs[(signs.model == model) & (signs.activation == act)]
+
+
+def versus(a, b):
+    """How two sets of per-seed values lie: 'above' or 'below' when their ranges are apart, else 'within'."""
+    if a.min() > b.max():
+        return "above"
+    return "below" if a.max() < b.min() else "within"
+
+
+WORDS = {"above": "every seed above", "below": "every seed below", "within": "the seed ranges overlap"}
+
+
+def pct(v):
+    return mean_pm(v * 100, ".2f") + "%"
+
+
+def span(v, fmt):
+    return f"{v.min():{fmt}}-{v.max():{fmt}}"
+
+
+def dead(v):
+    """Dead units of `hidden_dim`: the count alone where every seed has the same."""
+    if len(v) > 1 and v.nunique() == 1:
+        return f"{v.iloc[0]:.0f} of {hidden_dim} on every seed"
+    return f"{mean_pm(v, '.0f')} of {hidden_dim}"
+
+
+def listed(values):
+    return ", ".join(f"{v:g}" for v in values)
+
+
+# 1. the paper's terms as a regulariser
+sae, hyb, ours = rows("sae"), rows("sae_plus_infomax"), sign("ours", "relu")
+probe_sae = versus(hyb.probe_accuracy, sae.probe_accuracy)
+probe_ours = versus(hyb.probe_accuracy, ours.probe_accuracy)
+fvu_sae = versus(hyb.fvu, sae.fvu)
+gains, loses = probe_sae == "above", fvu_sae == "above"
+if gains and loses and probe_ours == "within":
+    head = "turns the SAE into ours: the probe accuracy comes, the reconstruction goes"
+elif gains:
+    head = "raises the probe accuracy and " + ("costs" if loses else "keeps") + " the reconstruction"
+elif loses:
+    head = "costs the reconstruction without raising the probe accuracy"
+else:
+    head = "changes neither the probe accuracy nor the reconstruction beyond the seed spread"
+hybrids = final[final.condition == "sae_plus_infomax"]
+tried = sorted(hybrids.infomax_weight.unique())
+sweep = hybrids[hybrids.seed.isin(sweep_seeds)].groupby("infomax_weight")[["probe_accuracy", "fvu"]].mean()
+by_w = ""
+if len(sweep) > 1:
+    w_range = sweep.max() - sweep.min()
+    seed_range = hyb[["probe_accuracy", "fvu"]].max() - hyb[["probe_accuracy", "fvu"]].min()
+    small = len(hyb) > 1 and bool((w_range <= seed_range).all())
+    by_w = (
+        f" Over w = {listed(sweep.index)} (seed{'s' if len(sweep_seeds) > 1 else ''} "
+        f"{', '.join(map(str, sweep_seeds))}) the probe runs {span(sweep.probe_accuracy * 100, '.2f')}% "
+        f"and the FVU {span(sweep.fvu, '.3f')}: w moves them {'no more' if small else 'more'} than the "
+        f"seeds do at w = {infomax_weight:g} (ranges over w: {w_range.probe_accuracy * 100:.2f} points "
+        f"and {w_range.fvu:.4f}; over seeds: {seed_range.probe_accuracy * 100:.2f} and "
+        f"{seed_range.fvu:.4f})."
+    )
+hoped = hybrids[(hybrids.fvu <= sae.fvu.max()) & (hybrids.probe_accuracy > sae.probe_accuracy.max())]
+if hoped.empty:
+    verdict = (
+        " So the hoped-for SAE that keeps the decoder's reconstruction and gains the decoder-free probe "
+        f"accuracy does not appear at any w tried ({tried[0]:g} to {tried[-1]:g}). The claim goes no "
+        "further than that range: by the same argument every w tried lies where the paper's terms "
+        "dominate, and a w small enough for the reconstruction to lead was not tried."
+    )
+else:
+    verdict = (
+        " An SAE with the plain SAE's reconstruction (FVU within its seed range) that probes above every "
+        f"plain-SAE seed appears at w = {listed(sorted(hoped.infomax_weight.unique()))}."
+    )
+part1 = (
+    f"Phases of {P} epochs (the author's: 50), seeds {', '.join(map(str, seeds))}; final states unless "
+    "said; mean ± std over seeds, a single seed's value without ±.\n\n"
+    f"- **As a regulariser, the paper's objective {head}.** The SAE trained with MSE + L1 + "
+    f"{infomax_weight:g} (L_lse + L_var + L_tc) probes at {pct(hyb.probe_accuracy)}, against "
+    f"{pct(sae.probe_accuracy)} for the plain SAE ({WORDS[probe_sae]}) and "
+    f"{pct(ours.probe_accuracy)} for ours alone, trained {2 * P} epochs in the sign experiment below "
+    f"({WORDS[probe_ours]}). Its dead units by the paper's variance rule: {dead(hyb.dead_units)}, "
+    f"against the plain SAE's {dead(sae.dead_units)}. Its decoder's FVU: "
+    f"{mean_pm(hyb.fvu, '.3f')} against {mean_pm(sae.fvu, '.3f')}, {hyb.fvu.mean() / sae.fvu.mean():.1f} "
+    f"times as much ({WORDS[fvu_sae]})."
+    + by_w
+    + " The LSE term is a sum over the batch and the MSE a mean over its elements, so at every w tried "
+    "the paper's terms should outweigh the reconstruction in the gradient."
+    + verdict
+    + (" The trade-off of notebooks 3, 6 and 7 is reproduced inside one model." if gains and loses else "")
+)
+
+# 2. as pretraining, and alternating
+pre1, pre2 = rows("pretrain_then_sae", "1: lse_infomax"), rows("pretrain_then_sae", "2: sae")
+pre, alt = rows("pretrain_then_sae"), rows("alternating")
+helps = [
+    what
+    for what, ok in [
+        ("the probe", versus(pre.probe_accuracy, sae.probe_accuracy) == "above"),
+        ("the reconstruction", versus(pre.fvu, sae.fvu) == "below"),
+    ]
+    if ok
+]
+rest = final[final.condition != "alternating"]
+worst = alt.probe_accuracy.max() < rest.probe_accuracy.min() and alt.fvu.min() > rest.fvu.max()
+norm0 = pd.Series({s: float(encoder_vector(start_of[s]).norm()) for s in seeds})
+paper_phases = metrics[metrics.phase.str.contains("lse_infomax|sae_plus_infomax")]
+from_init = metrics[metrics.phase.isin(["1: lse_infomax", "1: sae_plus_infomax"])]
+growth = ((from_init.l2_distance - from_init.seed.map(norm0)) / from_init.seed.map(norm0)).min()
+
+
+def against_sae(col, fmt, scale=1.0):
+    """'x (the plain SAE's y; how the seeds lie)' for the SAE after pretraining."""
+    a, b = pre[col] * scale, sae[col] * scale
+    unit = "%" if scale == 100 else ""
+    return f"{mean_pm(a, fmt)}{unit} (the plain SAE's {mean_pm(b, fmt)}{unit}; {WORDS[versus(a, b)]})"
+
+
+part2 = (
+    "- **As pretraining, it helps "
+    + (" and ".join(helps) + " only" if helps else "neither the probe nor the reconstruction")
+    + f".** After the LSE + InfoMax phase the encoder alone probes at {pct(pre1.probe_accuracy)} (L0 "
+    f"{mean_pm(pre1.l0, '.1f')}, dead units {dead(pre1.dead_units)}). The SAE phase that follows "
+    + ("keeps its direction" if pre2.cosine_similarity.min() > 0.9 else "turns the encoder")
+    + f" (cosine {mean_pm(pre2.cosine_similarity, '.3f')} between the phase's start and end) and ends "
+    f"at probe {against_sae('probe_accuracy', '.2f', 100)}, FVU {against_sae('fvu', '.3f')} and L0 "
+    f"{against_sae('l0', '.1f')}"
+    + (
+        f": a code {sae.l0.mean() / pre.l0.mean():.1f} times sparser."
+        if versus(pre.l0, sae.l0) == "below"
+        else "."
+    )
+    + f" {'Alternating is worst' if worst else 'Alternating'}: the SAE phase after its LSE + InfoMax "
+    f"phase ends at probe {pct(alt.probe_accuracy)}, FVU {mean_pm(alt.fvu, '.3f')} and L0 "
+    f"{mean_pm(alt.l0, '.1f')}. The encoder that the paper's objective leaves behind is far from where "
+    f"it started: its phases move it {span(paper_phases.l2_distance, '.0f')}, where the initial "
+    f"encoder's norm is {norm0.mean():.1f}; {P} epochs of SAE training from there end at L0 "
+    f"{mean_pm(pre.l0, '.1f')} (pretraining) and {mean_pm(alt.l0, '.1f')} (alternating) of "
+    f"{hidden_dim}, presumably because the L1 penalty acts on activations grown that large."
+    + (
+        " (With the author's 50-epoch phases the SAE phases might recover more; this record does not say.)"
+        if P < 50
+        else ""
+    )
+)
+
+# 3. the parameter distance
+sae_from_init = metrics[(metrics.phase == "1: sae") & metrics.condition.isin(["sae", "alternating"])]
+cleanly = sae_from_init.l2_distance.max() < paper_phases.l2_distance.min()
+part3 = (
+    "- **The parameter distance itself separates the objectives"
+    + (" cleanly" if cleanly else " only in part")
+    + ".** SAE training from the initialisation moves the encoder "
+    f"{span(sae_from_init.l2_distance, '.1f')} (cosine {span(sae_from_init.cosine_similarity, '.2f')} "
+    f"with its start); every phase with the paper's terms moves it {span(paper_phases.l2_distance, '.0f')} "
+    f"(cosine {span(paper_phases.cosine_similarity, '.2f')})"
+    + (", mostly by growing the weights" if growth >= 10 else "")
+    + f": from the initialisation, the end state's norm is at least {growth:.0f} times the start's (by "
+    "the triangle inequality)."
+)
+
+# 4. the activation's sign
+ours_n, sae_r, sae_n = sign("ours", "neg_relu"), sign("sae", "relu"), sign("sae", "neg_relu")
+change = {m: abs(np.log(sign(m, "neg_relu").l0.mean() / sign(m, "relu").l0.mean())) for m in ("ours", "sae")}
+mirror = ours_n.matched_cosine_to_relu.mean() >= 0.9
+
+
+def sign_pair(model, col, fmt, scale=1.0):
+    """'-ReLU value against ReLU value (how the seeds lie)'."""
+    a, b = sign(model, "neg_relu")[col] * scale, sign(model, "relu")[col] * scale
+    unit = "%" if scale == 100 else ""
+    return f"{mean_pm(a, fmt)}{unit} against {mean_pm(b, fmt)}{unit} ({WORDS[versus(a, b)]})"
+
+
+part4 = (
+    "- **The activation's sign matters "
+    + ("more for ours than for the SAE" if change["ours"] > change["sae"] else "for both models")
+    + (", and not as a mirror image.**" if not mirror else ", as a mirror image.**")
+    + " With -ReLU against ReLU, ours probes at "
+    f"{sign_pair('ours', 'probe_accuracy', '.2f', 100)} and has L0 {sign_pair('ours', 'l0', '.1f')} "
+    f"of {hidden_dim}; its negated weights match its ReLU weights one to one at a mean cosine of "
+    f"{mean_pm(ours_n.matched_cosine_to_relu, '.3f')} (1 would be a mirror image; figure 12 shows both). "
+    f"The SAE: L0 {sign_pair('sae', 'l0', '.1f')}, probe {sign_pair('sae', 'probe_accuracy', '.2f', 100)}, "
+    f"matched cosine {mean_pm(sae_n.matched_cosine_to_relu, '.3f')}"
+    + ("; its decoder can absorb the sign." if change["sae"] < change["ours"] else ".")
+)
+
+# 5. the weights' geometry
+corr_act = versus(ours.template_corr_activation, sae_r.template_corr_activation)
+other_way = ours.template_corr_responsibility.max() < 0 and ours.weight_input_alignment.max() < 0
+centre = versus(ours.centre_surround_opposition, sae_r.centre_surround_opposition)
+part5 = (
+    "- **Prototypes? "
+    + ("Partly" if corr_act == "above" else "No more than the SAE's")
+    + (", and the paper's responsibilities point the other way.**" if other_way else ".**")
+    + " Weighted by how strongly each unit fires, ours' weights correlate "
+    f"{mean_pm(ours.template_corr_activation, '.3f')} with the mean of the images they respond to, the "
+    f"SAE's {mean_pm(sae_r.template_corr_activation, '.3f')} ({WORDS[corr_act]}; 1 would be a copy). "
+    "Weighted by the paper's responsibilities softmax(-a), ours' correlation is "
+    f"{mean_pm(ours.template_corr_responsibility, '.3f')} and the responsibility-weighted alignment of "
+    f"images and weights {mean_pm(ours.weight_input_alignment, '.3f')}"
+    + (
+        ", both negative on every seed: with ReLU the responsibility goes to the units that are silent on "
+        'an image (notebook 7 found the same), so the paper\'s "responsible" components are the ones that '
+        "do not match."
+        if other_way
+        else "."
+    )
+    + f" With -ReLU the alignment is {mean_pm(ours_n.weight_input_alignment, '.3f')}"
+    + (
+        ", positive on every seed: low energy then means strong firing."
+        if ours_n.weight_input_alignment.min() > 0
+        else "."
+    )
+    + f" {mean_pm(ours.centre_surround_opposition * 100, '.0f')}% of ours' units have a centre and "
+    f"surround of opposite sign, against {mean_pm(sae_r.centre_surround_opposition * 100, '.0f')}% of "
+    f"the SAE's ({WORDS[centre]})"
+    + (
+        ": detectors of where a stroke is not, as much as templates of where it is (figure 12)."
+        if centre == "above"
+        else "."
+    )
+)
+findings = "\n".join([part1, part2, part3, part4, part5])
+record.summary(findings)
+display(Markdown(findings))
+record.close(figures=[p.name for p in paths])
