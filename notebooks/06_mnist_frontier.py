@@ -348,7 +348,12 @@ for t in targets:
     ours_read = read_off("ours", t)
     for m in MODELS:
         got = read_off(m, t)
-        row = {"l0": t, "model": m, "extrapolated": None if got is None else got["extrapolated"]}
+        row = {
+            "l0": t,
+            "model": m,
+            "extrapolated": None if got is None else got["extrapolated"],
+            **dict.fromkeys(["probe_minus_ours", "probe_minus_ours_lo", "probe_minus_ours_hi"], np.nan),
+        }
         matched_rows.append(row)
         if got is None:
             continue
@@ -406,7 +411,8 @@ part1 = (
         if unscored
         else ""
     )
-    + f". Every run: {epochs} epochs over {len(Xtr):,} images; wall time per run (its share of its stack): "
+    + f". Every run: {epochs} epoch{'s' if epochs > 1 else ''} over {len(Xtr):,} images; wall time per run "
+    "(its share of its stack): "
     + ", ".join(f"{m} {metrics[metrics.model == m].seconds_per_run.mean():.1f} s" for m in MODELS)
     + "."
 )
@@ -425,6 +431,7 @@ for m, g in cells.groupby("model", sort=False):
     detail = "; ".join(
         f"L0 {r.l0:g}: {pts(r.probe_minus_ours)} [{pts(r.probe_minus_ours_lo)}, {pts(r.probe_minus_ours_hi)}]"
         for r in g.itertuples()
+        if pd.notna(r.probe_minus_ours)
     )
     lines.append(f"{m}: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" ({detail})")
 part3 = (
