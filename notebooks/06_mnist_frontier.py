@@ -433,7 +433,9 @@ for m, g in cells.groupby("model", sort=False):
         for r in g.itertuples()
         if pd.notna(r.probe_minus_ours)
     )
-    lines.append(f"{m}: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" ({detail})")
+    lines.append(
+        f"{m}: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + (f" ({detail})" if detail else "")
+    )
 part3 = (
     f"**At matched sparsity, the probe** (points of accuracy, each model minus ours, the seeds' mean and a "
     f"paired 95% interval over test images; targets L0 {', '.join(map(str, targets))} where both curves "
