@@ -52,13 +52,11 @@
 #   NNDSVDa) fitted on `dictionary_samples` training images drawn once (seed 0), like sparse
 #   coding's dictionary; the codes of all training and test images by the same solver.
 #
-# k-means and NMF are fitted in float32 (the encoders' precision; against float64 it cut NMF's fit
-# from 204 to 142 s and k-means' from 85 to 56 s for three seeds, the same probe accuracy within
-# 0.2 points), the other controls in float64. Fitting NMF on 20,000 images instead of all 60,000
-# cut its time from 142 to about 53 s here, which keeps the notebook inside its time budget. A
-# second size of 256 features is left out: the TopK SAE and NMF alone take minutes at 64 here and
-# their cost grows with the number of features (roughly four times that at 256), past the
-# notebook's time budget.
+# k-means and NMF are fitted in float32 (the encoders' precision), to save time; the other controls
+# in float64. NMF's dictionary is fitted on `dictionary_samples` training images rather than all of
+# them, for the same reason. A second size of 256 features is left out for time: the cost of the
+# TopK SAE and of NMF grows with the number of features, and at 256 it would pass the notebook's
+# time budget (the fit times at 64 are in the findings).
 #
 # Stochastic methods run with the seeds in `seeds`; deterministic ones (pca, pca_relu, nmf) once,
 # recorded with seed 0. `fit_seconds` is the time to fit the map (training share of the batched
@@ -92,11 +90,22 @@ figures_dir: str = "scratch/figures"
 
 # %%
 # refused before any work: metrics take variances over the test images (at least 2)
-params = guard.check(globals(), at_least={"n_train": 2, "n_test": 2, "epochs": 1, "probe_max_iter": 1,
-                                          "hidden_dim": 2, "gmm_pca_dims": 1, "dictionary_samples": 2})
+params = guard.check(
+    globals(),
+    at_least={
+        "n_train": 2,
+        "n_test": 2,
+        "epochs": 1,
+        "probe_max_iter": 1,
+        "hidden_dim": 2,
+        "gmm_pca_dims": 1,
+        "dictionary_samples": 2,
+    },
+)
 if not set(seeds) <= set(benchmark_seeds):
-    raise ValueError(f"seeds={seeds} must be among benchmark_seeds={benchmark_seeds} "
-                     "(ours and the SAE come from there)")
+    raise ValueError(
+        f"seeds={seeds} must be among benchmark_seeds={benchmark_seeds} (ours and the SAE come from there)"
+    )
 
 import time
 import warnings
@@ -105,6 +114,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from IPython.display import Markdown, display
 from sklearn.cluster import KMeans
 from sklearn.decomposition import NMF, PCA, FastICA, MiniBatchDictionaryLearning
 from sklearn.exceptions import ConvergenceWarning
@@ -134,8 +144,9 @@ Xtr_np, Xte_np = Xtr.double().numpy(), Xte.double().numpy()
 # %%
 start = time.perf_counter()
 bench = [RunConfig(model="encoder", seed=s, epochs=epochs, hidden_dim=hidden_dim) for s in benchmark_seeds]
-bench += [RunConfig(model="sae", seed=s, epochs=epochs, hidden_dim=hidden_dim, l1=sae_l1)
-          for s in benchmark_seeds]
+bench += [
+    RunConfig(model="sae", seed=s, epochs=epochs, hidden_dim=hidden_dim, l1=sae_l1) for s in benchmark_seeds
+]
 bench_results = run_experiments(bench, Xtr, Xte)
 learned = {}  # (model, seed) -> (train features, test features, n_params, fit seconds)
 ours_pre = {}  # seed -> the encoder's pre-activations z = W x + b of the test images
@@ -143,7 +154,11 @@ for cfg, res in zip(bench, bench_results):
     if cfg.seed in seeds:
         m = res.model()
         learned[("ours" if cfg.model == "encoder" else "sae", cfg.seed)] = (
-            features(m, Xtr), features(m, Xte), count_parameters(m), res.seconds)
+            features(m, Xtr),
+            features(m, Xte),
+            count_parameters(m),
+            res.seconds,
+        )
         if cfg.model == "encoder":
             with torch.no_grad():
                 ours_pre[cfg.seed] = m(Xte)[1]
@@ -168,8 +183,10 @@ half = hidden_dim // 2
 
 def signed_parts(S_tr, S_te):
     """A signed code split into positive and negative parts: non-negative, twice the width."""
-    return (np.concatenate([np.maximum(S_tr, 0), np.maximum(-S_tr, 0)], 1),
-            np.concatenate([np.maximum(S_te, 0), np.maximum(-S_te, 0)], 1))
+    return (
+        np.concatenate([np.maximum(S_tr, 0), np.maximum(-S_tr, 0)], 1),
+        np.concatenate([np.maximum(S_te, 0), np.maximum(-S_te, 0)], 1),
+    )
 
 
 def fit_pca(seed):
@@ -184,7 +201,7 @@ def fit_pca_relu(seed):
 
 def fit_random(seed):
     g = torch.Generator().manual_seed(seed)
-    W = (torch.randn(hidden_dim, D, generator=g, dtype=torch.float64) / D ** 0.5).numpy()
+    W = (torch.randn(hidden_dim, D, generator=g, dtype=torch.float64) / D**0.5).numpy()
     b = -np.median(Xtr_np @ W.T, axis=0)  # each unit fires on half the training images
     return np.maximum(Xtr_np @ W.T + b, 0), np.maximum(Xte_np @ W.T + b, 0), W.size + b.size
 
@@ -221,9 +238,16 @@ def fit_gmm_log(seed):
 def fit_sparse_coding(seed):
     rng = np.random.default_rng(seed)
     sample = Xtr_np[rng.choice(len(Xtr_np), min(dictionary_samples, len(Xtr_np)), replace=False)]
-    dl = MiniBatchDictionaryLearning(hidden_dim, alpha=1.0, batch_size=256, max_iter=10, fit_algorithm="cd",
-                                     positive_code=True,
-                                     transform_algorithm="lasso_cd", random_state=seed).fit(sample)
+    dl = MiniBatchDictionaryLearning(
+        hidden_dim,
+        alpha=1.0,
+        batch_size=256,
+        max_iter=10,
+        fit_algorithm="cd",
+        positive_code=True,
+        transform_algorithm="lasso_cd",
+        random_state=seed,
+    ).fit(sample)
     probe_rows = sample[:2000]
     lo, hi = np.log(1e-4), np.log(10.0)  # bisection on log(alpha) for ours' L0 on 2,000 images
     for _ in range(14):
@@ -254,9 +278,17 @@ def fit_nmf(seed):
     return (*codes, nmf.components_.size)
 
 
-CONTROLS = {"pca": (fit_pca, False), "pca_relu": (fit_pca_relu, False), "random": (fit_random, True),
-            "kmeans": (fit_kmeans, True), "gmm": (fit_gmm, True), "gmm_log": (fit_gmm_log, True),
-            "sparse_coding": (fit_sparse_coding, True), "ica": (fit_ica, True), "nmf": (fit_nmf, False)}
+CONTROLS = {
+    "pca": (fit_pca, False),
+    "pca_relu": (fit_pca_relu, False),
+    "random": (fit_random, True),
+    "kmeans": (fit_kmeans, True),
+    "gmm": (fit_gmm, True),
+    "gmm_log": (fit_gmm_log, True),
+    "sparse_coding": (fit_sparse_coding, True),
+    "ica": (fit_ica, True),
+    "nmf": (fit_nmf, False),
+}
 SIGNED = {"pca", "gmm_log"}  # codes with negative values: L0 counts |a| > 0.01
 
 fitted = dict(learned)
@@ -270,9 +302,12 @@ with warnings.catch_warnings():
         seconds = time.perf_counter() - t0
         if name == "gmm_log":
             seconds += fitted[("gmm", s)][3]  # its mixture is gmm's
-        fitted[(name, s)] = (torch.from_numpy(np.ascontiguousarray(A_tr)),
-                             torch.from_numpy(np.ascontiguousarray(A_te)),
-                             n_params, seconds)
+        fitted[(name, s)] = (
+            torch.from_numpy(np.ascontiguousarray(A_tr)),
+            torch.from_numpy(np.ascontiguousarray(A_te)),
+            n_params,
+            seconds,
+        )
 record.duration("controls (fitting)", time.perf_counter() - start)
 
 # %% [markdown]
@@ -281,19 +316,42 @@ record.duration("controls (fitting)", time.perf_counter() - start)
 # %%
 rows = []
 start = time.perf_counter()
-for (name, s), (A_tr, A_te, n_params, seconds) in progress(list(fitted.items()), desc="probes and readouts",
-                                                             unit="codes"):
+for (name, s), (A_tr, A_te, n_params, seconds) in progress(
+    list(fitted.items()), desc="probes and readouts", unit="codes"
+):
     scores = evaluate_codes(A_tr, A_te, Xtr, Xte, ytr, yte, probe_max_iter, signed=name in SIGNED)
-    rows.append({"model": name, "hidden_dim": A_te.shape[1], "seed": s,
-                 "probe_accuracy": scores["probe_accuracy"], "l0": scores["l0"], "fvu": scores["readout_fvu"],
-                 "fit_seconds": seconds, "n_params": n_params})
+    rows.append(
+        {
+            "model": name,
+            "hidden_dim": A_te.shape[1],
+            "seed": s,
+            "probe_accuracy": scores["probe_accuracy"],
+            "l0": scores["l0"],
+            "fvu": scores["readout_fvu"],
+            "fit_seconds": seconds,
+            "n_params": n_params,
+        }
+    )
 metrics = pd.DataFrame(rows)
 record.duration("probes and readouts", time.perf_counter() - start)
 record.table("metrics", metrics)
-ORDER = ["ours", "sae", "topk", "pca", "pca_relu", "random", "kmeans", "gmm", "gmm_log", "sparse_coding",
-         "ica", "nmf"]
-summary = (metrics.groupby("model")[["probe_accuracy", "l0", "fvu", "fit_seconds", "n_params"]]
-           .agg(["mean", "std"]))
+ORDER = [
+    "ours",
+    "sae",
+    "topk",
+    "pca",
+    "pca_relu",
+    "random",
+    "kmeans",
+    "gmm",
+    "gmm_log",
+    "sparse_coding",
+    "ica",
+    "nmf",
+]
+summary = metrics.groupby("model")[["probe_accuracy", "l0", "fvu", "fit_seconds", "n_params"]].agg(
+    ["mean", "std"]
+)
 summary = summary.reindex([m for m in ORDER if m in summary.index])
 summary.round(4)
 
@@ -302,18 +360,39 @@ summary.round(4)
 # Small dots are single seeds, large markers the mean over seeds.
 
 # %%
-MARKERS = {"ours": "o", "sae": "s", "topk": "^", "pca": "P", "pca_relu": "X", "random": "v", "kmeans": "D",
-           "gmm": "h", "gmm_log": "H", "sparse_coding": "*", "ica": "<", "nmf": ">"}
+MARKERS = {
+    "ours": "o",
+    "sae": "s",
+    "topk": "^",
+    "pca": "P",
+    "pca_relu": "X",
+    "random": "v",
+    "kmeans": "D",
+    "gmm": "h",
+    "gmm_log": "H",
+    "sparse_coding": "*",
+    "ica": "<",
+    "nmf": ">",
+}
 palette = plt.get_cmap("tab20")
 color = {m: COLORS.get(m, palette(i % 20)) for i, m in enumerate(ORDER)}
 fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.0), sharey=True)
-for ax, x, label in zip(axes, ["l0", "fvu"], ["L0: active features per test image (of 64)",
-                                              "FVU of a linear readout (test)"]):
+for ax, x, label in zip(
+    axes, ["l0", "fvu"], ["L0: active features per test image (of 64)", "FVU of a linear readout (test)"]
+):
     for m in summary.index:
         d = metrics[metrics.model == m]
         ax.scatter(d[x], d.probe_accuracy * 100, color=color[m], marker=MARKERS[m], s=12, alpha=0.5)
-        ax.scatter(d[x].mean(), d.probe_accuracy.mean() * 100, color=color[m], marker=MARKERS[m], s=70,
-                   edgecolor="k", linewidth=0.5, label=m)
+        ax.scatter(
+            d[x].mean(),
+            d.probe_accuracy.mean() * 100,
+            color=color[m],
+            marker=MARKERS[m],
+            s=70,
+            edgecolor="k",
+            linewidth=0.5,
+            label=m,
+        )
     ax.set_xlabel(label)
 axes[0].set_ylabel("linear-probe test accuracy (%)")
 handles, labels = axes[1].get_legend_handles_labels()
@@ -333,6 +412,7 @@ paths = save_figure(fig, "fig8_controls", repo_path(figures_dir))
 # first of them). So the comparison is also made with the pre-activations, softmax(-z), where
 # no unit is cut off at zero ("ours (z) vs gmm").
 
+
 # %%
 def encoder_responsibilities(A):
     A = A.double()
@@ -347,61 +427,294 @@ def gmm_responsibilities(seed):
 agreement = []
 for s in seeds:
     G = gmm_responsibilities(s)
-    for name, A in (("ours", fitted[("ours", s)][1]), ("ours (z)", ours_pre[s]),
-                    ("random", fitted[("random", s)][1])):
+    for name, A in (
+        ("ours", fitted[("ours", s)][1]),
+        ("ours (z)", ours_pre[s]),
+        ("random", fitted[("random", s)][1]),
+    ):
         R = encoder_responsibilities(A)
         top = R.max(1, keepdims=True)
-        agreement.append({"seed": s, "compared": f"{name} vs gmm", "nmi_hard": soft_nmi(hard(R), hard(G)),
-                          "nmi_soft": soft_nmi(R, G),
-                          "tied_share": float(((R >= top - 1e-12).sum(1) > 1).mean())})
+        agreement.append(
+            {
+                "seed": s,
+                "compared": f"{name} vs gmm",
+                "nmi_hard": soft_nmi(hard(R), hard(G)),
+                "nmi_soft": soft_nmi(R, G),
+                "tied_share": float(((R >= top - 1e-12).sum(1) > 1).mean()),
+            }
+        )
 for a, b in zip(seeds, seeds[1:] + seeds[:1]):
     if a != b:
         Ga, Gb = gmm_responsibilities(a), gmm_responsibilities(b)
-        agreement.append({"seed": a, "compared": f"gmm vs gmm (seed {b})",
-                          "nmi_hard": soft_nmi(hard(Ga), hard(Gb)),
-                          "nmi_soft": soft_nmi(Ga, Gb), "tied_share": 0.0})
+        agreement.append(
+            {
+                "seed": a,
+                "compared": f"gmm vs gmm (seed {b})",
+                "nmi_hard": soft_nmi(hard(Ga), hard(Gb)),
+                "nmi_soft": soft_nmi(Ga, Gb),
+                "tied_share": 0.0,
+            }
+        )
 agreement = pd.DataFrame(agreement)
 record.table("em_agreement", agreement)
-record.close(figures=[p.name for p in paths], topk_k=topk_k, ours_mean_l0=ours_l0)
 agreement.groupby("compared")[["nmi_hard", "nmi_soft", "tied_share"]].agg(["mean", "std"]).round(3)
+
 
 # %% [markdown]
 # ## What it shows
-#
-# - **On the probe, ours leads but does not stand apart.** The decoder-free encoder's features
-#   give the best mean probe accuracy of the twelve codes (about 93.5%, at L0 about 17; the
-#   mixture's responsibilities and sparse coding are sparser, NMF about as sparse). But three quite different
-#   methods land within about one seed
-#   spread (0.3 points) of it: the TopK SAE at the same L0 (about 93.2%), sparse coding with a
-#   learned dictionary (about 93.2%, at L0 about 11: its lasso penalty, set for ours' L0 on 2,000
-#   training images, gave sparser codes on the test images) and plain k-means with the triangle
-#   activation (about 93.2%, L0 about 30, and nothing learned but 64 centroids). ICA follows at
-#   about 93.0%. What ours clearly beats: the paper's L1 SAE (90.3%), PCA (91.7%; its 32
-#   components split into positive and negative parts, 92.2%), NMF (91.4%), the mixture's
-#   log-responsibilities (91.7%) and responsibilities (84.4%), and the random layer (84.0%, the
-#   floor). So "a single layer trained by LSE + InfoMax gives linearly useful features" holds,
-#   but k-means already gives nearly the same probe accuracy: the probe does not show an
-#   advantage that only the paper's theory explains.
-# - **On reconstruction, ours is near the bottom.** Its features rebuild the images through a
-#   fitted linear readout with FVU about 0.35, worse than every control but the random layer
-#   (0.41) and the mixture's responsibilities (0.57): PCA 0.13, NMF 0.16, TopK 0.21, ICA and the
-#   L1 SAE 0.24, k-means and sparse coding 0.31. The objective keeps what separates the digits
-#   and lets the rest go.
-# - **Implicit EM against explicit EM: the responsibilities do not agree.** As the paper defines
-#   them, the encoder's responsibilities softmax(-a) agree with the Gaussian mixture's no more
-#   than a random layer's do (normalised mutual information of the hard assignments about 0.15
-#   for both, of the soft ones 0.017 against 0.001), while two mixtures fitted from different
-#   seeds agree at about 0.80. The reason is ReLU: on every test image several units sit at
-#   exactly 0 (`tied_share` 1), and softmax(-a) spreads the responsibility evenly over those
-#   silent units, so the "most responsible" component is the set of units that do not fire.
-#   Taken before the ReLU, softmax(-z) agrees with the mixture at about 0.33 (hard and soft):
-#   clearly above chance, far below the mixture's agreement with itself. So gradient descent on
-#   LSE does compute responsibilities (notebook 1), but the components this encoder learns are
-#   not the components explicit EM finds on the same data; the claim that the layer learns "the"
-#   mixture is not supported by this control.
-# - **Cost.** Every control fitted in seconds to about a minute (NMF, fitted once, about 50 s;
-#   the stochastic ones at most about 22 s a seed); ours
-#   takes about 28 s a run here when batched with its seeds. The TopK SAE at matched L0, trained
-#   here for 100 epochs, is the slowest of all on this processor (about 2 minutes a run). From an
-#   empty run cache this notebook ran in 18.9 minutes here (the learned models 12.4, controls
-#   5.0, probes and readouts 1.5); with the learned models in the run cache, in about 6.7.
+# Written by the next cell from this notebook's tables (every number, and each claim's wording,
+# follows a rerun); `summary.md` beside the tables holds the same text for the README.
+
+
+# %%
+NAMES = {
+    "ours": "ours",
+    "sae": "the L1 SAE",
+    "topk": f"the TopK SAE (k = {topk_k})",
+    "pca": "PCA",
+    "pca_relu": "PCA split into positive and negative parts",
+    "random": "the random layer",
+    "kmeans": "k-means",
+    "gmm": "the mixture's responsibilities",
+    "gmm_log": "the mixture's log-responsibilities",
+    "sparse_coding": "sparse coding",
+    "ica": "ICA",
+    "nmf": "NMF",
+}
+LEARNED = {"ours", "sae", "topk"}
+codes = [m for m in ORDER if m in set(metrics.model)]
+others = [m for m in codes if m != "ours"]
+means = metrics.groupby("model")[["probe_accuracy", "l0", "fvu", "fit_seconds"]].mean()
+once = [m for m in codes if (metrics.model == m).sum() == 1]
+
+
+def ms(model, col, scale=1.0, fmt=".2f", table=metrics, key="model", std_fmt=None):
+    """Mean ± std over seeds of one method's column; a single run's value without ±."""
+    v = table.loc[table[key] == model, col] * scale
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{std_fmt or fmt}}" if len(v) > 1 else f"{v.mean():{fmt}}"
+
+
+def versus(a, b):
+    """How two sets of per-seed values lie: 'above' or 'below' when their ranges are apart, else 'within'."""
+    if a.min() > b.max():
+        return "above"
+    return "below" if a.max() < b.min() else "within"
+
+
+def stand(model, col, ref="ours"):
+    return versus(metrics.loc[metrics.model == model, col], metrics.loc[metrics.model == ref, col])
+
+
+def names(models):
+    """'a, b and c' for the methods' names."""
+    words = [NAMES[m] for m in models]
+    return " and ".join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words) or "none"
+
+
+probe_is = {m: stand(m, "probe_accuracy") for m in others}
+by_probe = sorted(others, key=lambda m: -means.loc[m, "probe_accuracy"])
+ahead = [m for m in by_probe if probe_is[m] == "above"]
+level = [m for m in by_probe if probe_is[m] == "within"]
+behind = [m for m in by_probe if probe_is[m] == "below"]
+leader = means.probe_accuracy.idxmax()
+l0_is = {m: stand(m, "l0") for m in others}
+notes = {"kmeans": f"nothing learned but {hidden_dim} centroids, read by the triangle rule"}
+if "sparse_coding" in others and l0_is["sparse_coding"] != "within":
+    notes["sparse_coding"] = (
+        f"its lasso penalty was set by bisection to give ours' mean L0, {ours_l0:.1f}, on "
+        "2,000 training images, but its codes of the test images are "
+        + ("sparser" if l0_is["sparse_coding"] == "below" else "denser")
+    )
+
+
+def probe_of(m):
+    note = f"; {notes[m]}" if m in notes else ""
+    return f"{NAMES[m]}, {ms(m, 'probe_accuracy', 100)}% (L0 {ms(m, 'l0', fmt='.1f')}{note})"
+
+
+if ahead:
+    head = "On the probe, ours is not ahead."
+elif level:
+    head = (
+        "On the probe, ours leads but does not stand apart."
+        if leader == "ours"
+        else "On the probe, ours is within the spread of the best."
+    )
+else:
+    head = "On the probe, ours stands apart."
+lowest = means.probe_accuracy.idxmin()
+classical_level = [m for m in level if m not in LEARNED]
+if ahead:
+    so = (
+        f"So the probe does not favour ours: {names(ahead)} {'is' if len(ahead) == 1 else 'are'} ahead of it."
+    )
+elif classical_level:
+    so = (
+        f"So a single layer trained by LSE + InfoMax gives linearly useful features, but "
+        f"{names(classical_level)} {'comes' if len(classical_level) == 1 else 'come'} within its spread: "
+        "the probe shows no advantage that only the paper's theory explains."
+    )
+elif level:
+    so = (
+        f"So ours is ahead of every classical control on the probe; only the learned {names(level)} "
+        "come within its spread."
+    )
+else:
+    so = "So on the probe ours is ahead of every other code, every seed above every seed of each."
+part1 = (
+    f"**{head}** Linear-probe test accuracy, mean ± std over seeds {', '.join(map(str, seeds))}"
+    + (f" ({', '.join(once)}: one deterministic run each)" if once else "")
+    + f": ours {ms('ours', 'probe_accuracy', 100)}% at L0 {ms('ours', 'l0', fmt='.1f')}"
+    + (
+        f", the highest mean of the {len(codes)} codes"
+        if leader == "ours"
+        else f"; the highest mean is {NAMES[leader]}'s"
+    )
+    + f" (sparser than ours, every seed: {names([m for m in others if l0_is[m] == 'below'])}; within ours' "
+    f"L0 range: {names([m for m in others if l0_is[m] == 'within'])})."
+    + (
+        f" Within the spread of ours (seed ranges overlapping): {'; '.join(map(probe_of, level))}."
+        if level
+        else ""
+    )
+    + (
+        f" Ahead of ours, every seed above every seed of ours: {'; '.join(map(probe_of, ahead))}."
+        if ahead
+        else ""
+    )
+    + (f" Below every seed of ours: {'; '.join(map(probe_of, behind))}." if behind else "")
+    + (
+        f" {NAMES[lowest].capitalize()}, the floor a learned map should clear, is last."
+        if lowest == "random"
+        else f" Last is {NAMES[lowest]}, below the random layer."
+        if "random" in codes
+        else ""
+    )
+    + f" {so}"
+)
+
+fvu_is = {m: stand(m, "fvu") for m in others}
+by_fvu = sorted(others, key=lambda m: means.loc[m, "fvu"])
+lower = [m for m in by_fvu if fvu_is[m] == "below"]
+higher = [m for m in by_fvu if fvu_is[m] == "above"]
+level_fvu = [m for m in by_fvu if fvu_is[m] == "within"]
+rank = 1 + sum(means.loc[m, "fvu"] < means.loc["ours", "fvu"] for m in others)
+if rank > len(codes) / 2:
+    where = "near the bottom" if len(higher) <= 2 else "in the lower half"
+else:
+    where = "in the upper half"
+
+
+def fvu_of(models):
+    return "; ".join(f"{NAMES[m]}, {ms(m, 'fvu', fmt='.3f')}" for m in models)
+
+
+part2 = (
+    f"**On reconstruction, ours is {where}.** Its features rebuild the test images through a fitted linear "
+    f"readout with FVU {ms('ours', 'fvu', fmt='.3f')}, rank {rank} of {len(codes)} by mean (lowest first)."
+    + (f" Lower than every seed of ours: {fvu_of(lower)}." if lower else "")
+    + (f" Within the spread of ours: {fvu_of(level_fvu)}." if level_fvu else "")
+    + (f" Higher: {fvu_of(higher)}." if higher else "")
+    + (
+        " The objective keeps what separates the digits and lets the rest go."
+        if leader == "ours" and rank > len(codes) / 2
+        else ""
+    )
+)
+
+pair = agreement.compared.str.startswith("gmm vs gmm")
+em = agreement.assign(compared=agreement.compared.where(~pair, "gmm vs gmm"))
+
+
+def nmi(who, col):
+    return ms(f"{who} vs gmm", col, fmt=".3g", table=em, key="compared", std_fmt=".2g")
+
+
+def em_vs(a, b, col):
+    return versus(em.loc[em.compared == f"{a} vs gmm", col], em.loc[em.compared == f"{b} vs gmm", col])
+
+
+EM_WORDS = {
+    "within": "within the spread of the random layer's",
+    "above": "above the random layer's on every seed",
+    "below": "below the random layer's on every seed",
+}
+ceiling = {
+    c: em.loc[em.compared.isin(["ours vs gmm", "ours (z) vs gmm"]), c].max() for c in ("nmi_hard", "nmi_soft")
+}
+self_em = {c: em.loc[em.compared == "gmm vs gmm", c].min() for c in ceiling}
+apart_from_em = all(ceiling[c] < self_em[c] for c in ceiling)
+tied = em.loc[em.compared == "ours vs gmm", "tied_share"]
+z_between = all(
+    em_vs("ours (z)", "random", c) == "above"
+    and em.loc[em.compared == "ours (z) vs gmm", c].max() < self_em[c]
+    for c in ceiling
+)
+z_gain = all(em_vs("ours (z)", "ours", c) == "above" for c in ceiling)
+part3 = (
+    "**Implicit EM against explicit EM: "
+    + (
+        "the responsibilities do not agree.**"
+        if apart_from_em
+        else "the responsibilities agree about as well as two mixtures do.**"
+    )
+    + " As the paper defines them, the encoder's responsibilities softmax(-a) agree with the Gaussian "
+    f"mixture's at a normalised mutual information of {nmi('ours', 'nmi_hard')} for the hard assignments, "
+    f"{EM_WORDS[em_vs('ours', 'random', 'nmi_hard')]} ({nmi('random', 'nmi_hard')}), and of "
+    f"{nmi('ours', 'nmi_soft')} for the soft ones, {EM_WORDS[em_vs('ours', 'random', 'nmi_soft')]} "
+    f"({nmi('random', 'nmi_soft')}); two mixtures fitted from different seeds agree at "
+    f"{nmi('gmm', 'nmi_hard')} and {nmi('gmm', 'nmi_soft')}."
+    + (
+        " ReLU is why softmax(-a) does no better than the random layer on the hard assignments."
+        if z_gain and em_vs("ours", "random", "nmi_hard") == "within"
+        else " ReLU is part of the reason."
+        if z_gain
+        else ""
+    )
+    + " On "
+    + ("every test image" if tied.min() == 1 else f"{tied.mean():.0%} of the test images")
+    + " the encoder's largest responsibility is shared by two or more units (`tied_share`): ReLU sets "
+    "units to exactly 0, and softmax(-a) spreads the responsibility evenly over those silent units, so the "
+    '"most responsible" component is the set of units that do not fire.'
+    + f" Taken before the ReLU, softmax(-z) agrees with the mixture at {nmi('ours (z)', 'nmi_hard')} (hard) "
+    f"and {nmi('ours (z)', 'nmi_soft')} (soft)"
+    + (
+        ": on every seed above the random layer's and below the two mixtures' agreement with each other."
+        if z_between
+        else "."
+    )
+    + (
+        " So gradient descent on LSE does compute responsibilities (notebook 1), but the components this "
+        "encoder learns are not the components explicit EM finds on the same data; this control does not "
+        'support the claim that the layer learns "the" mixture.'
+        if apart_from_em
+        else ""
+    )
+)
+
+control_rows = metrics[~metrics.model.isin(LEARNED)]
+slowest = control_rows.loc[control_rows.fit_seconds.idxmax()]
+stochastic = control_rows[~control_rows.model.isin(once)]
+durations = record.durations
+part4 = (
+    f"**Cost** (`fit_seconds`; for the learned models the training share of their batched group, "
+    f"{epochs} epochs). A control's fit took {control_rows.fit_seconds.min():.1f} to "
+    f"{control_rows.fit_seconds.max():.0f} s, the longest {NAMES[slowest.model]}'s "
+    f"({'fitted once' if slowest.model in once else f'seed {slowest.seed}'})"
+    + (
+        f"; the stochastic controls took at most {stochastic.fit_seconds.max():.0f} s a seed "
+        f"({NAMES[stochastic.loc[stochastic.fit_seconds.idxmax(), 'model']]})"
+        if len(stochastic)
+        else ""
+    )
+    + f". Ours took {means.loc['ours', 'fit_seconds']:.0f} s a run, {NAMES['sae']} "
+    f"{means.loc['sae', 'fit_seconds']:.0f} s and {NAMES['topk']} {means.loc['topk', 'fit_seconds']:.0f} s"
+    + (", the slowest of all." if means.fit_seconds.idxmax() == "topk" else ".")
+    + " This run's recorded stages: "
+    + "; ".join(f"{label} {seconds / 60:.1f} min" for label, seconds in durations.items())
+    + f" ({sum(durations.values()) / 60:.1f} min together)."
+)
+findings = "\n\n".join([part1, part2, part3, part4])
+record.summary(findings)
+display(Markdown(findings))
+record.close(figures=[p.name for p in paths], topk_k=topk_k, ours_mean_l0=ours_l0)
