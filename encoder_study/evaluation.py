@@ -5,8 +5,8 @@ model of this package); ``evaluate_run`` scores a trained run of the engine: its
 needs the model (its own decoder's reconstruction, its parameter count, its training time).
 
 FVU conventions (one meaning per column, everywhere in the book): ``readout_fvu`` is the fraction
-of variance unexplained by the best linear readout of the features (least squares with a bias,
-fitted on the training rows, scored on the test rows); ``decoder_fvu`` is the model's own
+of variance unexplained by a linear readout of the features (ridge regression with a bias, its
+penalty chosen by leave-one-out on the training rows, fitted there, scored on the test rows); ``decoder_fvu`` is the model's own
 decoder's (NaN for a model without one); ``fvu`` is the model's own reconstruction: its
 decoder's where it has one, else the fitted readout (how SAE tools report a dictionary).
 """

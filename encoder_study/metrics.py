@@ -3,6 +3,7 @@ where sums over many samples are taken. ``A`` is a matrix of activations (sample
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -134,18 +135,53 @@ def fvu(X, X_hat) -> float:
     return float(((X - X_hat) ** 2).sum() / ((X - X.mean(dim=0)) ** 2).sum())
 
 
-@torch.no_grad()
-def fit_linear_readout(A_train, X_train) -> torch.Tensor:
-    """Least-squares affine map from features to inputs, fitted on train: (K + 1, D), bias last.
+READOUT_RIDGES = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1)  # relative to the mean diagonal of the Gram
 
-    The minimum-norm solution (dead or duplicate units make the design rank-deficient), by a thin
-    QR of the tall design and an SVD solve of the small triangle with the tall problem's cutoff:
-    the same solution as an SVD of the whole design (LAPACK gelsd) at a twentieth of the time.
+
+@torch.no_grad()
+def fit_linear_readout(A_train, X_train, ridge: float | None = None) -> torch.Tensor:
+    """Ridge-regularised affine map from features to inputs, fitted on train: (K + 1, D), bias last.
+
+    The penalty is ``ridge`` times the mean diagonal of the centred features' Gram matrix (so one
+    value means the same at any activation scale); the bias is not penalised. Without ``ridge``,
+    it is the value from READOUT_RIDGES with the least leave-one-out squared error, computed
+    exactly from one eigendecomposition (each row's residual over one minus its leverage): plain
+    least squares gives a unit that fired on a handful of training rows whatever weight fits
+    those rows exactly, and that weight wrecks the test rows where the unit fires (a readout FVU
+    in the hundreds for SAEs with many nearly dead units); a row fitted by its own unit alone has
+    leverage near 1, so leave-one-out sees the damage. ``ridge=0`` gives the minimum-norm least
+    squares solution (thin QR, then an SVD solve of the small triangle).
     """
-    design, X = _with_bias_column(_as64(A_train)), _as64(X_train)
-    Q, R = torch.linalg.qr(design)
-    cutoff = torch.finfo(torch.float64).eps * max(design.shape)
-    return torch.linalg.lstsq(R, Q.T @ X, rcond=cutoff, driver="gelsd").solution
+    A, X = _as64(A_train), _as64(X_train)
+    if ridge is not None and not (math.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge={ridge!r}: must be a finite number >= 0, or None to choose it by leave-one-out")
+    if ridge == 0:
+        design = _with_bias_column(A)
+        Q, R = torch.linalg.qr(design)
+        cutoff = torch.finfo(torch.float64).eps * max(design.shape)
+        return torch.linalg.lstsq(R, Q.T @ X, rcond=cutoff, driver="gelsd").solution
+    mean_a, mean_x = A.mean(dim=0), X.mean(dim=0)
+    Ac, Xc = A - mean_a, X - mean_x
+    eigenvalues, V = torch.linalg.eigh(Ac.T @ Ac)
+    scale = float(eigenvalues.clamp(min=0).sum()) / A.shape[1] or 1.0  # mean diagonal (the trace / K)
+    projected = V.T @ (Ac.T @ Xc)  # (K, D)
+    if ridge is None:
+        U = Ac @ V
+        ridge = min(READOUT_RIDGES, key=lambda r: _leave_one_out_error(U, Xc, eigenvalues, projected, r * scale))
+    M = V @ (projected / (eigenvalues.clamp(min=0) + ridge * scale)[:, None])
+    return torch.cat([M, (mean_x - mean_a @ M)[None]])
+
+
+def _leave_one_out_error(
+    U: torch.Tensor, Xc: torch.Tensor, eigenvalues: torch.Tensor, projected: torch.Tensor, penalty: float
+) -> float:
+    """Summed squared leave-one-out residual of the ridge fit with this absolute penalty: residual
+    over (1 - leverage), the leverage including the unpenalised bias's 1/n."""
+    inverse = 1.0 / (eigenvalues.clamp(min=0) + penalty)
+    residual = Xc - U @ (projected * inverse[:, None])
+    leverage = (U**2) @ inverse + 1.0 / len(U)
+    error = float(((residual / (1.0 - leverage)[:, None]) ** 2).sum())
+    return error if math.isfinite(error) else math.inf  # a row fitted by itself alone: leverage 1
 
 
 @torch.no_grad()
@@ -156,7 +192,7 @@ def apply_linear_readout(A, M: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def readout_fvu(A_train, X_train, A_test, X_test) -> float:
-    """FVU on test of a least-squares linear readout fitted on train features: a fair
+    """FVU on test of a (ridge) linear readout fitted on train features: a fair
     reconstruction score for a model without a decoder (and, beside its decoder, for an SAE)."""
     return fvu(X_test, apply_linear_readout(A_test, fit_linear_readout(A_train, X_train)))
 

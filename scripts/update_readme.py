@@ -178,27 +178,8 @@ def _llm() -> list[str]:
 
 
 def _mnist_frontier() -> list[str]:
-    """Notebook 6: the MNIST sparsity frontier."""
-    out: list[str] = []
-    t = EXEC / "06_mnist_frontier" / "metrics.csv"
-    if t.exists():
-        df = pd.read_csv(t)
-        info = json.loads((EXEC / "06_mnist_frontier" / "run_info.json").read_text())
-        out += [
-            f"**6. MNIST sparsity frontier** (64 units, {info['parameters']['epochs']} epochs, seed "
-            f"{', '.join(map(str, info['parameters']['seeds']))}; each model's sparsity knob swept)",
-            "",
-            "| model | knob | L0 | probe accuracy (%) | FVU |",
-            "|---|---|---|---|---|",
-        ]
-        mean = df.groupby(["model", "knob", "knob_value"], as_index=False, sort=False).mean(numeric_only=True)
-        for _, r in mean.iterrows():
-            out.append(
-                f"| {r.model} | {r.knob} = {r.knob_value:g} | {r.l0:.1f} | {r.probe_accuracy * 100:.2f} | "
-                f"{r.fvu:.3f} |"
-            )
-        out.append("")
-    return out
+    """Notebook 6: the MNIST sparsity frontier (its own summary, written from its tables)."""
+    return _notebook_summary("06_mnist_frontier", "6. MNIST sparsity frontier, every model at its best.")
 
 
 def _controls() -> list[str]:

@@ -55,13 +55,17 @@ def test_readout_fvu_exact_and_null():
     X = torch.randn(400, 10, generator=g, dtype=torch.float64)
     P = torch.randn(10, 10, generator=g, dtype=torch.float64)
     A = X @ P + 3.0  # invertible affine map of X: a perfect linear readout exists
-    assert M.readout_fvu(A[:300], X[:300], A[300:], X[300:]) < 1e-12
+    exact = M.fit_linear_readout(A[:300], X[:300], ridge=0.0)
+    assert M.fvu(X[300:], M.apply_linear_readout(A[300:], exact)) < 1e-12
+    # the chosen penalty (at least 1e-8 of the mean diagonal) shrinks the exact map by about that
+    # over the weakest direction's share of the diagonal: FVU of order its square, far below 1e-6
+    assert M.readout_fvu(A[:300], X[:300], A[300:], X[300:]) < 1e-6
     noise = torch.randn(400, 5, generator=g, dtype=torch.float64)  # features unrelated to X
     assert M.readout_fvu(noise[:300], X[:300], noise[300:], X[300:]) == pytest.approx(1.0, abs=0.1)
     assert M.fvu(X, X.mean(0).expand_as(X)) == pytest.approx(1.0)
 
 
-def test_linear_readout_is_the_minimum_norm_least_squares_solution():
+def test_linear_readout_with_ridge_zero_is_the_minimum_norm_least_squares_solution():
     """A design with a dead unit and a duplicated unit (rank-deficient): numpy's SVD lstsq of
     the whole design is the reference."""
     g = torch.Generator().manual_seed(2)
@@ -71,7 +75,55 @@ def test_linear_readout_is_the_minimum_norm_least_squares_solution():
     X = torch.randn(500, 7, generator=g, dtype=torch.float64)
     design = np.hstack([A.numpy(), np.ones((500, 1))])
     expected = np.linalg.lstsq(design, X.numpy(), rcond=None)[0]
-    np.testing.assert_allclose(M.fit_linear_readout(A, X).numpy(), expected, atol=1e-10)
+    np.testing.assert_allclose(M.fit_linear_readout(A, X, ridge=0.0).numpy(), expected, atol=1e-10)
+
+
+def test_linear_readout_chooses_its_ridge_as_sklearn_ridgecv_does():
+    """sklearn's RidgeCV (efficient leave-one-out over the same absolute penalties, bias
+    unpenalised) is the independent reference for both the chosen penalty and the map."""
+    from sklearn.linear_model import RidgeCV
+
+    g = torch.Generator().manual_seed(3)
+    A = torch.rand(400, 8, generator=g, dtype=torch.float64)
+    A[:, 0] = 0.0  # a dead unit
+    X = A[:, 1:4] @ torch.randn(3, 5, generator=g, dtype=torch.float64) + torch.randn(400, 5, generator=g)
+    X = X.double()
+    centred = A - A.mean(0)
+    scale = float((centred**2).sum()) / A.shape[1]
+    alphas = [r * scale for r in M.READOUT_RIDGES]
+    reference = RidgeCV(alphas=alphas, fit_intercept=True).fit(A.numpy(), X.numpy())
+    ours = M.fit_linear_readout(A, X).numpy()
+    np.testing.assert_allclose(ours[:-1], reference.coef_.T, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(ours[-1], reference.intercept_, rtol=1e-8, atol=1e-10)
+    fixed = RidgeCV(alphas=[alphas[3]], fit_intercept=True).fit(A.numpy(), X.numpy())
+    np.testing.assert_allclose(M.fit_linear_readout(A, X, ridge=M.READOUT_RIDGES[3])[:-1].numpy(),
+                               fixed.coef_.T, rtol=1e-8, atol=1e-10)
+
+
+def test_linear_readout_survives_units_that_fired_on_one_training_row_each():
+    """Least squares fits a unit seen on one training row to that row's noise exactly; where the
+    unit fires on test rows that weight wrecks the reconstruction (notebook 5's L1 SAEs with many
+    nearly dead units: readout FVU 757). Such a row's leverage is 1, so leave-one-out rejects the
+    small penalties and the readout stays near the fit without those units."""
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(3000, 6, generator=g, dtype=torch.float64)
+    A = X @ torch.randn(6, 6, generator=g, dtype=torch.float64) + 0.5 * torch.randn(3000, 6, generator=g)
+    rare = torch.zeros(3000, 5, dtype=torch.float64)
+    for j in range(5):
+        rare[10 * j, j] = 0.05  # one small firing on a training row ...
+        rare[2000 + 100 * j : 2100 + 100 * j, j] = 1.0  # ... and many large ones on test rows
+    A = torch.cat([A, rare], dim=1)
+    train, test = slice(0, 2000), slice(2000, 3000)
+    plain = M.fvu(X[test], M.apply_linear_readout(A[test], M.fit_linear_readout(A[train], X[train], ridge=0.0)))
+    chosen = M.readout_fvu(A[train], X[train], A[test], X[test])
+    without = M.readout_fvu(A[train, :6], X[train], A[test, :6], X[test])
+    assert plain > 10 * without
+    assert chosen < 1.5 * without
+
+
+def test_linear_readout_refuses_a_negative_ridge():
+    with pytest.raises(ValueError, match="ridge=-1"):
+        M.fit_linear_readout(torch.ones(5, 2), torch.ones(5, 2), ridge=-1.0)
 
 
 def test_linear_probe_on_separable_and_random_labels():

@@ -55,7 +55,18 @@ CONTRACT = {
         "tokens_seen",
         "seconds_per_run",
     ],
-    "06_mnist_frontier": ["model", "knob", "knob_value", "seed", "probe_accuracy", "l0", "fvu"],
+    "06_mnist_frontier": [
+        "model",
+        "knob",
+        "knob_value",
+        "seed",
+        "lr",
+        "probe_accuracy",
+        "l0",
+        "fvu",
+        "readout_fvu",
+        "seconds_per_run",
+    ],
     "07_controls": ["model", "hidden_dim", "seed", "probe_accuracy", "l0", "fvu", "fit_seconds", "n_params"],
     "08_hybrids": {  # columns that may be empty by design (fvu of an encoder-only phase) are checked below
         "metrics": ["condition", "seed", "phase", "l2_distance", "cosine_similarity", "probe_accuracy", "l0"],
@@ -286,6 +297,30 @@ def test_llm_smoke_frontier_follows_the_targets_and_the_rule(smoke_book):
     feats = pd.read_csv(folder / "features.csv")
     assert set(feats.model) == models and feats.token_concentration_most_used.between(0, 1).all()
     assert (folder / "summary.md").read_text().startswith("**Setting.**")
+
+
+def test_mnist_smoke_frontier_every_model_at_its_chosen_rate_with_intervals(smoke_book):
+    folder = smoke_book / "06_mnist_frontier"
+    df = pd.read_csv(folder / "metrics.csv")
+    models = {"ours", "sae", "sae_dnorm", "jumprelu", "topk", "batchtopk"}
+    info = json.loads((folder / "run_info.json").read_text())
+    p = info["parameters"]
+    assert set(df.model) == models and set(df.seed) == set(p["seeds"])
+    selection = pd.read_csv(folder / "lr_selection.csv")
+    chosen = selection[selection.chosen].set_index("model").lr
+    assert chosen.to_dict() == info["chosen_lr"] and (df.lr == df.model.map(chosen)).all()
+    runs = pd.read_csv(folder / "selection_runs.csv")  # on validation, first seed, every rate
+    assert set(runs.seed) == {p["seeds"][0]} and set(runs.lr) == set(p["lr_grid"])
+    # every model has a readout FVU; only the SAEs a decoder's
+    assert df.readout_fvu.notna().all() and df[df.model == "ours"].decoder_fvu.isna().all()
+    assert df[df.model != "ours"].decoder_fvu.notna().all() and df.probe_accuracy.between(0, 1).all()
+    matched = pd.read_csv(folder / "matched_sparsity.csv")
+    d = matched.dropna(subset=["probe_minus_ours"])
+    assert (d.probe_minus_ours_lo <= d.probe_minus_ours + 1e-12).all()
+    assert (d.probe_minus_ours <= d.probe_minus_ours_hi + 1e-12).all()
+    m = matched.dropna(subset=["probe"])
+    assert (m.probe_seed_min <= m.probe + 1e-12).all() and (m.probe <= m.probe_seed_max + 1e-12).all()
+    assert (folder / "summary.md").read_text().startswith("**Rates chosen on validation**")
 
 
 def _as_ipynb(name, folder) -> Path:
