@@ -57,7 +57,7 @@ class Dictionary:
     history: list[dict] = field(default_factory=list)
     train_seconds: float = float("nan")
     readout: torch.Tensor | None = None
-    """Ours only, once fitted: the least-squares affine readout (K + 1, D), bias last, that stands
+    """Ours only, once fitted: the fitted affine readout (K + 1, D), bias last, that stands
     in for a decoder (``saelens.readout_of``); kept so a dictionary read from SAELens's layout
     writes the same folder again."""
 

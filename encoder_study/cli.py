@@ -10,7 +10,7 @@ larger than memory: a float32 file is trained on in place (the engine gathers ea
 rows from the mapping), other float types are converted to float32 in memory first. The last
 ``--heldout-rows`` rows are held out (activations files are usually in document order, so these
 are held-out text); the rest train. After training: FVU (the decoder's reconstruction; for ours
-the least-squares readout fitted on up to ``--readout-samples`` training rows), L0 and the share
+the linear readout fitted on up to ``--readout-samples`` training rows), L0 and the share
 of latents that never fire, on the held-out rows; they are printed and written to
 ``heldout_metrics.json`` beside the SAELens files. A value that is not a finite number is written
 as ``null`` with the reason beside it (``fvu_undefined_because``: held-out rows without variance

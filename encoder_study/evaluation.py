@@ -6,25 +6,23 @@ needs the model (its own decoder's reconstruction, its parameter count, its trai
 
 FVU conventions (one meaning per column, everywhere in the book): ``readout_fvu`` is the fraction
 of variance unexplained by a linear readout of the features (ridge regression with a bias, its
-penalty chosen by leave-one-out on the training rows, fitted there, scored on the test rows); ``decoder_fvu`` is the model's own
-decoder's (NaN for a model without one); ``fvu`` is the model's own reconstruction: its
-decoder's where it has one, else the fitted readout (how SAE tools report a dictionary).
+penalty chosen by leave-one-out on the training rows, fitted there, scored on the test rows);
+``decoder_fvu`` is the model's own decoder's (NaN for a model without one); ``fvu`` is the
+model's own reconstruction: its decoder's where it has one, else the fitted readout (how SAE
+tools report a dictionary).
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from .engine import RunResult
 from .kinds import KINDS
 from .metrics import (
-    _standardise,
     activation_summary,
     features,
-    fit_logistic_regression,
     fvu,
     l0,
     linear_probe_accuracy,
@@ -60,19 +58,6 @@ def evaluate_codes(
             A_train, train_y, A_test, test_y, max_iter=probe_max_iter
         )
     return row
-
-
-@torch.no_grad()
-def probe_correct(A_train, y_train, A_test, y_test, max_iter: int = 5000) -> np.ndarray:
-    """Per test row, 1.0 where the book's linear probe (``linear_probe_accuracy``'s: logistic
-    regression on standardised training features) predicts its label, else 0.0. Their mean is the
-    probe accuracy; kept per row, they let an interval resample the test rows, paired across models
-    scored on the same rows."""
-    tr, te = _standardise(A_train, A_test)
-    classes, y = torch.unique(torch.as_tensor(y_train).cpu(), return_inverse=True)
-    Wb = fit_logistic_regression(tr, y, len(classes), max_iter=max_iter)
-    pred = classes[(te @ Wb[:-1] + Wb[-1]).argmax(1)]
-    return (pred == torch.as_tensor(y_test).cpu()).double().numpy()
 
 
 @torch.no_grad()

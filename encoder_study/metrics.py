@@ -154,7 +154,9 @@ def fit_linear_readout(A_train, X_train, ridge: float | None = None) -> torch.Te
     """
     A, X = _as64(A_train), _as64(X_train)
     if ridge is not None and not (math.isfinite(ridge) and ridge >= 0):
-        raise ValueError(f"ridge={ridge!r}: must be a finite number >= 0, or None to choose it by leave-one-out")
+        raise ValueError(
+            f"ridge={ridge!r}: must be a finite number >= 0, or None to choose it by leave-one-out"
+        )
     if ridge == 0:
         design = _with_bias_column(A)
         Q, R = torch.linalg.qr(design)
@@ -167,7 +169,9 @@ def fit_linear_readout(A_train, X_train, ridge: float | None = None) -> torch.Te
     projected = V.T @ (Ac.T @ Xc)  # (K, D)
     if ridge is None:
         U = Ac @ V
-        ridge = min(READOUT_RIDGES, key=lambda r: _leave_one_out_error(U, Xc, eigenvalues, projected, r * scale))
+        ridge = min(
+            READOUT_RIDGES, key=lambda r: _leave_one_out_error(U, Xc, eigenvalues, projected, r * scale)
+        )
     M = V @ (projected / (eigenvalues.clamp(min=0) + ridge * scale)[:, None])
     return torch.cat([M, (mean_x - mean_a @ M)[None]])
 
@@ -252,15 +256,23 @@ def fit_logistic_regression(
     return torch.from_numpy(res.x).view(f + 1, n_classes)
 
 
-def linear_probe_accuracy(A_train, y_train, A_test, y_test, max_iter: int = 5000) -> float:
-    """Test accuracy of a multinomial logistic regression fitted on standardised train features
-    (sklearn's default LogisticRegression, see ``fit_logistic_regression``)."""
+@torch.no_grad()
+def probe_correct(A_train, y_train, A_test, y_test, max_iter: int = 5000) -> np.ndarray:
+    """Per test row, 1.0 where a multinomial logistic regression fitted on standardised train
+    features (sklearn's default LogisticRegression, see ``fit_logistic_regression``) predicts its
+    label, else 0.0. Their mean is the probe accuracy; kept per row, they let an interval resample
+    the test rows, paired across models scored on the same rows."""
     check_positive_int("max_iter", max_iter)  # before any work (probe_max_iter in the notebooks)
     tr, te = _standardise(A_train, A_test)
     classes, y = torch.unique(torch.as_tensor(y_train).cpu(), return_inverse=True)
     Wb = fit_logistic_regression(tr, y, len(classes), max_iter=max_iter)
     pred = classes[(te @ Wb[:-1] + Wb[-1]).argmax(1)]
-    return float((pred == torch.as_tensor(y_test).cpu()).double().mean())
+    return (pred == torch.as_tensor(y_test).cpu()).double().numpy()
+
+
+def linear_probe_accuracy(A_train, y_train, A_test, y_test, max_iter: int = 5000) -> float:
+    """Test accuracy of the linear probe: the mean of ``probe_correct``."""
+    return float(probe_correct(A_train, y_train, A_test, y_test, max_iter).mean())
 
 
 NEVER_FIRES = 0.001  # firing-frequency rule: a unit active on < 0.1% of samples is dead

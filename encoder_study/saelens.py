@@ -13,7 +13,7 @@ SAELens encodes h = (x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc, then ReL
 - the BatchTopK SAE: as the TopK SAE, with its inference rule, which is SAELens's "jumprelu"
   (ReLU(h) where h > threshold): its one threshold repeated for every latent.
 - ours (ReLU only): W_enc, b_enc from its one layer; it has no decoder, so W_dec and b_dec are a
-  least-squares affine readout of the inputs from its features, fitted on samples the caller
+  affine (ridge) readout of the inputs from its features, fitted on samples the caller
   gives; the config's metadata says so (``encoder_study.decoder``). SAELens then encodes exactly
   our features and decodes through that readout.
 
@@ -46,8 +46,9 @@ SAELENS_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")  # every architecture's; 
 
 
 def readout_of(dictionary, readout_x: torch.Tensor) -> torch.Tensor:
-    """The least-squares affine readout (K + 1, D), bias last, of ``readout_x`` from its features:
-    the decoder a dictionary without one is given when it is written for SAELens."""
+    """The affine readout (K + 1, D), bias last, of ``readout_x`` from its features
+    (``metrics.fit_linear_readout``): the decoder a dictionary without one is given when it is
+    written for SAELens."""
     A = features(dictionary.model(), readout_x.to(torch.float32))
     return fit_linear_readout(A, readout_x).to(torch.float32)
 
@@ -101,7 +102,7 @@ def write(
                 "decoder": (
                     "the model's trained decoder"
                     if kind.has_decoder
-                    else f"least-squares affine readout fitted on {readout_samples} samples "
+                    else f"affine ridge readout fitted on {readout_samples} samples "
                     "(the model has no decoder)"
                 ),
                 "package_version": __version__,

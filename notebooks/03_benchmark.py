@@ -84,8 +84,9 @@ record.duration("training (or loading from the run cache)", time.perf_counter() 
 # Reconstruction through $W^\top$ (`reconstruction_mse`, $\lVert x - W^\top a\rVert^2$) is reported
 # because the paper reports it, but it says little for our model: nothing ties the scale of $a$ to
 # the pixels, and the variance term pushes activations to a large scale. The fair measure for a
-# model without a decoder is the FVU of the best *linear* readout fitted on the training features
-# (least squares with a bias) and scored on the test images; the SAE gets the same readout beside
+# model without a decoder is the FVU of a *linear* readout fitted on the training features
+# (ridge regression with a bias, its penalty chosen by leave-one-out on the training rows) and
+# scored on the test images; the SAE gets the same readout beside
 # its own decoder's FVU.
 
 # %%

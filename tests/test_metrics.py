@@ -96,8 +96,12 @@ def test_linear_readout_chooses_its_ridge_as_sklearn_ridgecv_does():
     np.testing.assert_allclose(ours[:-1], reference.coef_.T, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(ours[-1], reference.intercept_, rtol=1e-8, atol=1e-10)
     fixed = RidgeCV(alphas=[alphas[3]], fit_intercept=True).fit(A.numpy(), X.numpy())
-    np.testing.assert_allclose(M.fit_linear_readout(A, X, ridge=M.READOUT_RIDGES[3])[:-1].numpy(),
-                               fixed.coef_.T, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(
+        M.fit_linear_readout(A, X, ridge=M.READOUT_RIDGES[3])[:-1].numpy(),
+        fixed.coef_.T,
+        rtol=1e-8,
+        atol=1e-10,
+    )
 
 
 def test_linear_readout_survives_units_that_fired_on_one_training_row_each():
@@ -114,7 +118,9 @@ def test_linear_readout_survives_units_that_fired_on_one_training_row_each():
         rare[2000 + 100 * j : 2100 + 100 * j, j] = 1.0  # ... and many large ones on test rows
     A = torch.cat([A, rare], dim=1)
     train, test = slice(0, 2000), slice(2000, 3000)
-    plain = M.fvu(X[test], M.apply_linear_readout(A[test], M.fit_linear_readout(A[train], X[train], ridge=0.0)))
+    plain = M.fvu(
+        X[test], M.apply_linear_readout(A[test], M.fit_linear_readout(A[train], X[train], ridge=0.0))
+    )
     chosen = M.readout_fvu(A[train], X[train], A[test], X[test])
     without = M.readout_fvu(A[train, :6], X[train], A[test, :6], X[test])
     assert plain > 10 * without
@@ -223,13 +229,12 @@ def test_centre_surround_opposition_hand_built():
 
 
 def test_probe_correct_is_the_probe_accuracy_per_row():
-    from encoder_study.evaluation import probe_correct
     from encoder_study.metrics import linear_probe_accuracy
 
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (300,), generator=g)
     A = torch.randn(300, 5, generator=g) + torch.nn.functional.one_hot(y, 5).float() * 1.5
-    per_row = probe_correct(A[:200], y[:200], A[200:], y[200:], max_iter=200)
+    per_row = M.probe_correct(A[:200], y[:200], A[200:], y[200:], max_iter=200)
     assert per_row.shape == (100,) and set(np.unique(per_row)) <= {0.0, 1.0}
     assert 0.5 < per_row.mean() < 1.0  # separable enough to learn, noisy enough to miss some
     assert per_row.mean() == linear_probe_accuracy(A[:200], y[:200], A[200:], y[200:], max_iter=200)
