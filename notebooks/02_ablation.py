@@ -178,16 +178,21 @@ paths = save_figure(fig, "fig2_ablation", repo_path(figures_dir))
 curves = pd.DataFrame(curves)
 
 
-fig, axes = plt.subplots(1, 4, figsize=(10, 2.6))
+fig, axes = plt.subplots(1, 4, figsize=(10, 2.9), layout="constrained")
 plateaus = []
+styles = ["-", "--", ":", "-."]
 for ax, name in zip(axes, CONFIGS):
-    for s in seeds:
+    for i, s in enumerate(seeds):
         c = curves[(curves.config == name) & (curves.seed == s)]
-        ax.plot(c.epoch, c.total, color=COLORS[name], alpha=0.8, lw=1)
-        plateaus.append({"config": name, "seed": s, "plateau_epoch": plateau_epoch(c.total.to_numpy()),
-                         "final_loss": c.total.iloc[-1]})
+        stop = plateau_epoch(c.total.to_numpy())
+        ax.plot(c.epoch, c.total, color=COLORS[name], ls=styles[i % len(styles)], lw=1.2, label=f"seed {s}")
+        ax.plot(c.epoch.iloc[stop - 1], c.total.iloc[stop - 1], "o", color=COLORS[name], ms=4, mfc="white")
+        plateaus.append({"config": name, "seed": s, "plateau_epoch": stop, "final_loss": c.total.iloc[-1]})
     ax.set_title(name), ax.set_xlabel("epoch")
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)  # no offset: read the values as they are
 axes[0].set_ylabel("training objective (epoch mean)")
+axes[0].legend(fontsize=7, frameon=False)
+fig.suptitle("Each configuration on its own y axis; open circle: the epoch it stops learning", fontsize=9)
 loss_paths = save_figure(fig, "fig2b_ablation_loss_curves", repo_path(figures_dir))
 plateaus = pd.DataFrame(plateaus)
 record.table("plateaus", plateaus)

@@ -297,18 +297,22 @@ final.groupby(["condition", "infomax_weight"], dropna=False, sort=False).agg(
 
 # %% [markdown]
 # ## Figure 9: what the paper's objective does inside an SAE
-# Final states, mean over seeds (bars: one standard deviation); the weight sweep of
-# `sae_plus_infomax` (single seed) as small markers.
+# Final states: each seed a dot, the mean a bar with one standard deviation; the weight sweep of
+# `sae_plus_infomax` (one seed each) as the open markers beside it, one marker per weight. Dot
+# plots: each panel's axis spans its values and need not start at zero.
 
 # %%
 label = {
     "sae": "SAE",
-    "pretrain_then_sae": "pretrain\nthen SAE",
-    "sae_plus_infomax": f"SAE + {infomax_weight:g} x\n(LSE+InfoMax)",
+    "pretrain_then_sae": "pretrain,\nthen SAE",
+    "sae_plus_infomax": f"SAE +\n{infomax_weight:g} x (LSE\n+InfoMax)",
     "alternating": "SAE, then\nLSE+InfoMax,\nthen SAE",
 }
+path_colors = dict(zip(PATHS, [COLORS["sae"], "#9467bd", "#8c564b", "#e377c2"]))
 main = final[final.infomax_weight.isna() | (final.infomax_weight == infomax_weight)]
-fig, axes = plt.subplots(1, 4, figsize=(13, 3.4))
+sweep = final[(final.condition == "sae_plus_infomax") & (final.infomax_weight != infomax_weight)]
+sweep_markers = dict(zip(sorted(sweep.infomax_weight.unique()), ["v", "^", "s", "D", "P", "X"]))
+fig, axes = plt.subplots(1, 4, figsize=(13, 3.6), layout="constrained")
 for ax, (col, title) in zip(
     axes,
     [
@@ -318,26 +322,29 @@ for ax, (col, title) in zip(
         ("l2_distance", "encoder distance from init"),
     ],
 ):
-    g = main.groupby("condition", sort=False)[col].agg(["mean", "std"]).reindex(list(PATHS))
     k = 100 if col == "probe_accuracy" else 1
-    ax.bar(
-        range(len(g)),
-        g["mean"] * k,
-        yerr=g["std"] * k,
-        color=[COLORS["sae"], "#9467bd", "#8c564b", "#e377c2"],
-        capsize=3,
-    )
-    sweep = final[(final.condition == "sae_plus_infomax") & (final.infomax_weight != infomax_weight)]
+    for i, condition in enumerate(PATHS):
+        values = main.loc[main.condition == condition, col].to_numpy() * k
+        c = path_colors[condition]
+        ax.scatter(i + np.linspace(-0.12, 0.12, len(values)), values, color=c, s=14, zorder=3)
+        if len(values) > 1:
+            spread = values.std(ddof=1)
+            ax.errorbar(i, values.mean(), yerr=spread, fmt="_", color="k", ms=16, capsize=4, zorder=4)
+    beside = list(PATHS).index("sae_plus_infomax") + 0.35
     for _, r in sweep.iterrows():
-        ax.plot(2, r[col] * k, "k.", ms=5)
-        ax.annotate(
-            f"w={r.infomax_weight:g}", (2, r[col] * k), fontsize=6, xytext=(4, 0), textcoords="offset points"
-        )
-    ax.set_xticks(range(len(g)), [label[c] for c in g.index], fontsize=6.5)
+        marker = sweep_markers[r.infomax_weight]
+        ax.plot(beside, r[col] * k, marker, color=path_colors["sae_plus_infomax"], mfc="white", ms=5,
+                label=f"w = {r.infomax_weight:g} (seed {r.seed:g})")
+    ax.set_xticks(range(len(PATHS)), [label[c] for c in PATHS], fontsize=6.5)
+    ax.set_xlim(-0.5, len(PATHS) - 0.5)
     ax.set_title(title, fontsize=9)
-    if col == "probe_accuracy":
-        ax.set_ylim(max(0, 100 * main[col].min() - 5), 100 * main[col].max() + 1)
-fig.suptitle(f"MNIST, 64 units, phases of {P} epochs, seeds {', '.join(map(str, seeds))}", fontsize=10)
+if len(sweep):
+    axes[0].legend(fontsize=6.5, frameon=False, title="SAE + w x (LSE+InfoMax)", title_fontsize=6.5)
+fig.suptitle(
+    f"MNIST, 64 units, phases of {P} epochs, seeds {', '.join(map(str, seeds))}: dots single seeds, "
+    "black bars mean ± one standard deviation",
+    fontsize=10,
+)
 paths = save_figure(fig, "fig9_hybrids", repo_path(figures_dir))
 
 # %% [markdown]
