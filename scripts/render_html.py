@@ -69,16 +69,40 @@ def question_of(nb: nbformat.NotebookNode) -> str:
     return ""
 
 
-def headline_of(nb: nbformat.NotebookNode) -> str:
-    """The first bullet of the notebook's '## What it shows' section, or the first paragraph of
-    a cell that opens with '**What it shows.**' (markdown)."""
+def _findings_text(nb: nbformat.NotebookNode) -> str:
+    """The Markdown of the notebook's findings: its '## What it shows' section (the cell's own
+    text and what the code cells after it display as Markdown, up to the next heading), or the
+    first paragraph of a cell that opens with '**What it shows.**'."""
+    parts: list[str] = []
+    inside = False
     for c in nb.cells:
-        if c.cell_type == "markdown" and re.search(r"^##\s+What it shows", c.source, re.M):
-            bullets = re.split(r"\n(?=- )", c.source.split("\n", 1)[1].strip())
-            return bullets[0].lstrip("- ").strip() if bullets else ""
-        if c.cell_type == "markdown" and c.source.lstrip().startswith("**What it shows.**"):
-            return re.split(r"\n\s*\n", c.source.strip())[0].replace("**What it shows.**", "").strip()
-    return ""
+        if c.cell_type == "markdown":
+            if c.source.lstrip().startswith("**What it shows.**"):  # its first paragraph is the finding
+                return re.split(r"\n\s*\n", c.source.replace("**What it shows.**", "", 1).strip())[0]
+            if inside and re.match(r"\s*#", c.source):
+                break
+            if re.search(r"^##\s+What it shows", c.source, re.M):
+                inside = True
+                parts.append(c.source.split("\n", 1)[1] if "\n" in c.source else "")
+        elif inside:
+            shown = [o.get("data", {}) for o in c.get("outputs", [])]
+            parts += [d["text/markdown"] for d in shown if "text/markdown" in d]
+    return "\n\n".join(parts)
+
+
+SETTING_LEADS = ("Setting", "Rates chosen on validation")  # bold leads that state a setting, not a finding
+
+
+def headline_of(nb: nbformat.NotebookNode) -> str:
+    """The notebook's first finding (markdown): the first paragraph or bullet of its findings that
+    opens with a bold claim (the notes around the findings and the setting skipped); else the
+    findings' first paragraph."""
+    blocks = [b.strip().removeprefix("- ") for b in re.split(r"\n\s*\n|\n(?=- )", _findings_text(nb))]
+    for text in filter(None, blocks):
+        lead = re.match(r"\*\*(.+?)\*\*", text)
+        if lead and not lead.group(1).startswith(SETTING_LEADS):
+            return text
+    return next(filter(None, blocks), "")
 
 
 def main_figure(src: Path, name: str) -> str | None:

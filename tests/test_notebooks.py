@@ -541,3 +541,45 @@ def test_html_book_is_offline_with_figures_and_an_index(smoke_book, tmp_path):
     index = (out / "index.html").read_text()
     assert index.count("<section>") == len(NOTEBOOKS) and index.count('<img src="figures/') == len(NOTEBOOKS)
     assert "Question." in index
+
+
+def _render_html_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_html", ROOT / "scripts" / "render_html.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_index_first_finding_is_the_first_bold_claim_of_the_findings():
+    """Hand-built notebooks: the note and the setting before the findings are skipped; the claim
+    can sit in the section's own Markdown or in what a code cell displays."""
+    render = _render_html_module()
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    shown = code("display(Markdown(findings))")
+    shown.outputs = [
+        nbformat.v4.new_output(
+            "display_data",
+            data={
+                "text/markdown": "**Setting.** 3 seeds.\n\n- **Ours leads** at 93%.\n- **The SAE** at 90%."
+            },
+        )
+    ]
+    nb = nbformat.v4.new_notebook(
+        cells=[md("# T"), md("## What it shows\nWritten by code."), shown, md("## Next")]
+    )
+    assert render.headline_of(nb) == "**Ours leads** at 93%."
+    own = nbformat.v4.new_notebook(cells=[md("## What it shows\n\n- **It holds.** Yes.\n- **Also.** No.")])
+    assert render.headline_of(own) == "**It holds.** Yes."
+    plain = nbformat.v4.new_notebook(
+        cells=[md("**What it shows.** The line is y = x.\n\n**A caution.** Later.")]
+    )
+    assert render.headline_of(plain) == "The line is y = x."
+
+
+def test_record_index_shows_a_finding_for_every_notebook():
+    render = _render_html_module()
+    for name in NOTEBOOKS:
+        headline = render.headline_of(nbformat.read(ROOT / "executed" / f"{name}.ipynb", as_version=4))
+        assert headline and not headline.startswith(("Written", "The findings")), (name, headline[:80])
