@@ -33,7 +33,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $@
 
 data: $(STAMP) $(FORTUNES)
-	@$(PY) -m encoder_study.data
+	@$(PY) -m encoder_study.book.data
 
 # Notebook 05's default text (Debian's fortunes). Installed where this runs as root with apt;
 # elsewhere a note says how, and the notebook accepts any text file (text_path).

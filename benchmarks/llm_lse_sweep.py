@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from encoder_study.config import LossConfig, RunConfig
-from encoder_study.engine import train_many
-from encoder_study.metrics import features, firing_frequency, l0, readout_fvu
+from encoder_study.evaluation.metrics import features, firing_frequency, l0, readout_fvu
+from encoder_study.models.config import LossConfig, RunConfig
+from encoder_study.training.engine import train_many
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from encoder_study.config import RunConfig
-from encoder_study.data import mnist_tensors
-from encoder_study.executors import ray_started
-from encoder_study.runs import run_experiments
+from encoder_study.book.data import mnist_tensors
+from encoder_study.models.config import RunConfig
+from encoder_study.training.executors import ray_started
+from encoder_study.training.runs import run_experiments
 
 
 def wall(configs: list[RunConfig], X: torch.Tensor, executor: str) -> float:
@@ -51,8 +51,10 @@ def main() -> None:
     t0 = time.perf_counter()
     ray.get(ray.put(X))
     put_seconds = time.perf_counter() - t0
-    print(f"local cluster started in {start_seconds:.1f} s; "
-          f"MNIST train set into the object store in {put_seconds:.2f} s")
+    print(
+        f"local cluster started in {start_seconds:.1f} s; "
+        f"MNIST train set into the object store in {put_seconds:.2f} s"
+    )
     rows = []
     for runs in (1, 4, 12):
         for epochs in (1, 3):
@@ -64,15 +66,40 @@ def main() -> None:
                     times[ex].append(wall(configs, X, ex))
             local, remote = statistics.median(times["local"]), statistics.median(times["ray"])
             rows.append((runs, epochs, local, remote, remote - local))
-            print(f"{runs:>3} runs x {epochs} epochs: local {local:.2f} s, ray {remote:.2f} s, "
-                  f"overhead {remote - local:+.2f} s", flush=True)
+            print(
+                f"{runs:>3} runs x {epochs} epochs: local {local:.2f} s, ray {remote:.2f} s, "
+                f"overhead {remote - local:+.2f} s",
+                flush=True,
+            )
     with open(args.out, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["runs", "epochs", "local_seconds", "ray_seconds", "overhead_seconds", "repeats",
-                    "cluster_start_seconds", "data_put_seconds", "threads"])
+        w.writerow(
+            [
+                "runs",
+                "epochs",
+                "local_seconds",
+                "ray_seconds",
+                "overhead_seconds",
+                "repeats",
+                "cluster_start_seconds",
+                "data_put_seconds",
+                "threads",
+            ]
+        )
         for r in rows:
-            w.writerow([r[0], r[1], f"{r[2]:.3f}", f"{r[3]:.3f}", f"{r[4]:.3f}", args.repeats,
-                        f"{start_seconds:.2f}", f"{put_seconds:.3f}", torch.get_num_threads()])
+            w.writerow(
+                [
+                    r[0],
+                    r[1],
+                    f"{r[2]:.3f}",
+                    f"{r[3]:.3f}",
+                    f"{r[4]:.3f}",
+                    args.repeats,
+                    f"{start_seconds:.2f}",
+                    f"{put_seconds:.3f}",
+                    torch.get_num_threads(),
+                ]
+            )
     print(f"written: {args.out}")
 
 

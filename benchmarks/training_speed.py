@@ -15,7 +15,7 @@ and BatchTopK SAEs at notebook 5's (576 -> 288 and 1152 on 65,536 random vectors
     python benchmarks/training_speed.py --device cuda --graphs [--epochs 3] [--out ...csv]
 
 measures instead the engine on CUDA with every step eager and with its CUDA graphs
-(``encoder_study/cuda_graphs.py``; ENCODER_STUDY_CUDA_GRAPHS=0 and 1 in one process), side by
+(``encoder_study/training/cuda_graphs.py``; ENCODER_STUDY_CUDA_GRAPHS=0 and 1 in one process), side by
 side: run-epochs per second of the encoder at 24 and 96 runs (``--graph-runs``), notebook 3's
 groups (5 encoders, 5 L1 SAEs) and seconds per epoch at notebook 5's shapes (234,188 random
 vectors, 576 -> 1152, batch 1024, one run each of the encoder, the L1 SAE and the TopK and
@@ -34,13 +34,13 @@ from pathlib import Path
 
 import torch
 
-from encoder_study import cuda_graphs
-from encoder_study.book import peak_memory_gib
-from encoder_study.config import LossConfig, RunConfig
-from encoder_study.data import mnist_tensors
-from encoder_study.engine import train_group
-from encoder_study.kinds import KINDS
-from encoder_study.training import train_run
+from encoder_study.book.data import mnist_tensors
+from encoder_study.book.record import peak_memory_gib
+from encoder_study.models.config import LossConfig, RunConfig
+from encoder_study.models.kinds import KINDS
+from encoder_study.training import cuda_graphs
+from encoder_study.training.engine import train_group
+from encoder_study.training.single_run import train_run
 
 N, D, K = 60000, 784, 64
 WIDTHS = (14, 9, 12, 6, 7, 15, 15)  # the printed table's columns

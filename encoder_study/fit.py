@@ -1,8 +1,8 @@
-"""``python -m encoder_study.fit``: the command-line trainer (``cli.py`` holds it; see there)."""
+"""``python -m encoder_study.fit``: the command-line trainer (``interface/cli.py`` holds it; see there)."""
 
 import sys
 
-from .cli import main
+from .interface.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,7 +23,7 @@
 # component moves in proportion to how much of each sample it claims.
 #
 # **Method.** Random activations (`batch` x `components` values), one forward and one backward
-# pass of `encoder_study.losses.lse_loss`, compared with `softmax(-a)` computed independently in
+# pass of `encoder_study.models.losses.lse_loss`, compared with `softmax(-a)` computed independently in
 # float64 (NumPy). We do this in float32 and float64, and also for plain autograd of
 # `-torch.logsumexp(-a)` (the way one would usually write it) to see where rounding comes from.
 #
@@ -32,7 +32,7 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.book import ParameterGuard
+from encoder_study.book.record import ParameterGuard
 
 guard = ParameterGuard(globals())
 
@@ -52,8 +52,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
-from encoder_study.losses import lse_loss
+from encoder_study.book.record import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.models.losses import lse_loss
 
 use_style()
 record = Record(repo_path(results_dir), params)

@@ -24,7 +24,7 @@
 # **Method.** The paper's four configurations (`lambda_lse`, `lambda_var`, `lambda_tc`), each at
 # the paper's settings (784 -> 64 encoder with ReLU, Adam 1e-3, batch 128, 100 epochs, the
 # 60,000 training images) and three seeds. All twelve runs train together as one batched
-# program (`encoder_study.engine`); each run still has its own seed, initialisation and
+# program (`encoder_study.training.engine`); each run still has its own seed, initialisation and
 # minibatch order (the four runs of a seed see the same minibatches). Metrics are taken on the
 # 10,000 test images. Beyond the paper, each run's features also get notebook 3's linear probe
 # (standardised features, the book's logistic regression fitted on the training images, accuracy
@@ -37,7 +37,7 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.book import ParameterGuard
+from encoder_study.book.record import ParameterGuard
 
 guard = ParameterGuard(globals())
 
@@ -62,10 +62,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from encoder_study.book import COLORS, Record, mean_std, repo_path, save_figure, use_style
-from encoder_study.config import LossConfig, RunConfig
-from encoder_study.data import mnist_tensors
-from encoder_study.metrics import (
+from encoder_study.book.data import mnist_tensors
+from encoder_study.book.progress import progress
+from encoder_study.book.record import COLORS, Record, mean_std, repo_path, save_figure, use_style
+from encoder_study.evaluation.metrics import (
     activation_summary,
     correlation,
     dead_units,
@@ -75,8 +75,8 @@ from encoder_study.metrics import (
     plateau_epoch,
     usage_distribution,
 )
-from encoder_study.progress import progress
-from encoder_study.runs import run_experiments
+from encoder_study.models.config import LossConfig, RunConfig
+from encoder_study.training.runs import run_experiments
 
 use_style()
 record = Record(repo_path(results_dir), params)
@@ -231,7 +231,7 @@ comparison
 # %%
 from IPython.display import Markdown, display
 
-from encoder_study.losses import uniform_lse_value
+from encoder_study.models.losses import uniform_lse_value
 
 m = metrics.groupby("config", sort=False)
 mean, std = m.mean(numeric_only=True), m.std(numeric_only=True, ddof=1).fillna(0.0)

@@ -33,8 +33,8 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.book import ParameterGuard
-from encoder_study.progress import progress
+from encoder_study.book.progress import progress
+from encoder_study.book.record import ParameterGuard
 
 guard = ParameterGuard(globals())
 
@@ -60,12 +60,12 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from encoder_study.book import COLORS, Record, mean_std, repo_path, save_figure, use_style
-from encoder_study.config import RunConfig
-from encoder_study.data import mnist_tensors
-from encoder_study.evaluation import evaluate_run
-from encoder_study.metrics import features, linear_probe_accuracy, reconstruction_mse
-from encoder_study.runs import run_experiments
+from encoder_study.book.data import mnist_tensors
+from encoder_study.book.record import COLORS, Record, mean_std, repo_path, save_figure, use_style
+from encoder_study.evaluation.metrics import features, linear_probe_accuracy, reconstruction_mse
+from encoder_study.evaluation.scoring import evaluate_run
+from encoder_study.models.config import RunConfig
+from encoder_study.training.runs import run_experiments
 
 use_style()
 record = Record(repo_path(results_dir), params)

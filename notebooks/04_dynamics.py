@@ -27,7 +27,7 @@
 # runs of a seed see the same minibatches, as they would alone. Per run: the final training loss (mean over
 # the last epoch), the loss curve, linear-probe accuracy, and how fast the loss falls: the first
 # epoch by which it has made 90% of its whole decrease over the run, from the first epoch's mean to
-# its best (`encoder_study.metrics.improvement_epoch`). (A rule for "the epoch where the loss stops
+# its best (`encoder_study.evaluation.metrics.improvement_epoch`). (A rule for "the epoch where the loss stops
 # improving" told nothing apart here: every run is still improving at epoch 100, so it gave 100 for
 # each.) A run whose loss turns non-finite is stopped and reported as diverged.
 #
@@ -36,8 +36,8 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.book import ParameterGuard
-from encoder_study.progress import progress
+from encoder_study.book.progress import progress
+from encoder_study.book.record import ParameterGuard
 
 guard = ParameterGuard(globals())
 
@@ -62,12 +62,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
-from encoder_study.config import RunConfig
-from encoder_study.data import mnist_tensors
-from encoder_study.evaluation import evaluate_run
-from encoder_study.metrics import improvement_epoch
-from encoder_study.runs import run_experiments
+from encoder_study.book.data import mnist_tensors
+from encoder_study.book.record import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.evaluation.metrics import improvement_epoch
+from encoder_study.evaluation.scoring import evaluate_run
+from encoder_study.models.config import RunConfig
+from encoder_study.training.runs import run_experiments
 
 use_style()
 record = Record(repo_path(results_dir), params)

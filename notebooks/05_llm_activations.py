@@ -77,8 +77,8 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.book import ParameterGuard
-from encoder_study.progress import progress
+from encoder_study.book.progress import progress
+from encoder_study.book.record import ParameterGuard
 
 guard = ParameterGuard(globals())
 
@@ -142,19 +142,11 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from encoder_study.agreement import bootstrap_interval
-from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
-from encoder_study.config import RunConfig, run_config_for
-from encoder_study.feature_pages import card_html, latent_card, page, printable, token_at
-from encoder_study.frontier import match_l0, value_at_l0
-from encoder_study.llm import (
-    ce_loss_recovered,
-    get_llm_activations,
-    hold_out_contexts,
-    load_language_model,
-    splice_metrics,
-)
-from encoder_study.metrics import (
+from encoder_study.book.record import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.book.storage import write_atomic
+from encoder_study.evaluation.agreement import bootstrap_interval
+from encoder_study.evaluation.frontier import match_l0, value_at_l0
+from encoder_study.evaluation.metrics import (
     apply_linear_readout,
     features,
     firing_frequency,
@@ -163,9 +155,17 @@ from encoder_study.metrics import (
     l0,
     redundancy_score,
 )
-from encoder_study.model import count_parameters
-from encoder_study.runs import run_experiments
-from encoder_study.storage import write_atomic
+from encoder_study.llm.feature_pages import card_html, latent_card, page, printable, token_at
+from encoder_study.llm.language_model import (
+    ce_loss_recovered,
+    get_llm_activations,
+    hold_out_contexts,
+    load_language_model,
+    splice_metrics,
+)
+from encoder_study.models.config import RunConfig, run_config_for
+from encoder_study.models.model import count_parameters
+from encoder_study.training.runs import run_experiments
 
 use_style()
 record = Record(repo_path(results_dir), params)
@@ -642,7 +642,7 @@ metrics[shown_columns].round(4)
 # ## At matched sparsity, with seeds and intervals
 # SAE evaluations compare dictionaries at equal L0. For each seed, a model's three runs at a width
 # (ours: its three rule runs and its paper run) give its curve, and every measure is read off it
-# at each target L0 by the book's matched-L0 rule (`encoder_study.frontier`: linear in log L0;
+# at each target L0 by the book's matched-L0 rule (`encoder_study.evaluation.frontier`: linear in log L0;
 # up to 1.25x beyond the measured range along the end segment, flagged `extrapolated`; blank
 # further out). The per-context CE and KL are read off the same way, so the table gives, per
 # model: the mean over seeds and the range the seeds span; a 95% bootstrap interval over the

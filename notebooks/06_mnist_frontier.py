@@ -39,7 +39,7 @@
 # **Each method at its own best rate, chosen on validation.** Seed `seeds[0]`, every model over
 # its whole grid at every Adam rate in `lr_grid`; a model's score at a rate is its validation FVU
 # (its own decoder; ours through the common readout) read off at L0 = `selection_l0` by the
-# book's matched-L0 rule (`encoder_study.frontier`); the lowest score chooses. At the chosen rate
+# book's matched-L0 rule (`encoder_study.evaluation.frontier`); the lowest score chooses. At the chosen rate
 # the grid is then trained on every seed. Per run, on the test images: linear-probe accuracy (the
 # book's probe: standardised features, lbfgs logistic regression fitted on the training images),
 # L0 (activations > 0.01), FVU twice (through the model's own decoder where it has one, and
@@ -52,8 +52,8 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.book import ParameterGuard
-from encoder_study.progress import progress
+from encoder_study.book.progress import progress
+from encoder_study.book.record import ParameterGuard
 
 guard = ParameterGuard(globals())
 
@@ -101,14 +101,14 @@ import pandas as pd
 from IPython.display import Markdown, display
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from encoder_study.agreement import bootstrap_interval
-from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
-from encoder_study.config import RunConfig, run_config_for
-from encoder_study.data import mnist_tensors
-from encoder_study.evaluation import evaluate_run
-from encoder_study.frontier import match_l0, value_at_l0
-from encoder_study.metrics import features, probe_correct
-from encoder_study.runs import run_experiments
+from encoder_study.book.data import mnist_tensors
+from encoder_study.book.record import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.evaluation.agreement import bootstrap_interval
+from encoder_study.evaluation.frontier import match_l0, value_at_l0
+from encoder_study.evaluation.metrics import features, probe_correct
+from encoder_study.evaluation.scoring import evaluate_run
+from encoder_study.models.config import RunConfig, run_config_for
+from encoder_study.training.runs import run_experiments
 
 use_style()
 record = Record(repo_path(results_dir), params)

@@ -63,7 +63,7 @@
 # recorded with seed 0. `fit_seconds` is the time to fit the map (training share of the batched
 # group for the learned models). Then the encoder's responsibilities are compared with the
 # mixture's on the test images: the normalised mutual information of the hard assignments
-# (argmax) and of the soft ones (`encoder_study.agreement.soft_nmi`: the mutual information of the
+# (argmax) and of the soft ones (`encoder_study.evaluation.agreement.soft_nmi`: the mutual information of the
 # joint distribution R1^T R2 / n, normalised by the geometric mean of the two entropies).
 #
 # *Where results go.* Run on its own (JupyterLab, or papermill without `results_dir` and
@@ -71,7 +71,7 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.book import ParameterGuard
+from encoder_study.book.record import ParameterGuard
 
 guard = ParameterGuard(globals())
 
@@ -121,15 +121,15 @@ from sklearn.decomposition import NMF, PCA, FastICA, MiniBatchDictionaryLearning
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from encoder_study.agreement import hard, soft_nmi
-from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
-from encoder_study.config import RunConfig
-from encoder_study.data import mnist_tensors
-from encoder_study.evaluation import evaluate_codes
-from encoder_study.metrics import ACTIVE_THRESHOLD, features
-from encoder_study.model import count_parameters
-from encoder_study.progress import progress
-from encoder_study.runs import run_experiments
+from encoder_study.book.data import mnist_tensors
+from encoder_study.book.progress import progress
+from encoder_study.book.record import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.evaluation.agreement import hard, soft_nmi
+from encoder_study.evaluation.metrics import ACTIVE_THRESHOLD, features
+from encoder_study.evaluation.scoring import evaluate_codes
+from encoder_study.models.config import RunConfig
+from encoder_study.models.model import count_parameters
+from encoder_study.training.runs import run_experiments
 
 use_style()
 record = Record(repo_path(results_dir), params)

@@ -66,7 +66,7 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.book import ParameterGuard
+from encoder_study.book.record import ParameterGuard
 
 guard = ParameterGuard(globals())
 
@@ -97,13 +97,11 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
-from encoder_study.config import LossConfig, RunConfig
-from encoder_study.data import mnist_tensors
-from encoder_study.engine import initial_state
-from encoder_study.evaluation import evaluate_codes
-from encoder_study.ground_truth import matched_cosines
-from encoder_study.metrics import (
+from encoder_study.book.data import mnist_tensors
+from encoder_study.book.progress import progress
+from encoder_study.book.record import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.evaluation.ground_truth import matched_cosines
+from encoder_study.evaluation.metrics import (
     activation_summary,
     centre_surround_opposition,
     features,
@@ -112,9 +110,11 @@ from encoder_study.metrics import (
     template_correlation,
     weight_input_alignment,
 )
-from encoder_study.model import build_run_model
-from encoder_study.progress import progress
-from encoder_study.runs import run_experiments
+from encoder_study.evaluation.scoring import evaluate_codes
+from encoder_study.models.config import LossConfig, RunConfig
+from encoder_study.models.model import build_run_model
+from encoder_study.training.engine import initial_state
+from encoder_study.training.runs import run_experiments
 
 use_style()
 record = Record(repo_path(results_dir), params)

@@ -23,7 +23,7 @@
 # same features (stability)? Where the decoder-free encoder stands on both, against the L1 SAE,
 # the TopK SAE and scikit-learn's sparse coding.
 #
-# **Method: ground truth.** `encoder_study.ground_truth.sparse_superposition`: K unit-norm
+# **Method: ground truth.** `encoder_study.evaluation.ground_truth.sparse_superposition`: K unit-norm
 # directions in R^D (normalised Gaussian vectors, so K may exceed D: superposition); each sample
 # switches each component on with probability `mean_active / K`, with a magnitude uniform on
 # [0.5, 1.5], and adds Gaussian noise whose RMS is `noise` times the clean signal's. One base
@@ -49,7 +49,7 @@
 # reconstruction's pull per unit does not shrink: with a fixed weight, the codes would get denser
 # as K grows.
 #
-# Measures (`encoder_study.ground_truth`), up to the order, scale and sign no method can know:
+# Measures (`encoder_study.evaluation.ground_truth`), up to the order, scale and sign no method can know:
 # **mean best cosine** (per true direction, the largest |cosine| with any learned vector,
 # averaged) of each model's dictionary: the decoder's columns for the SAEs and sparse coding, the
 # encoder's rows for ours (it has nothing else; `mean_best_cosine_encoder` gives the encoder rows
@@ -72,7 +72,7 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.book import ParameterGuard
+from encoder_study.book.record import ParameterGuard
 
 guard = ParameterGuard(globals())
 
@@ -146,13 +146,13 @@ from IPython.display import Markdown, display
 from sklearn.decomposition import MiniBatchDictionaryLearning
 from sklearn.exceptions import ConvergenceWarning
 
-from encoder_study.book import COLORS, Record, repo_path, save_figure, use_style
-from encoder_study.config import LossConfig, RunConfig
-from encoder_study.data import mnist_tensors
-from encoder_study.ground_truth import matched_cosines, mcc, mean_best_cosine, sparse_superposition
-from encoder_study.metrics import features, l0
-from encoder_study.progress import progress
-from encoder_study.runs import run_experiments
+from encoder_study.book.data import mnist_tensors
+from encoder_study.book.progress import progress
+from encoder_study.book.record import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.evaluation.ground_truth import matched_cosines, mcc, mean_best_cosine, sparse_superposition
+from encoder_study.evaluation.metrics import features, l0
+from encoder_study.models.config import LossConfig, RunConfig
+from encoder_study.training.runs import run_experiments
 
 use_style()
 record = Record(repo_path(results_dir), params)
@@ -423,7 +423,7 @@ print(f"TopK SAE at k = {topk_k}")
 
 # %%
 if llm_stability:
-    from encoder_study.llm import get_llm_activations
+    from encoder_study.llm.language_model import get_llm_activations
 
     start = time.perf_counter()
     train, test = get_llm_activations(

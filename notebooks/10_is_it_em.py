@@ -65,7 +65,7 @@
 #   free); activations are then bounded by ||x|| + |b|. **(b) scale-free variance**: L_var is
 #   replaced by -sum_j log(v_j + eps) + K log(mean_k v_k + eps), which is unchanged by scaling
 #   and still lowest when all units carry equal variance; then nothing rewards a larger scale and
-#   LSE's preference for small activations is all that sets it (`encoder_study.kinds`,
+#   LSE's preference for small activations is all that sets it (`encoder_study.models.kinds`,
 #   `encoder_unit_rows` and `encoder_scale_free`).
 # - *Responsibilities*: on the test images, each sample's share of responsibility on units at
 #   exactly zero (`metrics.silent_responsibility_share`); and the agreement (normalised mutual
@@ -95,7 +95,7 @@
 # only `make book` writes the committed record (`executed/`, `figures/`).
 
 # %%
-from encoder_study.book import ParameterGuard
+from encoder_study.book.record import ParameterGuard
 
 guard = ParameterGuard(globals())
 
@@ -128,17 +128,17 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from encoder_study.agreement import bootstrap_interval, fit_pca_mixture, hard, soft_nmi
-from encoder_study.book import COLORS, Record, mean_std, repo_path, save_figure, use_style
-from encoder_study.config import RunConfig
-from encoder_study.data import mnist_tensors
-from encoder_study.evaluation import evaluate_run
-from encoder_study.ground_truth import matched_cosines
-from encoder_study.losses import LossConfig, combined_loss
-from encoder_study.metrics import features, l0, responsibilities, silent_responsibility_share
-from encoder_study.model import build_run_model
-from encoder_study.progress import progress
-from encoder_study.runs import run_experiments
+from encoder_study.book.data import mnist_tensors
+from encoder_study.book.progress import progress
+from encoder_study.book.record import COLORS, Record, mean_std, repo_path, save_figure, use_style
+from encoder_study.evaluation.agreement import bootstrap_interval, fit_pca_mixture, hard, soft_nmi
+from encoder_study.evaluation.ground_truth import matched_cosines
+from encoder_study.evaluation.metrics import features, l0, responsibilities, silent_responsibility_share
+from encoder_study.evaluation.scoring import evaluate_run
+from encoder_study.models.config import RunConfig
+from encoder_study.models.losses import LossConfig, combined_loss
+from encoder_study.models.model import build_run_model
+from encoder_study.training.runs import run_experiments
 
 use_style()
 record = Record(repo_path(results_dir), params)

@@ -31,11 +31,11 @@ import papermill as pm
 import yaml
 from tqdm import tqdm
 
-from encoder_study.book import check_names, check_value, declared_parameters
+from encoder_study.book.record import check_names, check_value, declared_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / "executed"
-CONSOLE_ENV = "ENCODER_STUDY_CONSOLE"  # encoder_study.progress writes its updates there
+CONSOLE_ENV = "ENCODER_STUDY_CONSOLE"  # encoder_study.book.progress writes its updates there
 
 
 def notebooks(only: list[str] | None) -> list[Path]:

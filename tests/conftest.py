@@ -6,7 +6,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def mnist():
-    from encoder_study.data import mnist_tensors
+    from encoder_study.book.data import mnist_tensors
 
     return mnist_tensors()
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from encoder_study.kinds.base import ModelKind
-from encoder_study.kinds.encoder import Encoder
-from encoder_study.losses import TERMS, LossConfig, combined_loss
+from encoder_study.models.kinds.base import ModelKind
+from encoder_study.models.kinds.encoder import Encoder
+from encoder_study.models.losses import TERMS, LossConfig, combined_loss
 
 EMA = 0.9
 

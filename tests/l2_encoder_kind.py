@@ -7,9 +7,9 @@ declaration below and nowhere else."""
 
 from __future__ import annotations
 
-from encoder_study.kinds.base import Knob, ModelKind
-from encoder_study.kinds.encoder import EncoderKind
-from encoder_study.losses import TERMS, LossConfig, combined_loss
+from encoder_study.models.kinds.base import Knob, ModelKind
+from encoder_study.models.kinds.encoder import EncoderKind
+from encoder_study.models.losses import TERMS, LossConfig, combined_loss
 
 
 class L2EncoderKind(EncoderKind):

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from encoder_study.kinds.base import FirstLayer, ModelKind
-from encoder_study.losses import TERMS, LossConfig, combined_loss
+from encoder_study.models.kinds.base import FirstLayer, ModelKind
+from encoder_study.models.losses import TERMS, LossConfig, combined_loss
 
 
 class TanhEncoder(FirstLayer, nn.Module):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
-from encoder_study.agreement import hard, soft_nmi
+from encoder_study.evaluation.agreement import hard, soft_nmi
 
 
 def _one_hot(labels, k):

@@ -9,7 +9,7 @@ import torch
 from sklearn.datasets import load_digits
 
 import encoder_study as es
-from encoder_study.model import Encoder
+from encoder_study.models.model import Encoder
 
 
 @pytest.fixture(scope="module")

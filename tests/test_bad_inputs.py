@@ -26,8 +26,8 @@ import torch
 from sklearn.datasets import load_digits
 
 import encoder_study as es
-from encoder_study.config import RunConfig
-from encoder_study.runs import run_experiments
+from encoder_study.models.config import RunConfig
+from encoder_study.training.runs import run_experiments
 
 ROOT = Path(__file__).resolve().parent.parent
 HIDDEN = 8
@@ -785,7 +785,7 @@ COMMAND = [
 
 @pytest.mark.parametrize("argv,message", COMMAND)
 def test_the_command_refuses_bad_input_by_name(c, argv, message, capsys):
-    from encoder_study.cli import main
+    from encoder_study.interface.cli import main
 
     try:
         status = main(argv(c))

@@ -4,9 +4,9 @@ smallest activation kept in training."""
 import pytest
 import torch
 
-from encoder_study.config import RunConfig
-from encoder_study.engine import RunStack, train_group
-from encoder_study.kinds.batchtopk import THRESHOLD_DECAY, kth_largest
+from encoder_study.models.config import RunConfig
+from encoder_study.models.kinds.batchtopk import THRESHOLD_DECAY, kth_largest
+from encoder_study.training.engine import RunStack, train_group
 
 
 def stack_of(k: int, hidden: int = 3, runs: int = 1) -> RunStack:

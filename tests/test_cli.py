@@ -14,8 +14,8 @@ import torch
 from sklearn.datasets import load_digits
 
 import encoder_study as es
-from encoder_study import cli
-from encoder_study.cli import load_activations, main
+from encoder_study.interface import cli
+from encoder_study.interface.cli import load_activations, main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""The engine's CUDA-graph fast path (``encoder_study/cuda_graphs.py``).
+"""The engine's CUDA-graph fast path (``encoder_study/training/cuda_graphs.py``).
 
 On CUDA (skipped without a GPU): every registered kind trained with graphs equals eager CUDA
 training in float64 (weights and histories, to 1e-12 relative), a stack that lost runs is captured
@@ -18,9 +18,10 @@ import pytest
 import torch
 from ema_encoder_kind import EmaEncoderKind
 
-from encoder_study import cuda_graphs, engine, kinds
-from encoder_study.config import RunConfig
-from encoder_study.engine import RunStack, StackedOptimizer, train_group
+from encoder_study.models import kinds
+from encoder_study.models.config import RunConfig
+from encoder_study.training import cuda_graphs, engine
+from encoder_study.training.engine import RunStack, StackedOptimizer, train_group
 
 BUILT_IN = sorted(n for n, k in kinds.KINDS.items() if k.__module__.startswith("encoder_study."))
 REPLAYED = [n for n in BUILT_IN if cuda_graphs.eager_reason(kinds.KINDS[n]) is None]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoder_study import data as D
+from encoder_study.book import data as D
 
 
 def test_real_mnist_split(mnist):

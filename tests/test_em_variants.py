@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from encoder_study.agreement import bootstrap_interval, fit_pca_mixture, soft_nmi
-from encoder_study.config import RunConfig
-from encoder_study.engine import RunStack, train_group
-from encoder_study.losses import correlation_loss, scale_free_variance_loss, variance_loss
-from encoder_study.metrics import silent_responsibility_share
-from encoder_study.stacking import gather
+from encoder_study.evaluation.agreement import bootstrap_interval, fit_pca_mixture, soft_nmi
+from encoder_study.evaluation.metrics import silent_responsibility_share
+from encoder_study.models.config import RunConfig
+from encoder_study.models.losses import correlation_loss, scale_free_variance_loss, variance_loss
+from encoder_study.models.stacking import gather
+from encoder_study.training.engine import RunStack, train_group
 
 F64_EPS = torch.finfo(torch.float64).eps
 

@@ -5,7 +5,14 @@ import re
 import pytest
 import torch
 
-from encoder_study.feature_pages import card_html, latent_card, page, printable, token_at, token_concentration
+from encoder_study.llm.feature_pages import (
+    card_html,
+    latent_card,
+    page,
+    printable,
+    token_at,
+    token_concentration,
+)
 
 
 def test_rows_map_to_context_and_position_skipping_position_0():

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from encoder_study.frontier import REACH, match_l0, value_at_l0
+from encoder_study.evaluation.frontier import REACH, match_l0, value_at_l0
 
 
 def test_between_points_the_reading_is_linear_in_log_l0():

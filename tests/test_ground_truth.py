@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoder_study.ground_truth import (
+from encoder_study.evaluation.ground_truth import (
     MAGNITUDE_RANGE,
     matched_cosines,
     mcc,

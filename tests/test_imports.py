@@ -89,13 +89,13 @@ def test_the_package_has_no_import_circle():
         if m not in state:
             visit(m, [m])
     assert not cycles, cycles
-    assert len(graph) > 20 and graph["encoder_study.api"]  # the reader found the package's imports
+    assert len(graph) > 20 and graph["encoder_study.interface.api"]  # the reader found the package's imports
 
 
 def test_importing_the_package_loads_only_its_cpu_settings():
     code = "import sys, encoder_study; print(sorted(m for m in sys.modules if m.startswith('encoder_study')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['encoder_study', 'encoder_study.cpu']"
+    assert out.strip() == "['encoder_study', 'encoder_study.training.cpu']"
     run = subprocess.run(
         [sys.executable, "-W", "error::RuntimeWarning", "-m", "encoder_study.fit", "--help"],
         capture_output=True,

@@ -8,10 +8,10 @@ import torch
 from sklearn.datasets import load_digits
 
 import encoder_study as es
-from encoder_study.config import RunConfig
-from encoder_study.engine import RunStack
-from encoder_study.model import build_run_model
-from encoder_study.stacking import gather
+from encoder_study.models.config import RunConfig
+from encoder_study.models.model import build_run_model
+from encoder_study.models.stacking import gather
+from encoder_study.training.engine import RunStack
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,13 @@ from sklearn.datasets import load_digits
 from tanh_encoder_kind import TanhEncoderKind
 
 import encoder_study as es
-from encoder_study import cli, kinds
-from encoder_study.config import RunConfig
-from encoder_study.engine import RunStack, train_group
-from encoder_study.kinds.topk import AUXK_COEF
-from encoder_study.model import build_run_model
-from encoder_study.stacking import gather
+from encoder_study.interface import cli
+from encoder_study.models import kinds
+from encoder_study.models.config import RunConfig
+from encoder_study.models.kinds.topk import AUXK_COEF
+from encoder_study.models.model import build_run_model
+from encoder_study.models.stacking import gather
+from encoder_study.training.engine import RunStack, train_group
 
 kinds.register(TanhEncoderKind)  # the one registry line a new kind needs
 kinds.register(EmaEncoderKind)  # a kind with a buffer (state the optimizer never touches)
@@ -152,7 +153,7 @@ def test_the_stacked_encode_is_the_modules_encode(kind, X):
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_an_interrupted_stack_resumes_to_the_same_numbers(kind, X, tmp_path, monkeypatch):
-    import encoder_study.engine as E
+    import encoder_study.training.engine as E
 
     configs = [config(kind, seed=s, epochs=4) for s in (1, 2)]
     straight = train_group(configs, X, progress=False)

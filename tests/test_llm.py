@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from encoder_study import llm
-from encoder_study.data import DataUnavailableError
+from encoder_study.book.data import DataUnavailableError
+from encoder_study.llm import language_model as llm
 
 TINY = Path(__file__).parent / "data" / "tiny_text.txt"
 

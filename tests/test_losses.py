@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoder_study.losses import (
+from encoder_study.models.losses import (
     LossConfig,
     combined_loss,
     correlation_loss,
@@ -96,7 +96,7 @@ def test_weight_redundancy_hand_cases():
 
 
 def test_zero_lambda_term_is_not_computed(monkeypatch):
-    import encoder_study.losses as L
+    import encoder_study.models.losses as L
 
     def boom(*args, **kwargs):
         raise AssertionError("computed a term whose lambda is 0")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoder_study import metrics as M
+from encoder_study.evaluation import metrics as M
 
 
 def test_dead_units_and_firing():
@@ -229,7 +229,7 @@ def test_centre_surround_opposition_hand_built():
 
 
 def test_probe_correct_is_the_probe_accuracy_per_row():
-    from encoder_study.metrics import linear_probe_accuracy
+    from encoder_study.evaluation.metrics import linear_probe_accuracy
 
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (300,), generator=g)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from encoder_study.model import Encoder, StandardSAE, build_model, count_parameters
+from encoder_study.models.model import Encoder, StandardSAE, build_model, count_parameters
 
 
 def test_parameter_counts_match_the_paper():
@@ -61,7 +61,7 @@ def test_bad_arguments_are_named():
 
 
 def test_topk_sae_keeps_exactly_k_and_starts_tied():
-    from encoder_study.model import TopKSAE
+    from encoder_study.models.model import TopKSAE
 
     m = build_model("topk", 20, 12, seed=3, k=4)
     assert isinstance(m, TopKSAE)
@@ -84,7 +84,7 @@ def test_topk_sae_keeps_exactly_k_and_starts_tied():
 
 
 def test_topk_bad_k_is_named():
-    from encoder_study.model import TopKSAE
+    from encoder_study.models.model import TopKSAE
 
     with pytest.raises(ValueError, match="k=13 is not allowed with hidden_dim=12"):
         TopKSAE(20, 12, 13)

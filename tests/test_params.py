@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from encoder_study.book import check_names, check_value, declared_parameters
-from encoder_study.config import RunConfig
-from encoder_study.engine import group_memory_bytes
+from encoder_study.book.record import check_names, check_value, declared_parameters
+from encoder_study.models.config import RunConfig
+from encoder_study.training.engine import group_memory_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_BYTES = 80 * 2**30

@@ -4,11 +4,11 @@ cached under that state (``run_experiments(..., init=...)``, ``engine.initial_st
 import pytest
 import torch
 
-from encoder_study.config import ADAM_EPS, RunConfig
-from encoder_study.engine import initial_state
-from encoder_study.losses import sae_loss
-from encoder_study.model import build_run_model
-from encoder_study.runs import run_experiments
+from encoder_study.models.config import ADAM_EPS, RunConfig
+from encoder_study.models.losses import sae_loss
+from encoder_study.models.model import build_run_model
+from encoder_study.training.engine import initial_state
+from encoder_study.training.runs import run_experiments
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,15 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from encoder_study import executors, runs  # noqa: E402
-from encoder_study.config import RunConfig  # noqa: E402
-from encoder_study.executors import GroupsFailed  # noqa: E402
+from encoder_study.models.config import RunConfig  # noqa: E402
+from encoder_study.training import executors, runs  # noqa: E402
+from encoder_study.training.executors import GroupsFailed  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """One local cluster for the module (starting one takes seconds), with this machine's cores."""
-    from encoder_study.executors import ray_started
+    from encoder_study.training.executors import ray_started
 
     ray_started()
     yield
@@ -157,7 +157,7 @@ def test_ray_init_on_a_port_that_is_no_cluster_gives_up_and_the_process_exits(tm
         }
         start = time.monotonic()
         out = subprocess.run(
-            [sys.executable, "-c", "from encoder_study.executors import ray_started; ray_started()"],
+            [sys.executable, "-c", "from encoder_study.training.executors import ray_started; ray_started()"],
             env=env,
             cwd=tmp_path,
             capture_output=True,

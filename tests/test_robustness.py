@@ -19,16 +19,17 @@ import pytest
 import torch
 
 import encoder_study as es
-from encoder_study import llm, storage
-from encoder_study.book import ParameterGuard
-from encoder_study.config import RunConfig
-from encoder_study.data import DamagedWheelError, _arrays_from_wheel, sha256_file
-from encoder_study.engine import divergence_bound, train_group
-from encoder_study.kinds import KINDS
-from encoder_study.metrics import dead_units, l0, linear_probe_accuracy
-from encoder_study.progress import CONSOLE_ENV
-from encoder_study.run_cache import NUMERIC_SOURCES, kind_files, relative_imports
-from encoder_study.runs import run_experiments
+from encoder_study.book import storage
+from encoder_study.book.data import DamagedWheelError, _arrays_from_wheel, sha256_file
+from encoder_study.book.progress import CONSOLE_ENV
+from encoder_study.book.record import ParameterGuard
+from encoder_study.evaluation.metrics import dead_units, l0, linear_probe_accuracy
+from encoder_study.llm import language_model as llm
+from encoder_study.models.config import RunConfig
+from encoder_study.models.kinds import KINDS
+from encoder_study.training.engine import divergence_bound, train_group
+from encoder_study.training.run_cache import NUMERIC_SOURCES, kind_files, relative_imports
+from encoder_study.training.runs import run_experiments
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "encoder_study"
@@ -39,7 +40,7 @@ PACKAGE = ROOT / "encoder_study"
 
 def _fingerprint_of(package_parent: Path) -> str:
     code = (
-        "import encoder_study.run_cache as r; "
+        "import encoder_study.training.run_cache as r; "
         f"assert r.__file__.startswith({str(package_parent)!r}), r.__file__; "
         "print(r.code_fingerprint('encoder'), r.code_fingerprint('topk'))"
     )
@@ -56,7 +57,7 @@ def test_editing_a_constant_in_the_numeric_code_changes_the_run_cache_key(tmp_pa
     shutil.copytree(PACKAGE, copy / "encoder_study", ignore=shutil.ignore_patterns("__pycache__"))
     before = _fingerprint_of(copy)  # "encoder's topk's"
     encoder_before, topk_before = before.split()
-    losses = copy / "encoder_study" / "losses.py"
+    losses = copy / "encoder_study" / "models" / "losses.py"
     text = losses.read_text()
     assert "VARIANCE_EPS = 1e-6" in text
     losses.write_text(text.replace("VARIANCE_EPS = 1e-6", "VARIANCE_EPS = 1e-1"))
@@ -64,15 +65,15 @@ def test_editing_a_constant_in_the_numeric_code_changes_the_run_cache_key(tmp_pa
     assert changed[0] != encoder_before and changed[1] != topk_before
     losses.write_text(text)
     assert _fingerprint_of(copy) == before
-    api = copy / "encoder_study" / "api.py"  # code that only stores or shows keeps the cache
+    api = copy / "encoder_study" / "interface" / "api.py"  # code that only stores or shows keeps the cache
     api.write_text(api.read_text() + "\n# a comment\n")
-    engine = copy / "encoder_study" / "engine.py"  # and so does prose in the numeric code
+    engine = copy / "encoder_study" / "training" / "engine.py"  # and so does prose in the numeric code
     engine.write_text(
         engine.read_text().replace('"""Many runs trained', '"""Many, many runs trained', 1)
         + "\n# a comment\n"
     )
     assert _fingerprint_of(copy) == before
-    topk = copy / "encoder_study" / "kinds" / "topk.py"  # a kind's constant: that kind's runs only
+    topk = copy / "encoder_study" / "models" / "kinds" / "topk.py"  # a kind's constant: that kind's runs only
     topk.write_text(topk.read_text().replace("AUXK_COEF = 1 / 32", "AUXK_COEF = 1 / 16"))
     assert (
         _fingerprint_of(copy).split() == [encoder_before, _fingerprint_of(copy).split()[1]] != before.split()
@@ -80,10 +81,10 @@ def test_editing_a_constant_in_the_numeric_code_changes_the_run_cache_key(tmp_pa
     topk.write_text(topk.read_text().replace("AUXK_COEF = 1 / 16", "AUXK_COEF = 1 / 32"))
     assert _fingerprint_of(copy) == before
     # a new kind (one file and a registry line) retrains nothing that was trained before
-    (copy / "encoder_study" / "kinds" / "gelu.py").write_text(
+    (copy / "encoder_study" / "models" / "kinds" / "gelu.py").write_text(
         "from .encoder import EncoderKind\n\n\nclass GeluKind(EncoderKind):\n    name = 'gelu'\n"
     )
-    registry = copy / "encoder_study" / "kinds" / "__init__.py"
+    registry = copy / "encoder_study" / "models" / "kinds" / "__init__.py"
     text = registry.read_text().replace(
         "from .topk import TopKKind\n", "from .topk import TopKKind\nfrom .gelu import GeluKind\n"
     )
@@ -97,16 +98,27 @@ def test_every_module_the_engine_reaches_is_declared_numeric_or_not():
     # a module the engine imports either computes numbers (its code keys the run cache: shared, or
     # a model kind's own) or is one of these, which only check, show, store, look up or send
     not_numeric = {
-        "progress.py",
-        "storage.py",
-        "validation.py",
-        "runs.py",
-        "run_cache.py",
-        "executors.py",
-        "kinds/__init__.py",
-        "cuda_graphs.py",  # CUDA only, bit for bit the eager path (tests/test_cuda_graphs.py, on a GPU)
+        "book/progress.py",
+        "book/storage.py",
+        "book/validation.py",
+        "training/runs.py",
+        "training/run_cache.py",
+        "training/executors.py",
+        "models/__init__.py",
+        "models/kinds/__init__.py",
+        "training/__init__.py",
+        "book/__init__.py",
+        "evaluation/__init__.py",
+        "training/cuda_graphs.py",  # CUDA only, bit for bit the eager path (tests/test_cuda_graphs.py)
     }
-    seen, todo = set(), [PACKAGE / "engine.py", PACKAGE / "runs.py", PACKAGE / "run_cache.py"]
+    seen, todo = (
+        set(),
+        [
+            PACKAGE / "training" / "engine.py",
+            PACKAGE / "training" / "runs.py",
+            PACKAGE / "training" / "run_cache.py",
+        ],
+    )
     while todo:
         path = todo.pop()
         if path not in seen:
@@ -114,7 +126,9 @@ def test_every_module_the_engine_reaches_is_declared_numeric_or_not():
             todo += sorted(relative_imports(path))
     kind_modules = {p for kind in KINDS for p in kind_files(kind)}
     names = {str(p.relative_to(PACKAGE)) for p in seen - kind_modules}
-    assert "kinds/topk.py" in {str(p.relative_to(PACKAGE)) for p in seen}  # the walk follows the subpackage
+    assert "models/kinds/topk.py" in {
+        str(p.relative_to(PACKAGE)) for p in seen
+    }  # the walk follows the subpackage
     undeclared = names - set(NUMERIC_SOURCES) - not_numeric
     assert not undeclared, f"declare {undeclared} in run_cache.NUMERIC_SOURCES or here"
 
@@ -375,8 +389,8 @@ def test_warnings_also_reach_the_book_console(tmp_path, monkeypatch):
 
 CHILD = textwrap.dedent("""
     import os, sys, time, torch
-    import encoder_study.executors as E
-    import encoder_study.runs as R
+    import encoder_study.training.executors as E
+    import encoder_study.training.runs as R
     real = E.train_group
     def train_when_told(*a, **k):
         print("TRAINING", flush=True)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 
 import encoder_study as es
-from encoder_study.metrics import apply_linear_readout, fit_linear_readout
+from encoder_study.evaluation.metrics import apply_linear_readout, fit_linear_readout
 
 EPS32 = np.finfo(np.float32).eps
 SAELENS_CFG_FIELDS = {"architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input"}

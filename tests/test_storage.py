@@ -10,10 +10,10 @@ import stat
 import pytest
 import torch
 
-from encoder_study import storage
-from encoder_study.config import RunConfig
-from encoder_study.engine import train_group
-from encoder_study.runs import run_experiments
+from encoder_study.book import storage
+from encoder_study.models.config import RunConfig
+from encoder_study.training.engine import train_group
+from encoder_study.training.runs import run_experiments
 
 
 class _Planted:

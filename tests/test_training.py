@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from encoder_study.config import LossConfig, RunConfig
-from encoder_study.data import get_synthetic
-from encoder_study.engine import train_group, train_many
-from encoder_study.metrics import dead_units, features
-from encoder_study.runs import run_experiments
-from encoder_study.training import train_run
+from encoder_study.book.data import get_synthetic
+from encoder_study.evaluation.metrics import dead_units, features
+from encoder_study.models.config import LossConfig, RunConfig
+from encoder_study.training.engine import train_group, train_many
+from encoder_study.training.runs import run_experiments
+from encoder_study.training.single_run import train_run
 
 
 def centred_cosine(C, W):
@@ -87,7 +87,7 @@ def test_runs_sharing_a_seed_share_minibatches_and_still_match_alone_float64(mni
     # each seed's minibatch is gathered once and its three runs are one GEMM. Each must still
     # end where the plain loop takes it alone. A third seed with one run breaks the equal counts
     # and must fall back to a row per run.
-    from encoder_study.engine import RunStack
+    from encoder_study.training.engine import RunStack
 
     X = mnist["train_x"][: 128 * 30].double()
     base = RunConfig(model=kind, epochs=3, device="cpu")
@@ -119,7 +119,7 @@ def test_runs_sharing_a_seed_share_minibatches_and_still_match_alone_float64(mni
 
 
 def test_hand_derived_gradient_equals_autograd():
-    from encoder_study.losses import combined_loss, combined_loss_and_grad
+    from encoder_study.models.losses import combined_loss, combined_loss_and_grad
 
     g = torch.Generator().manual_seed(0)
     a = torch.relu(torch.randn(3, 32, 8, generator=g, dtype=torch.float64) * 2)
@@ -160,9 +160,9 @@ def _topk_reference(cfg: RunConfig, X: torch.Tensor) -> tuple[dict, list[float],
     """An independent float64 TopK SAE trainer (plain loop, torch's Adam, sort-based top-k):
     Gao et al.'s recipe as the engine is meant to implement it. Returns the final state, the
     per-epoch mean losses and the most latents AuxK ever saw dead at once."""
-    from encoder_study.data import epoch_permutation
-    from encoder_study.kinds.topk import AUXK_COEF, AUXK_MAX
-    from encoder_study.model import build_model
+    from encoder_study.book.data import epoch_permutation
+    from encoder_study.models.kinds.topk import AUXK_COEF, AUXK_MAX
+    from encoder_study.models.model import build_model
 
     m = build_model("topk", X.shape[1], cfg.hidden_dim, seed=cfg.seed, k=cfg.k).double()
     with torch.no_grad():
@@ -300,7 +300,7 @@ def test_wrong_data_shape_is_named():
 def test_flush_denormals_reaches_every_cpu_thread():
     # A parallel op splits this tensor between the threads: each half must be flushed inside the
     # context (torch.set_flush_denormal alone sets only the calling thread) and kept outside it.
-    from encoder_study.cpu import flush_denormals
+    from encoder_study.training.cpu import flush_denormals
 
     tiny = torch.from_numpy(np.full(1 << 18, 1e-39, dtype=np.float32))
     assert (tiny != 0).all()
@@ -315,7 +315,7 @@ def test_flush_denormals_left_open_does_not_hang_the_exit():
     # entered by hand and never left: Python closes it at exit, after torch's OpenMP threads are
     # gone; an OpenMP region then waited for them forever (seen, before the guard)
     script = (
-        "import torch\nfrom encoder_study.cpu import flush_denormals\n"
+        "import torch\nfrom encoder_study.training.cpu import flush_denormals\n"
         "x = torch.randn(512, 512)\nx @ x\n"
         "open_ctx = flush_denormals()\nopen_ctx.__enter__()\nx @ x\nprint('done')\n"
     )

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from encoder_study.config import RunConfig
-from encoder_study.engine import group_memory_bytes
+from encoder_study.models.config import RunConfig
+from encoder_study.training.engine import group_memory_bytes
 
 HERE = Path(__file__).resolve().parent
 MEASURED_N, MEASURED_K, D = 234_188, 1152, 576

@@ -9,7 +9,7 @@ sees exactly what it would alone: its own initialisation (its seed), its own min
 (``epoch_permutation(seed, epoch)``), its own loss, and the gradient of its own loss.
 
 What differs between model kinds (parameters, loss terms and their gradients, what happens before
-the first step and after each) lives in the kind's file under ``kinds/``; this module keeps what
+the first step and after each) lives in the kind's file under ``models/kinds/``; this module keeps what
 every kind shares: data orders, seeds, the optimizer over the stack, divergence, checkpoints.
 
 No host synchronisation inside an epoch; one per epoch to read the losses and catch a run that
@@ -28,16 +28,16 @@ from pathlib import Path
 
 import torch
 
+from ..book.data import epoch_permutation
+from ..book.progress import Progress
+from ..book.storage import load_or_discard, move_aside, save_tree, warn
+from ..evaluation.metrics import dead_units, l0, redundancy_score
+from ..models.config import ADAM_BETAS, ADAM_EPS, RunConfig, resolve_device
+from ..models.kinds import KINDS, ModelKind
+from ..models.model import build_run_model
+from ..models.stacking import SeedLayout, gather
 from . import cuda_graphs
-from .config import ADAM_BETAS, ADAM_EPS, RunConfig, resolve_device
 from .cpu import flush_denormals
-from .data import epoch_permutation
-from .kinds import KINDS, ModelKind
-from .metrics import dead_units, l0, redundancy_score
-from .model import build_run_model
-from .progress import Progress
-from .stacking import SeedLayout, gather
-from .storage import load_or_discard, move_aside, save_tree, warn
 
 # 3: parameters by name, the kind's training state by name; 4: buffers; 5: safetensors + JSON, no pickle
 CHECKPOINT_FORMAT = 5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..validation import check_positive_int
+from ...book.validation import check_positive_int
 from .base import FirstLayer, Knob, ModelKind, Params, check_input
 
 AUXK_COEF = 1 / 32  # Gao et al.'s weight of the AuxK loss

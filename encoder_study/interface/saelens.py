@@ -35,11 +35,11 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .config import RunConfig, saved_run_config
-from .kinds import KINDS, ModelKind, user_kinds
-from .metrics import features, fit_linear_readout
-from .storage import read_json_object, read_safetensors, write_atomic
+from .. import __version__
+from ..book.storage import read_json_object, read_safetensors, write_atomic
+from ..evaluation.metrics import features, fit_linear_readout
+from ..models.config import RunConfig, saved_run_config
+from ..models.kinds import KINDS, ModelKind, user_kinds
 
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
 SAELENS_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")  # every architecture's; JumpReLU adds threshold

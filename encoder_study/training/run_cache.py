@@ -30,12 +30,13 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig
+from ..book.storage import legacy_cache_files, load_or_discard, move_aside, save_tree, warn
+from ..models.config import RunConfig
+from ..models.kinds import KINDS
 from .engine import RunResult, from_record, to_record
-from .kinds import KINDS
-from .storage import legacy_cache_files, load_or_discard, move_aside, save_tree, warn
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # encoder_study/
+KINDS_DIR = PACKAGE_DIR / "models" / "kinds"
 HASH_ROWS = 65536  # rows hashed at a time
 # The modules whose code computes every run's numbers (configs and their defaults, CPU arithmetic
 # settings, the engine, initialisation, data orders, the objective, the metrics kept in a run's
@@ -47,16 +48,16 @@ HASH_ROWS = 65536  # rows hashed at a time
 # the engine imports is in one list or the other.
 NUMERIC_SOURCES = (
     "__init__.py",
-    "config.py",
-    "cpu.py",
-    "data.py",
-    "engine.py",
-    "kinds/base.py",
-    "losses.py",
-    "metrics.py",
-    "model.py",
-    "stacking.py",
-    "training.py",
+    "book/data.py",
+    "evaluation/metrics.py",
+    "models/config.py",
+    "models/kinds/base.py",
+    "models/losses.py",
+    "models/model.py",
+    "models/stacking.py",
+    "training/cpu.py",
+    "training/engine.py",
+    "training/single_run.py",
 )
 
 
@@ -83,8 +84,8 @@ def kind_files(kind: str) -> list[Path]:
         path = todo.pop()
         if path not in seen:
             seen.add(path)
-            todo += [p for p in relative_imports(path) if p.parent == PACKAGE_DIR / "kinds" and p.exists()]
-    return sorted(seen - {PACKAGE_DIR / "kinds" / "__init__.py", PACKAGE_DIR / "kinds" / "base.py"})
+            todo += [p for p in relative_imports(path) if p.parent == KINDS_DIR and p.exists()]
+    return sorted(seen - {KINDS_DIR / "__init__.py", KINDS_DIR / "base.py"})
 
 
 def _code_of(source: str) -> str:

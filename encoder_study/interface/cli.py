@@ -38,12 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..book.storage import write_atomic
+from ..evaluation.metrics import apply_linear_readout, firing_frequency, fvu, l0
+from ..models.config import run_config_for
+from ..models.kinds import Knob, user_kinds
 from . import api
 from .api import fit
-from .config import run_config_for
-from .kinds import Knob, user_kinds
-from .metrics import apply_linear_readout, firing_frequency, fvu, l0
-from .storage import write_atomic
 
 PROG, CONSOLE_SCRIPT = "python -m encoder_study.fit", "encoder-study-fit"
 CHUNK_ROWS = 65536  # rows checked (or converted) at a time, so a large file never sits in memory twice

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .validation import check_int, check_nonnegative, check_positive, check_positive_int
+from ..book.validation import check_int, check_nonnegative, check_positive, check_positive_int
 
 MAGNITUDE_RANGE = (0.5, 1.5)  # an active component's coefficient, uniform on this range
 

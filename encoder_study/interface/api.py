@@ -10,7 +10,7 @@
 ``fit`` trains through the book's engine and run cache (``runs.run_experiments``), so the same
 data, settings and seed give the same numbers as the notebooks would, and a second call with
 them loads the finished run instead of training again. A saved dictionary is a folder holding
-``weights.safetensors`` (the model's state, tensor names as in ``model.py``) and ``config.json``
+``weights.safetensors`` (the model's state, tensor names as in ``models/model.py``) and ``config.json``
 (kind, shapes, knobs, training settings, the final training loss and the package version).
 With ``format="saelens"`` the folder is SAELens's instead (``saelens.py``); ``load`` reads both.
 
@@ -32,14 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, saelens
-from .config import RunConfig, run_config_for, saved_run_config
-from .kinds import KINDS, ModelKind
-from .metrics import features
-from .model import build_run_model
-from .runs import as_data_tensor, run_experiments
-from .storage import read_json_object, read_safetensors, write_atomic
-from .validation import check_choice, check_positive
+from .. import __version__
+from ..book.storage import read_json_object, read_safetensors, write_atomic
+from ..book.validation import check_choice, check_positive
+from ..evaluation.metrics import features
+from ..models.config import RunConfig, run_config_for, saved_run_config
+from ..models.kinds import KINDS, ModelKind
+from ..models.model import build_run_model
+from ..training.runs import as_data_tensor, run_experiments
+from . import saelens
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "weights.safetensors"
 FORMAT = "encoder-study-dictionary/1"
@@ -85,7 +86,7 @@ class Dictionary:
         )
 
     def model(self) -> torch.nn.Module:
-        """The trained model (``model.py``), in eval mode."""
+        """The trained model (``models/model.py``), in eval mode."""
         m = build_run_model(self.config, self.input_dim)
         m.load_state_dict(self.state)
         return m.eval()

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from . import __version__
+from .. import __version__
 from .progress import in_kernel
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
-from .validation import check_positive_int
+from ..book.validation import check_positive_int
 
 
 def _as_assignment(R, name: str) -> np.ndarray:

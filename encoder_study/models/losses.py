@@ -2,7 +2,7 @@
 
 Every loss takes activations shaped ``(..., batch, units)`` and returns one value per leading
 index, so the same function serves a single run ``(B, K)`` and a stack of runs ``(R, B, K)``
-trained together (see ``engine.py``). Conventions follow ``docs/paper.md``.
+trained together (see ``training/engine.py``). Conventions follow ``docs/paper.md``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .validation import check_choice, check_nonnegative
+from ..book.validation import check_choice, check_nonnegative
 
 REDUCTIONS = ("sum", "mean")
 TERMS = ("lse", "var", "tc", "wr")  # the encoder's loss terms, in LossConfig's order

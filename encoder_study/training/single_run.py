@@ -12,15 +12,15 @@ from collections.abc import Callable
 
 import torch
 
-from .config import ADAM_BETAS, ADAM_EPS, RunConfig, resolve_device
+from ..book.data import TensorLoader
+from ..evaluation.metrics import dead_units, l0, redundancy_score
+from ..models.config import ADAM_BETAS, ADAM_EPS, RunConfig, resolve_device
+from ..models.kinds import KINDS
+from ..models.kinds.encoder import EncoderKind
+from ..models.kinds.sae import SAEKind
+from ..models.losses import combined_loss, sae_loss
+from ..models.model import build_run_model
 from .cpu import flush_denormals
-from .data import TensorLoader
-from .kinds import KINDS
-from .kinds.encoder import EncoderKind
-from .kinds.sae import SAEKind
-from .losses import combined_loss, sae_loss
-from .metrics import dead_units, l0, redundancy_score
-from .model import build_run_model
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor], dict]
 

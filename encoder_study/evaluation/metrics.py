@@ -11,8 +11,8 @@ import scipy.optimize
 import torch
 from threadpoolctl import threadpool_limits
 
-from .losses import neg_lse_and_exp, off_diagonal_sq_sum, weight_redundancy_loss
-from .validation import check_positive_int
+from ..book.validation import check_positive_int
+from ..models.losses import neg_lse_and_exp, off_diagonal_sq_sum, weight_redundancy_loss
 
 ACTIVE_THRESHOLD = 0.01  # L0 and firing frequency: a unit is active when a > 0.01
 DEAD_VARIANCE = 0.01  # a unit is dead when its activation's variance over the test set < 0.01

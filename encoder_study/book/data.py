@@ -360,7 +360,7 @@ def get_synthetic(
 
 
 def main() -> None:
-    """`python -m encoder_study.data`: make sure the MNIST cache is there and sound."""
+    """`python -m encoder_study.book.data`: make sure the MNIST cache is there and sound."""
     import time
 
     start = time.perf_counter()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ...book.validation import check_choice, check_positive_int
 from ..stacking import linear_shared_input
-from ..validation import check_choice, check_positive_int
 from .base import ACTIVATION_GRADS, ACTIVATIONS, FirstLayer, Knob, ModelKind, Params, check_input
 
 SAE_ACTIVATIONS = ("relu", "neg_relu")  # neg_relu = -ReLU: the author's sign comparison

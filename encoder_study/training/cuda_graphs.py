@@ -47,8 +47,8 @@ from contextlib import contextmanager
 
 import torch
 
-from .kinds.topk import TopKKind
-from .storage import warn
+from ..book.storage import warn
+from ..models.kinds.topk import TopKKind
 
 FLAG = "ENCODER_STUDY_CUDA_GRAPHS"
 WARMUP_STEPS = 3  # eager steps on the side stream before a capture (PyTorch's examples use 3)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .metrics import ACTIVE_THRESHOLD
+from ..evaluation.metrics import ACTIVE_THRESHOLD
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ...book.validation import check_choice, check_positive_int
 from ..losses import TERMS, LossConfig, combined_loss, combined_loss_and_grad
 from ..stacking import linear_shared_input
-from ..validation import check_choice, check_positive_int
 from .base import ACTIVATION_GRADS, ACTIVATIONS, FirstLayer, Knob, ModelKind, Params, check_input, log_units
 
 

@@ -28,8 +28,8 @@ import math
 import torch
 import torch.nn as nn
 
+from ...book.validation import check_positive_int
 from ..stacking import linear_shared_input
-from ..validation import check_positive_int
 from .base import FirstLayer, Knob, ModelKind, Params, check_input
 
 THRESHOLD_INIT = 1e-3  # the paper's initial threshold

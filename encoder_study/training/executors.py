@@ -41,11 +41,11 @@ from urllib.parse import urlsplit
 
 import torch
 
-from .config import RunConfig, resolve_device
+from ..book.progress import Progress
+from ..book.validation import check_choice
+from ..models.config import RunConfig, resolve_device
 from .engine import RunResult, from_record, to_record, train_group
-from .progress import Progress
 from .run_cache import GroupJob, RunCache
-from .validation import check_choice
 
 EXECUTOR_ENV, RAY_ADDRESS_ENV = "ENCODER_STUDY_EXECUTOR", "ENCODER_STUDY_RAY_ADDRESS"
 RAY_TIMEOUT_ENV, RAY_TIMEOUT_DEFAULT = "ENCODER_STUDY_RAY_TIMEOUT", 60.0  # seconds to reach a cluster

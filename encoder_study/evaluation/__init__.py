@@ -1,0 +1,3 @@
+"""What a trained model is judged by: the metrics (``metrics``), one scoring of a run or of any
+codes for every notebook (``scoring``), comparison at matched sparsity (``frontier``), agreement
+of soft assignments (``agreement``) and recovery of known components (``ground_truth``)."""
