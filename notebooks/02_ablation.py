@@ -64,7 +64,15 @@ import pandas as pd
 
 from encoder_study.book.data import mnist_tensors
 from encoder_study.book.progress import progress
-from encoder_study.book.record import COLORS, Record, mean_std, repo_path, save_figure, use_style
+from encoder_study.book.record import (
+    COLORS,
+    Record,
+    mean_std,
+    paper_numbers,
+    repo_path,
+    save_figure,
+    use_style,
+)
 from encoder_study.evaluation.metrics import (
     activation_summary,
     correlation,
@@ -202,19 +210,24 @@ plateaus.groupby("config", sort=False)[["plateau_epoch", "final_loss"]].mean()
 # ## Against the paper
 
 # %%
-PAPER = {"lse_only": ("64/64", "- (all dead)"), "lse_var": ("0/64", "~1875"),
-         "lse_var_tc": ("0/64", "~29"), "var_tc_only": ("0/64", "~28")}
+PAPER = paper_numbers()["ablation"]
+
+
+def paper_redundancy(config: str) -> str:
+    value = PAPER[config]["redundancy"]
+    return "- (all dead)" if value is None else f"about {value:,}"
+
+
 mean = agg[["dead_units", "dead_by_firing", "redundancy"]].mean()
 comparison = pd.DataFrame({
-    "paper: dead": {k: v[0] for k, v in PAPER.items()},
+    "paper: dead": {k: f"{PAPER[k]['dead_units']}/64" for k in CONFIGS},
     "ours: dead (variance rule)": {k: f"{mean.loc[k, 'dead_units']:.1f}/64" for k in CONFIGS},
     "ours: dead (never fires)": {k: f"{mean.loc[k, 'dead_by_firing']:.1f}/64" for k in CONFIGS},
-    "paper: redundancy": {k: v[1] for k, v in PAPER.items()},
+    "paper: redundancy": {k: paper_redundancy(k) for k in CONFIGS},
     "ours: redundancy": {k: "- (all dead)" if mean.loc[k, "dead_units"] == 64
                          else f"{mean.loc[k, 'redundancy']:.0f}" for k in CONFIGS},
 })
 record.table("paper_comparison", comparison.reset_index(names="config"))
-record.close(figures=[p.name for p in paths + loss_paths])
 comparison
 
 # %% [markdown]
@@ -263,21 +276,24 @@ lines = [
     f"- **LSE alone {'collapses' if all_dead else 'does not fully collapse'}**: dead units {dead} of 64, "
     f"final epoch loss {final} (the all-zero value is {uniform_lse_value(128, 64):.1f} per full batch; the "
     f"epoch's last batch is smaller), flat from epoch {plat.max().loc['lse_only']:.0f} at the latest by the "
-    "plateau rule (the paper: about epoch 10; it states no rule). With no volume control every energy is "
-    "pushed to 0, and ReLU makes that absorbing: a unit negative on every input gets no gradient again.",
+    f"plateau rule (the paper: about epoch {PAPER['lse_only_stops_by_epoch']}; it states no rule). With no "
+    "volume control every energy is pushed to 0, and ReLU makes that absorbing: a unit negative on every "
+    "input gets no gradient again.",
     "- **The variance term prevents the collapse but leaves redundancy**: dead units "
-    f"{v('lse_var', 'dead_units')}, redundancy {v('lse_var', 'redundancy', '.0f')} (paper: about 1,875; "
-    f"maximum 4,032), effective rank of W {v('lse_var', 'effective_rank', '.1f')} of 64.",
+    f"{v('lse_var', 'dead_units')}, redundancy {v('lse_var', 'redundancy', '.0f')} "
+    f"(paper: {paper_redundancy('lse_var')}; maximum 4,032), effective rank of W "
+    f"{v('lse_var', 'effective_rank', '.1f')} of 64.",
     f"- **Decorrelation {'removes' if removes else 'does not remove'} it**: redundancy "
-    f"{v('lse_var_tc', 'redundancy', '.0f')} (paper: about 29), "
+    f"{v('lse_var_tc', 'redundancy', '.0f')} (paper: {paper_redundancy('lse_var_tc')}), "
     f"effective rank {v('lse_var_tc', 'effective_rank', '.1f')}, L0 {v('lse_var_tc', 'l0', '.1f')} of 64 "
-    f"(paper: 17.2). Responsibility entropy {v('lse_var_tc', 'responsibility_entropy')} nats (ln 64 = 4.16; "
+    f"(paper, notebook 3's table: {paper_numbers()['benchmark']['ours']['l0']}). Responsibility entropy "
+    f"{v('lse_var_tc', 'responsibility_entropy')} nats (ln 64 = 4.16; "
     f"{spread('lse_var_tc')} units at or below 0.01 per image): close to uniform over the silent units, "
     "not a confident assignment.",
-    f"- **Without LSE** (`var_tc_only`): redundancy {v('var_tc_only', 'redundancy', '.0f')} (paper: about "
-    f"28), but L0 {v('var_tc_only', 'l0', '.1f')}: the code is not sparse. Entropy "
-    f"{v('var_tc_only', 'responsibility_entropy')} nats ({spread('var_tc_only')}): spread over its few "
-    "silent units, the same reading as above. "
+    f"- **Without LSE** (`var_tc_only`): redundancy {v('var_tc_only', 'redundancy', '.0f')} (paper: "
+    f"{paper_redundancy('var_tc_only')}), but L0 {v('var_tc_only', 'l0', '.1f')}: the code is not sparse. "
+    f"Entropy {v('var_tc_only', 'responsibility_entropy')} nats ({spread('var_tc_only')}): spread over its "
+    "few silent units, the same reading as above. "
     + ("LSE is what makes the code sparse." if sparser else "Here LSE does not make the code sparser."),
     f"- **Linear probe** (beyond the paper): full objective {v('lse_var_tc', 'probe_accuracy', '.4f')}, "
     f"InfoMax alone {v('var_tc_only', 'probe_accuracy', '.4f')}, LSE + variance "
@@ -293,4 +309,19 @@ lines = [
        "whose activations are on the pixel scale." if rules_agree else
        f"disagree on {int((metrics.dead_units != metrics.dead_by_firing).sum())} of {len(metrics)} runs."),
 ]
-display(Markdown("\n".join(lines)))
+table = [
+    "| config | dead units | paper | redundancy | paper | L0 | probe accuracy (%) |",
+    "|---|---|---|---|---|---|---|",
+] + [
+    f"| {c} | {v(c, 'dead_units', '.1f')} | {PAPER[c]['dead_units']}/64 | "
+    + ("- (all dead)" if mean.loc[c, "dead_units"] == 64 else v(c, "redundancy", ".0f"))
+    + f" | {paper_redundancy(c)} | {v(c, 'l0', '.1f')} | {v(c, 'probe_accuracy', '.4f')} |"
+    for c in CONFIGS
+]
+findings = "\n".join(lines)
+record.summary(
+    f"MNIST, 64 units, {epochs} epochs, seeds {', '.join(map(str, seeds))}; mean ± std over seeds.\n\n"
+    + "\n".join(table) + "\n\n" + findings
+)
+record.close(figures=[p.name for p in paths + loss_paths])
+display(Markdown(findings))

@@ -61,7 +61,15 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from encoder_study.book.data import mnist_tensors
-from encoder_study.book.record import COLORS, Record, mean_std, repo_path, save_figure, use_style
+from encoder_study.book.record import (
+    COLORS,
+    Record,
+    mean_std,
+    paper_numbers,
+    repo_path,
+    save_figure,
+    use_style,
+)
 from encoder_study.evaluation.metrics import features, linear_probe_accuracy, reconstruction_mse
 from encoder_study.evaluation.scoring import evaluate_run
 from encoder_study.models.config import RunConfig
@@ -195,10 +203,8 @@ feature_paths = save_figure(fig, "fig4_features", repo_path(figures_dir))
 # ## Against the paper
 
 # %%
-PAPER = {
-    "ours": {"probe": 93.43, "probe_std": 0.38, "l0": 17.2},  # the paper's table (docs/paper.md)
-    "sae": {"probe": 90.26, "probe_std": 0.32, "l0": 32.2},
-}
+reported = paper_numbers()["benchmark"]
+PAPER = {m: {**reported[m], "probe": reported[m]["probe_accuracy"]} for m in ("ours", "sae")}
 g = metrics.groupby("model")
 fmt = lambda m, col, k=100: f"{g[col].mean()[m] * k:.2f} ± {g[col].std(ddof=1).fillna(0)[m] * k:.2f}"  # noqa: E731
 comparison = pd.DataFrame(
@@ -206,7 +212,7 @@ comparison = pd.DataFrame(
         "paper: ours": [
             f"{PAPER['ours']['probe']:.2f} ± {PAPER['ours']['probe_std']:.2f}",
             f"{PAPER['ours']['l0']:g}",
-            "50,240",
+            f"{PAPER['ours']['parameters']:,}",
         ],
         "this book: ours": [
             fmt("ours", "probe_accuracy"),
@@ -216,7 +222,7 @@ comparison = pd.DataFrame(
         "paper: SAE": [
             f"{PAPER['sae']['probe']:.2f} ± {PAPER['sae']['probe_std']:.2f}",
             f"{PAPER['sae']['l0']:g}",
-            "101,200",
+            f"{PAPER['sae']['parameters']:,}",
         ],
         "this book: SAE": [
             fmt("sae", "probe_accuracy"),
@@ -312,6 +318,23 @@ part5 = (
     "field's current SAEs, over their whole sparsity knobs at learning rates chosen on validation."
 )
 findings = "\n\n".join(p for p in [part1, part2, part3, part4, part5] if p)
-record.summary(findings)
+table = [
+    "| metric | ours (LSE + InfoMax, no decoder) | paper: ours | standard SAE | paper: SAE |",
+    "|---|---|---|---|---|",
+    f"| linear probe accuracy (%) | {ms('ours', 'probe_accuracy', 100)} | {PAPER['ours']['probe']:.2f} ± "
+    f"{PAPER['ours']['probe_std']:.2f} | {ms('sae', 'probe_accuracy', 100)} | {PAPER['sae']['probe']:.2f} ± "
+    f"{PAPER['sae']['probe_std']:.2f} |",
+    f"| L0 (of 64) | {ms('ours', 'l0', fmt='.1f')} | {PAPER['ours']['l0']:g} | "
+    f"{ms('sae', 'l0', fmt='.1f')} | {PAPER['sae']['l0']:g} |",
+    f"| parameters | {n_params['ours']:,} | {PAPER['ours']['parameters']:,} | {n_params['sae']:,} | "
+    f"{PAPER['sae']['parameters']:,} |",
+    f"| FVU, fitted linear readout (test) | {ms('ours', 'readout_fvu', fmt='.3f')} | - | "
+    f"{ms('sae', 'readout_fvu', fmt='.3f')} | - |",
+    f"| FVU, SAE's own decoder (test) | - | - | {ms('sae', 'decoder_fvu', fmt='.3f')} | - |",
+    f"| training seconds per run (batched) | {ms('ours', 'train_seconds', fmt='.1f')} | - | "
+    f"{ms('sae', 'train_seconds', fmt='.1f')} | - |",
+]
+setting = f"MNIST, 64 units, {epochs} epochs, seeds {', '.join(map(str, seeds))}; mean ± std over seeds."
+record.summary(setting + "\n\n" + "\n".join(table) + "\n\n" + findings)
 display(Markdown(findings))
 record.close(figures=[p.name for p in paths + feature_paths], raw_pixel_probe_accuracy=raw_acc)

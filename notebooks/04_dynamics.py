@@ -63,7 +63,7 @@ import numpy as np
 import pandas as pd
 
 from encoder_study.book.data import mnist_tensors
-from encoder_study.book.record import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.book.record import COLORS, Record, paper_numbers, repo_path, save_figure, use_style
 from encoder_study.evaluation.metrics import improvement_epoch
 from encoder_study.evaluation.scoring import evaluate_run
 from encoder_study.models.config import RunConfig
@@ -197,7 +197,22 @@ lines = [
     f"- **Across all runs, loss and accuracy have Spearman correlation {rho:.3f}** ({len(ok)} finished "
     "runs" + rho_note,
     f"- **SGD's probe across its learning rates** (a {max(lrs) / min(lrs):.0f}x range): mean accuracy "
-    f"between {acc['sgd'].min():.4f} and {acc['sgd'].max():.4f} (paper: about 92-94%)."
+    f"between {acc['sgd'].min():.4f} and {acc['sgd'].max():.4f} (paper: about "
+    f"{'-'.join(map(str, paper_numbers()['dynamics']['sgd_probe_range']))}%)."
     if "sgd" in acc else "",
 ]
-display(Markdown("\n".join(lines)))
+findings = "\n".join(line for line in lines if line)
+summary_table = [
+    "| optimizer | lr | final loss | probe accuracy (%) | epoch of 90% of the decrease | diverged runs |",
+    "|---|---|---|---|---|---|",
+]
+for (o, lr), d in metrics.groupby(["optimizer", "lr"]):
+    probe_pct = d.probe_accuracy * 100
+    spread_pct = f" ± {probe_pct.std(ddof=1):.2f}" if len(d) > 1 else ""
+    summary_table.append(f"| {o} | {lr:g} | {d.final_loss.mean():.1f} | {probe_pct.mean():.2f}{spread_pct} | "
+                 f"{d.epoch_90pct_decrease.mean():.0f} | {int(d.diverged_epoch.notna().sum())} |")
+record.summary(
+    f"MNIST, 64 units, {epochs} epochs, seeds {', '.join(map(str, seeds))}; final training loss and probe "
+    "accuracy, mean (± std) over seeds.\n\n" + "\n".join(summary_table) + "\n\n" + findings
+)
+display(Markdown(findings))

@@ -552,6 +552,25 @@ def _render_html_module():
     return module
 
 
+def test_every_notebook_writes_its_summary_for_the_readme(smoke_book):
+    missing = [n for n in NOTEBOOKS if not (smoke_book / n / "summary.md").is_file()]
+    assert not missing, f"no summary.md from {missing}: update_readme.py joins them and types nothing itself"
+    for name in NOTEBOOKS:
+        assert len((smoke_book / name / "summary.md").read_text().strip()) > 50, name
+
+
+def test_readme_results_are_the_records_summaries_joined():
+    """The README's results section is what scripts/update_readme.py makes of the committed record."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = (ROOT / "README.md").read_text()
+    committed = readme.split(module.START, 1)[1].split(module.END, 1)[0].strip()
+    assert committed == module.section().strip(), "README.md is stale: run scripts/update_readme.py"
+
+
 def test_index_first_finding_is_the_first_bold_claim_of_the_findings():
     """Hand-built notebooks: the note and the setting before the findings are skipped; the claim
     can sit in the section's own Markdown or in what a code cell displays."""

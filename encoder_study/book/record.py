@@ -18,6 +18,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+import yaml
 
 from .. import __version__
 from .progress import in_kernel
@@ -272,6 +273,12 @@ def repo_path(path: str | Path) -> Path:
     """An absolute path as given, else relative to the book's root."""
     p = Path(path)
     return p if p.is_absolute() else repo_root() / p
+
+
+def paper_numbers() -> dict:
+    """The numbers the paper reports (``docs/paper_numbers.yaml``, their one home), for the
+    notebooks that set their results beside the paper's. Read with yaml's safe loader."""
+    return yaml.safe_load(repo_path("docs/paper_numbers.yaml").read_text())
 
 
 def mean_std(df: pd.DataFrame, by: str | list[str], cols: list[str]) -> pd.DataFrame:
