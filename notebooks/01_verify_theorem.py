@@ -53,11 +53,10 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from encoder_study.book.record import COLORS, Record, paper_numbers, repo_path, save_figure, use_style
+from encoder_study.book.record import COLORS, paper_numbers, repo_path, save_figure, start_notebook
 from encoder_study.models.losses import lse_loss
 
-use_style()
-record = Record(repo_path(results_dir), params)
+record = start_notebook(results_dir, params)
 torch.manual_seed(seed)
 base = (torch.randn(batch, components, dtype=torch.float64) * scale).abs()
 

@@ -64,15 +64,7 @@ import pandas as pd
 
 from encoder_study.book.data import mnist_tensors
 from encoder_study.book.progress import progress
-from encoder_study.book.record import (
-    COLORS,
-    Record,
-    mean_std,
-    paper_numbers,
-    repo_path,
-    save_figure,
-    use_style,
-)
+from encoder_study.book.record import COLORS, mean_std, paper_numbers, repo_path, save_figure, start_notebook
 from encoder_study.evaluation.metrics import (
     activation_summary,
     correlation,
@@ -86,8 +78,7 @@ from encoder_study.evaluation.metrics import (
 from encoder_study.models.config import LossConfig, RunConfig
 from encoder_study.training.runs import run_experiments
 
-use_style()
-record = Record(repo_path(results_dir), params)
+record = start_notebook(results_dir, params)
 data = mnist_tensors(n_train=n_train, n_test=n_test)
 
 CONFIGS = {  # name: (lambda_lse, lambda_var, lambda_tc), as in the paper

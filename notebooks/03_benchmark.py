@@ -61,22 +61,13 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from encoder_study.book.data import mnist_tensors
-from encoder_study.book.record import (
-    COLORS,
-    Record,
-    mean_std,
-    paper_numbers,
-    repo_path,
-    save_figure,
-    use_style,
-)
+from encoder_study.book.record import COLORS, mean_std, paper_numbers, repo_path, save_figure, start_notebook
 from encoder_study.evaluation.metrics import features, linear_probe_accuracy, reconstruction_mse
 from encoder_study.evaluation.scoring import evaluate_run
 from encoder_study.models.config import RunConfig
 from encoder_study.training.runs import run_experiments
 
-use_style()
-record = Record(repo_path(results_dir), params)
+record = start_notebook(results_dir, params)
 data = mnist_tensors(n_train=n_train, n_test=n_test)
 Xtr, ytr, Xte, yte = data["train_x"], data["train_y"], data["test_x"], data["test_y"]
 

@@ -63,14 +63,13 @@ import numpy as np
 import pandas as pd
 
 from encoder_study.book.data import mnist_tensors
-from encoder_study.book.record import COLORS, Record, paper_numbers, repo_path, save_figure, use_style
+from encoder_study.book.record import COLORS, paper_numbers, repo_path, save_figure, start_notebook
 from encoder_study.evaluation.metrics import improvement_epoch
 from encoder_study.evaluation.scoring import evaluate_run
 from encoder_study.models.config import RunConfig
 from encoder_study.training.runs import run_experiments
 
-use_style()
-record = Record(repo_path(results_dir), params)
+record = start_notebook(results_dir, params)
 data = mnist_tensors(n_train=n_train, n_test=n_test)
 runs = [RunConfig(optimizer=o, lr=float(lr), seed=s, epochs=epochs) for o in optimizers
         for lr in learning_rates for s in seeds]

@@ -142,7 +142,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from encoder_study.book.record import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.book.record import COLORS, repo_path, save_figure, start_notebook
 from encoder_study.book.storage import write_atomic
 from encoder_study.evaluation.agreement import bootstrap_interval
 from encoder_study.evaluation.frontier import match_l0, value_at_l0
@@ -167,8 +167,7 @@ from encoder_study.models.config import RunConfig, run_config_for
 from encoder_study.models.model import count_parameters
 from encoder_study.training.runs import run_experiments
 
-use_style()
-record = Record(repo_path(results_dir), params)
+record = start_notebook(results_dir, params)
 start = time.perf_counter()
 train_all, test = get_llm_activations(
     model_name,

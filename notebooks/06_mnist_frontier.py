@@ -102,7 +102,7 @@ from IPython.display import Markdown, display
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from encoder_study.book.data import mnist_tensors
-from encoder_study.book.record import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.book.record import COLORS, repo_path, save_figure, start_notebook
 from encoder_study.evaluation.agreement import bootstrap_interval
 from encoder_study.evaluation.frontier import match_l0, value_at_l0
 from encoder_study.evaluation.metrics import features, probe_correct
@@ -110,8 +110,7 @@ from encoder_study.evaluation.scoring import evaluate_run
 from encoder_study.models.config import RunConfig, run_config_for
 from encoder_study.training.runs import run_experiments
 
-use_style()
-record = Record(repo_path(results_dir), params)
+record = start_notebook(results_dir, params)
 data = mnist_tensors(n_train=n_train + n_validation, n_test=n_test)
 Xtr, ytr = data["train_x"][:n_train], data["train_y"][:n_train]
 Xval = data["train_x"][n_train:]

@@ -116,14 +116,12 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
-from sklearn.cluster import KMeans
-from sklearn.decomposition import NMF, PCA, FastICA, MiniBatchDictionaryLearning
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
 
 from encoder_study.book.data import mnist_tensors
 from encoder_study.book.progress import progress
-from encoder_study.book.record import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.book.record import COLORS, repo_path, save_figure, start_notebook
+from encoder_study.evaluation import baselines
 from encoder_study.evaluation.agreement import hard, soft_nmi
 from encoder_study.evaluation.metrics import ACTIVE_THRESHOLD, features
 from encoder_study.evaluation.scoring import evaluate_codes
@@ -131,8 +129,7 @@ from encoder_study.models.config import RunConfig
 from encoder_study.models.model import count_parameters
 from encoder_study.training.runs import run_experiments
 
-use_style()
-record = Record(repo_path(results_dir), params)
+record = start_notebook(results_dir, params)
 data = mnist_tensors(n_train=n_train, n_test=n_test)
 Xtr, ytr, Xte, yte = data["train_x"], data["train_y"], data["test_x"], data["test_y"]
 Xtr_np, Xte_np = Xtr.double().numpy(), Xte.double().numpy()
@@ -174,123 +171,34 @@ print(f"ours' mean L0 over seeds {seeds}: {ours_l0:.2f}; the TopK SAE runs with 
 
 # %% [markdown]
 # ## The controls
-# Each function fits on the training images and returns the features of the training and test
-# images (float64, samples x 64) and the number of fitted parameters.
+# Each control (`encoder_study.evaluation.baselines`) fits on the training images and returns the
+# features of the training and test images (float64, samples x 64) and the number of fitted
+# parameters.
 
 # %%
-D = Xtr_np.shape[1]
-half = hidden_dim // 2
+mixtures = {}  # seed -> the fitted Gaussian mixture's Codes: gmm_log reads the same mixture
 
 
-def signed_parts(S_tr, S_te):
-    """A signed code split into positive and negative parts: non-negative, twice the width."""
-    return (
-        np.concatenate([np.maximum(S_tr, 0), np.maximum(-S_tr, 0)], 1),
-        np.concatenate([np.maximum(S_te, 0), np.maximum(-S_te, 0)], 1),
-    )
+def gmm(seed):
+    mixtures[seed] = baselines.gaussian_mixture(Xtr_np, Xte_np, hidden_dim, seed, gmm_pca_dims)
+    return mixtures[seed]
 
 
-def fit_pca(seed):
-    p = PCA(hidden_dim, svd_solver="full").fit(Xtr_np)
-    return p.transform(Xtr_np), p.transform(Xte_np), p.components_.size + p.mean_.size
-
-
-def fit_pca_relu(seed):
-    p = PCA(half, svd_solver="full").fit(Xtr_np)
-    return (*signed_parts(p.transform(Xtr_np), p.transform(Xte_np)), p.components_.size + p.mean_.size)
-
-
-def fit_random(seed):
-    g = torch.Generator().manual_seed(seed)
-    W = (torch.randn(hidden_dim, D, generator=g, dtype=torch.float64) / D**0.5).numpy()
-    b = -np.median(Xtr_np @ W.T, axis=0)  # each unit fires on half the training images
-    return np.maximum(Xtr_np @ W.T + b, 0), np.maximum(Xte_np @ W.T + b, 0), W.size + b.size
-
-
-def fit_kmeans(seed):
-    km = KMeans(hidden_dim, n_init=1, random_state=seed).fit(Xtr_np.astype(np.float32))
-
-    def triangle(X):
-        d = km.transform(X.astype(np.float32))  # distances to the centroids
-        return np.maximum(d.mean(1, keepdims=True) - d, 0)
-
-    return triangle(Xtr_np), triangle(Xte_np), km.cluster_centers_.size
-
-
-gmm_models = {}  # seed -> (PCA, GaussianMixture), for the EM comparison below
-
-
-def fit_gmm(seed):
-    p = PCA(gmm_pca_dims, svd_solver="full").fit(Xtr_np)
-    gm = GaussianMixture(hidden_dim, covariance_type="diag", reg_covar=1e-3, max_iter=200, random_state=seed)
-    gm.fit(p.transform(Xtr_np))
-    gmm_models[seed] = (p, gm)
-    n = gm.means_.size + gm.covariances_.size + gm.weights_.size + p.components_.size + p.mean_.size
-    return gm.predict_proba(p.transform(Xtr_np)), gm.predict_proba(p.transform(Xte_np)), n
-
-
-def fit_gmm_log(seed):
-    p, gm = gmm_models[seed]  # the same mixture as gmm: only the features differ
-    n = gm.means_.size + gm.covariances_.size + gm.weights_.size + p.components_.size + p.mean_.size
-    logr = lambda X: np.log(np.maximum(gm.predict_proba(p.transform(X)), 1e-30))  # noqa: E731
-    return logr(Xtr_np), logr(Xte_np), n
-
-
-def fit_sparse_coding(seed):
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(Xtr_np), min(dictionary_samples, len(Xtr_np)), replace=False)
-    sample = Xtr_np[chosen]
-    dl = MiniBatchDictionaryLearning(
-        hidden_dim,
-        alpha=1.0,
-        batch_size=256,
-        max_iter=10,
-        fit_algorithm="cd",
-        positive_code=True,
-        transform_algorithm="lasso_cd",
-        random_state=seed,
-    ).fit(sample)
-    unseen = np.setdiff1d(np.arange(len(Xtr_np)), chosen)  # images the dictionary did not learn from
-    probe_rows = Xtr_np[unseen[:2000]] if len(unseen) else sample[:2000]
-    lo, hi = np.log(1e-4), np.log(10.0)  # bisection on log(alpha) for ours' L0 on 2,000 images
-    for _ in range(14):
-        dl.set_params(transform_alpha=float(np.exp((lo + hi) / 2)))
-        l0_mid = (dl.transform(probe_rows) > ACTIVE_THRESHOLD).sum(1).mean()
-        lo, hi = ((lo + hi) / 2, hi) if l0_mid > ours_l0 else (lo, (lo + hi) / 2)
-    dl.set_params(transform_alpha=float(np.exp((lo + hi) / 2)))
-    return dl.transform(Xtr_np), dl.transform(Xte_np), dl.components_.size
-
-
-whitening = {}  # the PCA whitening ICA starts from (deterministic: fitted once)
-
-
-def fit_ica(seed):
-    if not whitening:
-        whitening["pca"] = PCA(half, whiten=True, svd_solver="full").fit(Xtr_np)
-    p = whitening["pca"]
-    ica = FastICA(whiten=False, max_iter=400, random_state=seed).fit(p.transform(Xtr_np))
-    codes = [ica.transform(p.transform(X)) for X in (Xtr_np, Xte_np)]
-    return (*signed_parts(*codes), ica.components_.size + p.components_.size + p.mean_.size)
-
-
-def fit_nmf(seed):
-    rng = np.random.default_rng(seed)  # seed 0: the one deterministic sample
-    sample = Xtr_np[rng.choice(len(Xtr_np), min(dictionary_samples, len(Xtr_np)), replace=False)]
-    nmf = NMF(hidden_dim, init="nndsvda", max_iter=400, random_state=0).fit(sample.astype(np.float32))
-    codes = [nmf.transform(X.astype(np.float32)) for X in (Xtr_np, Xte_np)]
-    return (*codes, nmf.components_.size)
-
-
-CONTROLS = {
-    "pca": (fit_pca, False),
-    "pca_relu": (fit_pca_relu, False),
-    "random": (fit_random, True),
-    "kmeans": (fit_kmeans, True),
-    "gmm": (fit_gmm, True),
-    "gmm_log": (fit_gmm_log, True),
-    "sparse_coding": (fit_sparse_coding, True),
-    "ica": (fit_ica, True),
-    "nmf": (fit_nmf, False),
+CONTROLS = {  # name -> (fit(seed), whether it depends on the seed)
+    "pca": (lambda s: baselines.pca(Xtr_np, Xte_np, hidden_dim), False),
+    "pca_relu": (lambda s: baselines.pca_relu(Xtr_np, Xte_np, hidden_dim), False),
+    "random": (lambda s: baselines.random_relu(Xtr_np, Xte_np, hidden_dim, s), True),
+    "kmeans": (lambda s: baselines.kmeans_triangle(Xtr_np, Xte_np, hidden_dim, s), True),
+    "gmm": (gmm, True),
+    "gmm_log": (lambda s: baselines.log_responsibilities(mixtures[s], Xtr_np, Xte_np), True),
+    "sparse_coding": (
+        lambda s: baselines.sparse_coding_at_l0(
+            Xtr_np, Xte_np, hidden_dim, s, ours_l0, samples=dictionary_samples, epochs=10
+        ),
+        True,
+    ),
+    "ica": (lambda s: baselines.ica(Xtr_np, Xte_np, hidden_dim, s), True),
+    "nmf": (lambda s: baselines.nmf(Xtr_np, Xte_np, hidden_dim, samples=dictionary_samples), False),
 }
 SIGNED = {"pca", "gmm_log"}  # codes with negative values: L0 counts |a| > 0.01
 
@@ -301,7 +209,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", ConvergenceWarning)  # reported below as fit_converged where it applies
     for name, s in progress(jobs, desc="controls", unit="fits"):
         t0 = time.perf_counter()
-        A_tr, A_te, n_params = CONTROLS[name][0](s)
+        codes = CONTROLS[name][0](s)
+        A_tr, A_te, n_params = codes.train, codes.test, codes.n_params
         seconds = time.perf_counter() - t0
         if name == "gmm_log":
             seconds += fitted[("gmm", s)][3]  # its mixture is gmm's
@@ -423,7 +332,7 @@ def encoder_responsibilities(A):
 
 
 def gmm_responsibilities(seed):
-    p, gm = gmm_models[seed]
+    p, gm = mixtures[seed].fitted
     return gm.predict_proba(p.transform(Xte_np))
 
 

@@ -99,7 +99,7 @@ from IPython.display import Markdown, display
 
 from encoder_study.book.data import mnist_tensors
 from encoder_study.book.progress import progress
-from encoder_study.book.record import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.book.record import COLORS, repo_path, save_figure, start_notebook
 from encoder_study.evaluation.ground_truth import matched_cosines
 from encoder_study.evaluation.metrics import (
     activation_summary,
@@ -116,8 +116,7 @@ from encoder_study.models.model import build_run_model
 from encoder_study.training.engine import initial_state
 from encoder_study.training.runs import run_experiments
 
-use_style()
-record = Record(repo_path(results_dir), params)
+record = start_notebook(results_dir, params)
 data = mnist_tensors(n_train=n_train, n_test=n_test)
 Xtr, ytr, Xte, yte = data["train_x"], data["train_y"], data["test_x"], data["test_y"]
 D = Xtr.shape[1]

@@ -143,19 +143,18 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
-from sklearn.decomposition import MiniBatchDictionaryLearning
 from sklearn.exceptions import ConvergenceWarning
 
 from encoder_study.book.data import mnist_tensors
 from encoder_study.book.progress import progress
-from encoder_study.book.record import COLORS, Record, repo_path, save_figure, use_style
+from encoder_study.book.record import COLORS, repo_path, save_figure, start_notebook
+from encoder_study.evaluation import baselines
 from encoder_study.evaluation.ground_truth import matched_cosines, mcc, mean_best_cosine, sparse_superposition
 from encoder_study.evaluation.metrics import features, l0
 from encoder_study.models.config import LossConfig, RunConfig
 from encoder_study.training.runs import run_experiments
 
-use_style()
-record = Record(repo_path(results_dir), params)
+record = start_notebook(results_dir, params)
 
 # %% [markdown]
 # ## Ground truth: the settings
@@ -258,17 +257,7 @@ def sparse_coding(s: dict, truth) -> list[dict]:
 
     def fit(alpha: float, seed: int) -> dict:
         t0 = time.perf_counter()
-        dl = MiniBatchDictionaryLearning(
-            s["n_components"],
-            alpha=alpha,
-            batch_size=256,
-            max_iter=sparse_coding_epochs,
-            fit_algorithm="cd",
-            positive_code=True,
-            transform_algorithm="lasso_cd",
-            transform_alpha=alpha,
-            random_state=seed,
-        ).fit(X)
+        dl = baselines.dictionary_learning(X, s["n_components"], alpha, sparse_coding_epochs, seed)
         seconds = time.perf_counter() - t0
         return scores(
             "sparse_coding",

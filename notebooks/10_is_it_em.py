@@ -130,7 +130,7 @@ from IPython.display import Markdown, display
 
 from encoder_study.book.data import mnist_tensors
 from encoder_study.book.progress import progress
-from encoder_study.book.record import COLORS, Record, mean_std, repo_path, save_figure, use_style
+from encoder_study.book.record import COLORS, mean_std, repo_path, save_figure, start_notebook
 from encoder_study.evaluation.agreement import bootstrap_interval, fit_pca_mixture, hard, soft_nmi
 from encoder_study.evaluation.ground_truth import matched_cosines
 from encoder_study.evaluation.metrics import features, l0, responsibilities, silent_responsibility_share
@@ -140,8 +140,7 @@ from encoder_study.models.losses import LossConfig, combined_loss
 from encoder_study.models.model import build_run_model
 from encoder_study.training.runs import run_experiments
 
-use_style()
-record = Record(repo_path(results_dir), params)
+record = start_notebook(results_dir, params)
 data = mnist_tensors(n_train=n_train, n_test=n_test)
 K, B = 64, 128
 VARIANTS = {"paper": "encoder", "unit rows": "encoder_unit_rows", "scale-free var": "encoder_scale_free"}

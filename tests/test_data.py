@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from helpers import get_mnist, get_synthetic
 
 from encoder_study.book import data as D
 
@@ -26,7 +27,7 @@ def test_real_mnist_split(mnist):
 
 
 def test_loaders(mnist):
-    train, test = D.get_mnist(batch_size=128)
+    train, test = get_mnist(batch_size=128)
     assert len(train) == 469 and len(test) == 79
     x, y = next(iter(train))
     assert x.shape == (128, 784) and y.shape == (128,)
@@ -34,7 +35,7 @@ def test_loaders(mnist):
     a = next(iter(train))[1]
     train.set_epoch(3)
     assert torch.equal(a, next(iter(train))[1])  # the order is a function of (seed, epoch)
-    img, _ = next(iter(D.get_mnist(batch_size=4, flatten=False)[1]))
+    img, _ = next(iter(get_mnist(batch_size=4, flatten=False)[1]))
     assert img.shape == (4, 1, 28, 28)
 
 
@@ -132,11 +133,11 @@ def test_subset_bounds():
 
 
 def test_synthetic_has_known_components():
-    X, C = D.get_synthetic(1000, 32, 8, seed=3)
+    X, C = get_synthetic(1000, 32, 8, seed=3)
     assert X.shape == (1000, 32) and C.shape == (8, 32)
     assert torch.allclose(C.norm(dim=1), torch.ones(8))
     # every sample lies close to one of the components' directions
     cos = (X / X.norm(dim=1, keepdim=True)) @ C.T
     assert (cos.max(dim=1).values > 0.8).float().mean() > 0.95
     with pytest.raises(ValueError, match="n_components=40"):
-        D.get_synthetic(10, 32, 40)
+        get_synthetic(10, 32, 40)

@@ -1,7 +1,8 @@
 import pytest
 import torch
+from helpers import build_model
 
-from encoder_study.models.model import Encoder, StandardSAE, build_model, count_parameters
+from encoder_study.models.model import Encoder, StandardSAE, count_parameters
 
 
 def test_parameter_counts_match_the_paper():

