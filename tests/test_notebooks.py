@@ -552,6 +552,20 @@ def _render_html_module():
     return module
 
 
+def test_benchmark_smoke_adds_each_model_at_its_validation_chosen_rate(smoke_book):
+    folder = smoke_book / "03_benchmark"
+    p = json.loads((folder / "run_info.json").read_text())["parameters"]
+    selection = pd.read_csv(folder / "lr_selection.csv")
+    assert set(selection.model) == {"ours", "sae"} and set(selection.lr) == set(p["lr_grid"])
+    chosen = selection[selection.chosen]
+    assert sorted(chosen.model) == ["ours", "sae"]  # one rate per model, the best on validation
+    for _, d in selection.groupby("model"):
+        assert d.loc[d.chosen, "probe_accuracy"].iloc[0] == d.probe_accuracy.max()
+    best = pd.read_csv(folder / "metrics_at_chosen_rate.csv")
+    assert (best.lr == best.model.map(chosen.set_index("model").lr)).all() and set(best.seed) == set(p["seeds"])
+    assert "Each at its own learning rate" in (folder / "summary.md").read_text()
+
+
 def test_every_notebook_writes_its_summary_for_the_readme(smoke_book):
     missing = [n for n in NOTEBOOKS if not (smoke_book / n / "summary.md").is_file()]
     assert not missing, f"no summary.md from {missing}: update_readme.py joins them and types nothing itself"
