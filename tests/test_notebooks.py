@@ -562,7 +562,8 @@ def test_benchmark_smoke_adds_each_model_at_its_validation_chosen_rate(smoke_boo
     for _, d in selection.groupby("model"):
         assert d.loc[d.chosen, "probe_accuracy"].iloc[0] == d.probe_accuracy.max()
     best = pd.read_csv(folder / "metrics_at_chosen_rate.csv")
-    assert (best.lr == best.model.map(chosen.set_index("model").lr)).all() and set(best.seed) == set(p["seeds"])
+    assert (best.lr == best.model.map(chosen.set_index("model").lr)).all()
+    assert set(best.seed) == set(p["seeds"])
     assert "Each at its own learning rate" in (folder / "summary.md").read_text()
 
 
