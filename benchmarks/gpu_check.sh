@@ -12,15 +12,15 @@ mkdir -p "$OUT"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c "import torch, sys; print(sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name(0))"
 } 2>&1 | tee "$OUT/machine.txt"
-python3 -m encoder_study.data 2>&1 | tail -2
+python3 -m encoder_study.book.data 2>&1 | tail -2
 python3 -m pytest -q -p no:cacheprovider tests/test_training.py tests/test_losses.py tests/test_models.py 2>&1 \
   | tail -25 | tee "$OUT/tests.txt"
 python3 benchmarks/training_speed.py --device cuda --epochs 4 --runs 1 4 12 24 48 \
   --out "$OUT/training_speed_cuda.csv" 2>&1 | tee "$OUT/bench.txt"
 python3 - <<'PY' 2>&1 | tee "$OUT/llm_shapes.txt"
 import statistics, torch
-from encoder_study.engine import train_group
-from encoder_study.config import RunConfig
+from encoder_study.training.engine import train_group
+from encoder_study.models.config import RunConfig
 g = torch.Generator().manual_seed(0)
 X = torch.randn(234_188, 576, generator=g)
 print("seconds per epoch, 234,188 x 576 -> 1152, batch 1024 (median of epochs 2-3):")

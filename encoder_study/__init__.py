@@ -1,8 +1,9 @@
 """encoder-study: decoder-free sparse features from log-sum-exp + InfoMax (implicit EM).
 
-The public API for one's own data is ``fit``, ``load`` and ``Dictionary`` (``interface/api.py``), loaded on
-first use: importing the package runs only ``cpu.settle_cpu_math``, so ``python -m
-encoder_study.<module>`` finds its module not yet imported.
+The public API for one's own data is ``fit``, ``load`` and ``Dictionary`` (``interface/api.py``),
+loaded on first use: importing the package runs only ``training.cpu.settle_cpu_math`` (and the
+docstring-only ``training/__init__.py``), so ``python -m encoder_study.<module>`` finds its module
+not yet imported.
 """
 
 import importlib

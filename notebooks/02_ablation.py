@@ -300,13 +300,19 @@ lines = [
        "whose activations are on the pixel scale." if rules_agree else
        f"disagree on {int((metrics.dead_units != metrics.dead_by_firing).sum())} of {len(metrics)} runs."),
 ]
+def percent(config):
+    """The probe accuracy in percent, mean ± std over seeds."""
+    text = f"{100 * mean.loc[config, 'probe_accuracy']:.2f}"
+    return text + (f" ± {100 * std.loc[config, 'probe_accuracy']:.2f}" if len(seeds) > 1 else "")
+
+
 table = [
     "| config | dead units | paper | redundancy | paper | L0 | probe accuracy (%) |",
     "|---|---|---|---|---|---|---|",
 ] + [
     f"| {c} | {v(c, 'dead_units', '.1f')} | {PAPER[c]['dead_units']}/64 | "
     + ("- (all dead)" if mean.loc[c, "dead_units"] == 64 else v(c, "redundancy", ".0f"))
-    + f" | {paper_redundancy(c)} | {v(c, 'l0', '.1f')} | {v(c, 'probe_accuracy', '.4f')} |"
+    + f" | {paper_redundancy(c)} | {v(c, 'l0', '.1f')} | {percent(c)} |"
     for c in CONFIGS
 ]
 findings = "\n".join(lines)

@@ -666,6 +666,15 @@ part5 = (
     )
 )
 findings = "\n".join([part1, part2, part3, part4, part5])
-record.summary(findings)
+hybrid_table = [
+    "| condition | w | probe accuracy (%) | FVU (decoder) | L0 | dead units | encoder distance from init |",
+    "|---|---|---|---|---|---|---|",
+] + [
+    f"| {condition} | {'' if pd.isna(w) else f'{w:g}'} | {mean_pm(g.probe_accuracy * 100, '.2f')} | "
+    f"{mean_pm(g.fvu, '.3f')} | {mean_pm(g.l0, '.1f')} | {g.dead_units.mean():.1f} | "
+    f"{g.l2_distance.mean():.2f} |"
+    for (condition, w), g in final.groupby(["condition", "infomax_weight"], dropna=False, sort=False)
+]
+record.summary("\n".join(hybrid_table) + "\n\n" + findings)
 display(Markdown(findings))
 record.close(figures=[p.name for p in paths])

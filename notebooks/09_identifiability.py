@@ -853,7 +853,22 @@ findings = "\n\n".join(
         else "",
     ]
 ).strip()
-record.summary(findings)
+recovered = recovery.groupby(["setting", "model"], sort=False)[["mcc", "mean_best_cosine"]].mean()
+shown = [m for m in ("ours", "sae", "topk", "sparse_coding") if m in set(recovery.model)]
+recovery_table = [
+    "MCC of the held-out codes / mean best cosine of the dictionary, mean over seeds:",
+    "",
+    "| setting | " + " | ".join(shown) + " |",
+    "|---|" + "---|" * len(shown),
+] + [
+    f"| {s} | "
+    + " | ".join(
+        f"{recovered.loc[(s, m), 'mcc']:.2f} / {recovered.loc[(s, m), 'mean_best_cosine']:.2f}" for m in shown
+    )
+    + " |"
+    for s in recovery.setting.unique()
+]
+record.summary(findings + "\n\n" + "\n".join(recovery_table))
 display(Markdown(findings))
 
 

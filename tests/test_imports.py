@@ -95,7 +95,7 @@ def test_the_package_has_no_import_circle():
 def test_importing_the_package_loads_only_its_cpu_settings():
     code = "import sys, encoder_study; print(sorted(m for m in sys.modules if m.startswith('encoder_study')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['encoder_study', 'encoder_study.training.cpu']"
+    assert out.strip() == "['encoder_study', 'encoder_study.training', 'encoder_study.training.cpu']"
     run = subprocess.run(
         [sys.executable, "-W", "error::RuntimeWarning", "-m", "encoder_study.fit", "--help"],
         capture_output=True,

@@ -1,5 +1,5 @@
 """Same parameters and seed, same numbers: checked in fresh processes, where torch's lazy CPU
-initialisation can bite (see encoder_study._settle_cpu_math)."""
+initialisation can bite (see encoder_study.training.cpu.settle_cpu_math)."""
 
 import subprocess
 import sys

@@ -94,6 +94,17 @@ def test_editing_a_constant_in_the_numeric_code_changes_the_run_cache_key(tmp_pa
     assert _fingerprint_of(copy) == before
 
 
+def test_subpackage_inits_hold_only_their_docstring():
+    """They run on every import but are in no run-cache key: nothing in them may compute."""
+    import ast
+
+    for init in sorted(PACKAGE.glob("*/__init__.py")):
+        body = ast.parse(init.read_text()).body
+        doc_only = len(body) == 1 and isinstance(body[0], ast.Expr)
+        doc_only = doc_only and isinstance(body[0].value, ast.Constant)
+        assert doc_only, f"{init.relative_to(PACKAGE)} holds code: declare it in NUMERIC_SOURCES or move it"
+
+
 def test_every_module_the_engine_reaches_is_declared_numeric_or_not():
     # a module the engine imports either computes numbers (its code keys the run cache: shared, or
     # a model kind's own) or is one of these, which only check, show, store, look up or send

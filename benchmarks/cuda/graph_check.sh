@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device check of the engine's CUDA graphs (encoder_study/cuda_graphs.py), one short script for a
+# The device check of the engine's CUDA graphs (encoder_study/training/cuda_graphs.py), one short script for a
 # lent GPU machine (its own python3 and torch; no network), about 6 minutes on an H200:
 #   1. tests_cuda.txt: tests/test_cuda_graphs.py (every kind, graphs against eager CUDA training in
 #      float64, a new capture after runs leave the stack; and the CPU bookkeeping tests) and the
@@ -31,7 +31,7 @@ part() {  # part NAME SECONDS COMMAND...: run it under a timeout, its output tee
   python3 -c "import torch, sys; print(sys.version.split()[0], 'torch', torch.__version__, torch.cuda.get_device_name(0))"
   git rev-parse HEAD 2>/dev/null; git status --short 2>/dev/null | head -20
 } 2>&1 | tee "$OUT/machine.txt"
-python3 -m encoder_study.data 2>&1 | tail -2 | tee "$OUT/data.txt"
+python3 -m encoder_study.book.data 2>&1 | tail -2 | tee "$OUT/data.txt"
 
 part tests_cuda 150 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda_graphs.py \
   "tests/test_training.py::test_engine_on_cuda_matches_cpu"
@@ -40,8 +40,9 @@ part graph_diffs 60 python3 - <<'PY'
 import os, sys, torch
 sys.path.insert(0, "tests")
 import test_cuda_graphs as t
-from encoder_study import cuda_graphs, kinds
-from encoder_study.engine import train_group
+from encoder_study.models import kinds
+from encoder_study.training import cuda_graphs
+from encoder_study.training.engine import train_group
 
 print("graph replay against eager CUDA training: 4 runs on 2 seeds, 3 epochs of 301 x 40 -> 16, batch 32;")
 print("the largest |difference| of the final tensors relative to the tensor's largest entry")

@@ -6,7 +6,7 @@ latent's top activations that fall on its single most common token (``token_conc
 near 1 for a latent that detects one token, lower for one that responds to a context).
 
 Rows of an activation matrix are tokens of held-out contexts: row r is context r // (T - 1),
-position 1 + r % (T - 1) (position 0 of every context is left out, as ``llm.get_llm_activations``
+position 1 + r % (T - 1) (position 0 of every context is left out, as ``language_model.get_llm_activations``
 does).
 """
 
