@@ -425,11 +425,14 @@ part2 = (
     f"{ours_rows.fvu_mean.min():.2f} to {ours_rows.fvu_mean.max():.2f}."
 )
 cells = matched[(matched.model != "ours") & matched.probe.notna()]
+ours_extrapolated = matched[matched.model == "ours"].set_index("l0").extrapolated.fillna(False).to_dict()
 lines = []
 for m, g in cells.groupby("model", sort=False):
     counts = pd.Series([standing(r) for r in g.itertuples()]).value_counts()
     detail = "; ".join(
-        f"L0 {r.l0:g}: {pts(r.probe_minus_ours)} [{pts(r.probe_minus_ours_lo)}, {pts(r.probe_minus_ours_hi)}]"
+        f"L0 {r.l0:g}{' (extrapolated)' if r.extrapolated or ours_extrapolated.get(r.l0) else ''}: "
+        f"{pts(r.probe_minus_ours)} "
+        f"[{pts(r.probe_minus_ours_lo)}, {pts(r.probe_minus_ours_hi)}]"
         for r in g.itertuples()
         if pd.notna(r.probe_minus_ours)
     )
@@ -439,8 +442,7 @@ for m, g in cells.groupby("model", sort=False):
 part3 = (
     f"**At matched sparsity, the probe** (points of accuracy, each model minus ours, the seeds' mean and a "
     f"paired 95% interval over test images; targets L0 {', '.join(map(str, targets))} where both curves "
-    "reach "
-    "them): " + ". ".join(lines) + "."
+    "reach them; 'extrapolated' where a curve is extended past its measured range): " + ". ".join(lines) + "."
 )
 fvu_lines = []
 for m, g in cells.groupby("model", sort=False):

@@ -28,6 +28,18 @@ def test_just_beyond_the_range_the_end_segment_is_extended_and_flagged():
     assert match_l0([10.0, 100.0], 120.0, reach=1.0) is None
 
 
+def test_no_extrapolation_further_than_the_end_segment_itself():
+    """Notebook 6's JumpReLU: L0 7.07 and 7.47 read at 8 gave a probe accuracy of 107%. The end
+    segment spans log(7.47 / 7.07) = 0.055; 8 lies 0.069 beyond it: no value. Within the span it
+    is read as before (7.8 lies 0.043 beyond)."""
+    assert match_l0([7.07, 7.47], 8.0) is None
+    assert match_l0([7.47, 7.07], 6.55) is None  # below the range as well (0.076 below 7.07)
+    m = match_l0([7.07, 7.47], 7.8)
+    assert m is not None and m.extrapolated
+    expected = (math.log(7.8) - math.log(7.07)) / (math.log(7.47) - math.log(7.07))
+    assert m.weight == pytest.approx(expected, rel=1e-12)
+
+
 def test_collapsed_and_missing_points_are_left_out():
     assert np.isnan(value_at_l0([10.0, 0.0], [1.0, 2.0], 5.0))  # one usable point only
     assert value_at_l0([10.0, np.nan, 100.0, 0.0], [1.0, 9.0, 3.0, 9.0], 10**1.5) == pytest.approx(2.0)

@@ -64,8 +64,6 @@ NOTEBOOKS = sorted(p.stem for p in EXECUTED.glob("[0-9][0-9]_*.ipynb"))
 # without taking it off this list also fails.
 PROSE_AWAITING_CODE: set[str] = {
     "05_llm_activations",  # "about 714k tokens" in its method (reworded for its next run)
-    "06_mnist_frontier",
-    "07_controls",  # timings among them
 }
 
 SMALL_INTEGERS = range(0, 11)  # 0-10 without a decimal point: structural, never checked

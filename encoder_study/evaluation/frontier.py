@@ -3,8 +3,10 @@
 A model trained at a few settings of its sparsity knob gives a few (L0, value) points; SAE
 evaluations compare models at equal L0, so each value is read off the model's curve at a target
 L0: linearly in log L0 between the two measured points around the target. Beyond the measured
-range the end segment is extended by at most a factor ``REACH`` in L0 and the reading is flagged
-as extrapolated (a TopK SAE asked for k = 180 may measure 179.96); further out there is no value.
+range the end segment is extended by at most a factor ``REACH`` in L0, and no further than the
+segment's own length in log L0 (two nearly equal L0s give a slope that says nothing about what lies
+beyond them), and the reading is flagged as extrapolated (a TopK SAE asked for k = 180 may measure
+179.96); further out there is no value.
 The reading is a fixed weighting of two measured points, so it applies to per-context arrays as
 well as to single numbers, which keeps paired bootstrap intervals paired.
 """
@@ -40,7 +42,8 @@ class L0Match:
 def match_l0(l0s, target: float, reach: float = REACH) -> L0Match | None:
     """Where ``target`` falls on the curve of the measured ``l0s`` (points with a non-finite or
     non-positive L0 are left out: a collapsed dictionary is not a point of the frontier); None
-    with fewer than two points or a target more than ``reach`` times beyond the measured range."""
+    with fewer than two points, a target more than ``reach`` times beyond the measured range, or a
+    target beyond the end segment by more than that segment's length in log L0."""
     if reach < 1:
         raise ValueError(f"reach={reach!r} must be >= 1 (1: no extrapolation)")
     l0s = np.asarray(l0s, dtype=float)
@@ -53,8 +56,11 @@ def match_l0(l0s, target: float, reach: float = REACH) -> L0Match | None:
         return None
     j = int(np.clip(np.searchsorted(x, t), 1, len(x) - 1))  # the segment holding t, or the end one
     span = x[j] - x[j - 1]
+    beyond = max(x[0] - t, t - x[-1], 0.0)
+    if beyond > span:  # extrapolating further than the segment it extends
+        return None
     weight = float((t - x[j - 1]) / span) if span > 0 else 0.0
-    return L0Match(int(order[j - 1]), int(order[j]), weight, bool(t < x[0] or t > x[-1]))
+    return L0Match(int(order[j - 1]), int(order[j]), weight, bool(beyond > 0))
 
 
 def value_at_l0(l0s, values, target: float, reach: float = REACH) -> float:
