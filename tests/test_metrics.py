@@ -104,6 +104,32 @@ def test_linear_readout_chooses_its_ridge_as_sklearn_ridgecv_does():
     )
 
 
+@pytest.mark.parametrize("features,dims", [(3, 6), (6, 3)])  # the expanded residual, the direct one
+def test_leave_one_out_errors_equal_refitting_without_each_row(features, dims):
+    """The summed squared leave-one-out error, for both ways of forming the residual, against its
+    definition: refit the ridge (bias unpenalised, the same absolute penalty) without each row in
+    turn and predict that row."""
+    g = torch.Generator().manual_seed(5)
+    A = torch.rand(30, features, generator=g, dtype=torch.float64)
+    X = A @ torch.randn(features, dims, generator=g, dtype=torch.float64)
+    X = X + 0.3 * torch.randn(30, dims, generator=g, dtype=torch.float64)
+    penalties = [1e-3, 0.1, 2.0]
+    Ac, Xc = A - A.mean(0), X - X.mean(0)
+    eigenvalues, V = torch.linalg.eigh(Ac.T @ Ac)
+    U = Ac @ V
+    ours = M._leave_one_out_errors(U, Xc, eigenvalues.clamp(min=0), U.T @ Xc, penalties)
+    design = np.hstack([A.numpy(), np.ones((30, 1))])
+    for penalty, error in zip(penalties, ours):
+        penalty_matrix = np.diag([penalty] * features + [0.0])
+        expected = 0.0
+        for i in range(30):
+            keep = np.arange(30) != i
+            D, Y = design[keep], X.numpy()[keep]
+            W = np.linalg.solve(D.T @ D + penalty_matrix, D.T @ Y)
+            expected += float(((X.numpy()[i] - design[i] @ W) ** 2).sum())
+        assert error == pytest.approx(expected, rel=1e-9)
+
+
 def test_linear_readout_survives_units_that_fired_on_one_training_row_each():
     """Least squares fits a unit seen on one training row to that row's noise exactly; where the
     unit fires on test rows that weight wrecks the reconstruction (notebook 5's L1 SAEs with many

@@ -165,27 +165,45 @@ def fit_linear_readout(A_train, X_train, ridge: float | None = None) -> torch.Te
     mean_a, mean_x = A.mean(dim=0), X.mean(dim=0)
     Ac, Xc = A - mean_a, X - mean_x
     eigenvalues, V = torch.linalg.eigh(Ac.T @ Ac)
-    scale = float(eigenvalues.clamp(min=0).sum()) / A.shape[1] or 1.0  # mean diagonal (the trace / K)
+    eigenvalues = eigenvalues.clamp(min=0)  # a Gram matrix has none below 0 but rounding's
+    scale = float(eigenvalues.sum()) / A.shape[1] or 1.0  # the mean diagonal (the trace / K)
     projected = V.T @ (Ac.T @ Xc)  # (K, D)
     if ridge is None:
-        U = Ac @ V
-        ridge = min(
-            READOUT_RIDGES, key=lambda r: _leave_one_out_error(U, Xc, eigenvalues, projected, r * scale)
-        )
-    M = V @ (projected / (eigenvalues.clamp(min=0) + ridge * scale)[:, None])
+        penalties = [r * scale for r in READOUT_RIDGES]
+        errors = _leave_one_out_errors(Ac @ V, Xc, eigenvalues, projected, penalties)
+        ridge = READOUT_RIDGES[errors.index(min(errors))]
+    M = V @ (projected / (eigenvalues + ridge * scale)[:, None])
     return torch.cat([M, (mean_x - mean_a @ M)[None]])
 
 
-def _leave_one_out_error(
-    U: torch.Tensor, Xc: torch.Tensor, eigenvalues: torch.Tensor, projected: torch.Tensor, penalty: float
-) -> float:
-    """Summed squared leave-one-out residual of the ridge fit with this absolute penalty: residual
-    over (1 - leverage), the leverage including the unpenalised bias's 1/n."""
-    inverse = 1.0 / (eigenvalues.clamp(min=0) + penalty)
-    residual = Xc - U @ (projected * inverse[:, None])
-    leverage = (U**2) @ inverse + 1.0 / len(U)
-    error = float(((residual / (1.0 - leverage)[:, None]) ** 2).sum())
-    return error if math.isfinite(error) else math.inf  # a row fitted by itself alone: leverage 1
+def _leave_one_out_errors(
+    U: torch.Tensor, Xc: torch.Tensor, eigenvalues: torch.Tensor, projected: torch.Tensor, penalties: list
+) -> list[float]:
+    """Per absolute penalty, the summed squared leave-one-out residual of the ridge fit: each row's
+    residual over (1 - leverage), the leverage including the unpenalised bias's 1/n (inf where a
+    row is fitted by itself alone: leverage 1).
+
+    U = Ac V (n, K) holds the rows in the Gram's eigenbasis and ``projected`` = U^T Xc (K, D). With
+    fewer features than input dimensions (MNIST: 64 against 784) a row's squared residual is
+    expanded, |x|^2 - 2 z.(P x) + z^T (P P^T) z with z the row's penalised coordinates, so each
+    penalty costs n K^2 instead of an n x D residual (n K D, and passes over n D numbers); the
+    expansion loses about eps |x|^2 per row to cancellation, far below the differences between
+    penalties. Otherwise the residual is formed directly.
+    """
+    expand = U.shape[1] < Xc.shape[1]
+    if expand:
+        row_norms, cross, gram = Xc.square().sum(1), Xc @ projected.T, projected @ projected.T
+    errors = []
+    for penalty in penalties:
+        Z = U / (eigenvalues + penalty)
+        if expand:
+            squared = (row_norms - 2 * (Z * cross).sum(1) + ((Z @ gram) * Z).sum(1)).clamp(min=0)
+        else:
+            squared = (Xc - Z @ projected).square().sum(1)
+        leverage = (U * Z).sum(1) + 1.0 / len(U)
+        error = float((squared / (1.0 - leverage) ** 2).sum())
+        errors.append(error if math.isfinite(error) else math.inf)
+    return errors
 
 
 @torch.no_grad()

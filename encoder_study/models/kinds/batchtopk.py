@@ -8,6 +8,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ..stacking import linear_shared_input
 from .base import Knob, Params
 from .topk import TopKKind, TopKSAE
 
@@ -127,7 +128,7 @@ class BatchTopKKind(TopKKind):
         """
         R, B, K = z.shape
         with torch.no_grad():
-            cut = self._cuts(z.detach().reshape(R, B * K), B)
+            cut = self._cuts(z.reshape(R, B * K), B)
             self.last_min.copy_(cut.relu())
         return torch.where(z >= cut.view(R, 1, 1), z.relu(), 0.0)
 
@@ -148,7 +149,7 @@ class BatchTopKKind(TopKKind):
 
     def encode(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """Inference: each run's pre-activations above its threshold."""
-        z = self._pre_activations(params, x.expand(self.layout.runs, -1, -1))
+        z = linear_shared_input(x, params["encoder.weight"], self._encoder_bias(params))
         return torch.where(z > params["threshold"].view(-1, 1, 1), z, 0.0).relu()
 
     @torch.no_grad()

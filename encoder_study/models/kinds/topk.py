@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 
 from ...book.validation import check_positive_int
-from .base import FirstLayer, Knob, ModelKind, Params, check_input
+from ..stacking import linear_shared_input
+from .base import FirstLayer, Knob, ModelKind, Params, check_input, relu_backward
 
 AUXK_COEF = 1 / 32  # Gao et al.'s weight of the AuxK loss
 AUXK_MAX = 256  # AuxK reconstructs the residual with the top min(256, hidden/2) dead latents
@@ -16,28 +17,6 @@ def topk_relu(z: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest entries of each row of z (the rest 0), then ReLU."""
     values, idx = z.topk(k, dim=-1)
     return torch.zeros_like(z).scatter(-1, idx, values.relu())
-
-
-class _CentredLinear(torch.autograd.Function):
-    """z = W (x - b_pre) + b for stacked runs: x (R, B, D), b_pre (R, D), W (R, K, D), b (R, K).
-
-    Autograd of the plain formula gets b_pre's gradient by way of the gradient into every input,
-    dz W: a sixth (B, K) x (K, D) GEMM per step, only to be summed over the batch. Here it is
-    -(sum_batch dz) W, a vector times a matrix. The inputs x take no gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, x, pre_bias, weight, bias):  # type: ignore[override]
-        centred = x - pre_bias.unsqueeze(1)
-        ctx.save_for_backward(centred, weight)
-        return torch.baddbmm(bias.unsqueeze(1), centred, weight.transpose(1, 2))
-
-    @staticmethod
-    def backward(ctx, dz):  # type: ignore[override]
-        centred, weight = ctx.saved_tensors
-        dz_sum = dz.sum(1)
-        d_pre_bias = -torch.bmm(dz_sum.unsqueeze(1), weight).squeeze(1)
-        return None, d_pre_bias, torch.bmm(dz.transpose(1, 2), centred), dz_sum
 
 
 class TopKSAE(FirstLayer, nn.Module):
@@ -87,7 +66,7 @@ class TopKSAE(FirstLayer, nn.Module):
 
 
 class TopKKind(ModelKind):
-    """Training stacks of TopK SAEs, each run with its own k; gradients by autograd.
+    """Training stacks of TopK SAEs, each run with its own k; gradients derived by hand.
 
     Loss: MSE (mean over all elements) + AUXK_COEF x AuxK. AuxK: the dead latents' top-k_aux
     pre-activations reconstruct the main reconstruction's residual (held fixed), so latents that
@@ -136,9 +115,12 @@ class TopKKind(ModelKind):
     def saelens_fields(cls, config) -> dict:
         return {"k": config.k, "rescale_acts_by_decoder_norm": False}
 
-    def _pre_activations(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """W_enc (x - b_pre) + b_enc for per-run inputs x (R, B, D)."""
-        return _CentredLinear.apply(x, params["pre_bias"], params["encoder.weight"], params["encoder.bias"])
+    @staticmethod
+    def _encoder_bias(params: Params) -> torch.Tensor:
+        """b_enc - W_enc b_pre (R, K): W_enc (x - b_pre) + b_enc is W_enc x plus this, so the inputs
+        enter the GEMM as they are and no run needs its own centred copy of the minibatch."""
+        weight, pre_bias = params["encoder.weight"], params["pre_bias"]
+        return params["encoder.bias"] - torch.bmm(weight, pre_bias.unsqueeze(2)).squeeze(2)
 
     @property
     def ks(self) -> list[int]:
@@ -152,54 +134,72 @@ class TopKKind(ModelKind):
         a = torch.zeros_like(z)
         for r, k in enumerate(self.ks):
             values, idx = z[r].topk(k, dim=-1, sorted=False)
-            a[r] = a[r].scatter(-1, idx, values.relu())
+            a[r].scatter_(-1, idx, values.relu())
         return a
 
-    def _losses(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        x = self.layout.run_inputs(x)
-        z = self._pre_activations(params, x)
+    @torch.no_grad()
+    def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
+        """Loss terms and gradients for minibatches x (S, B, D), derived by hand in the L1 SAE's
+        pattern (each seed row's minibatch enters one GEMM; the residual x_hat - x is formed once
+        and scaled in place into its own gradient): autograd's graph made about a dozen passes over
+        the (R, B, D) residuals per step, and those passes, not the GEMMs, set the step's time.
+
+        Each decoder column's gradient loses its component along the column (the step then moves
+        along the unit sphere, to first order); the idle counts are updated in place (a latent that
+        fired in this minibatch back to 0, every other one up by the minibatch's size), so that a
+        replayed CUDA graph keeps counting in the same tensor."""
+        W_enc, W_dec, pre_bias = params["encoder.weight"], params["decoder.weight"], params["pre_bias"]
+        R, (S, B, D) = self.layout.runs, x.shape
+        z = self.layout.linear(x, W_enc, self._encoder_bias(params))
         a = self._topk_per_run(z)
-        Wd_t = params["decoder.weight"].transpose(1, 2)
-        x_hat = torch.baddbmm(params["pre_bias"].unsqueeze(1), a, Wd_t)
-        mse = (x_hat - x).square().mean((1, 2))
-        auxk = self._auxk(z, x, x_hat, mse, Wd_t)
-        return {"total": mse + AUXK_COEF * auxk, "mse": mse, "auxk": auxk}, a
+        W_dec_t = W_dec.transpose(1, 2)
+        # x_hat - x = a W_dec^T + (b_pre - x): the GEMM accumulates onto b_pre - x
+        diff = (pre_bias.view(S, -1, 1, D) - x.unsqueeze(1)).view(R, B, D).baddbmm_(a, W_dec_t)
+        mse = torch.linalg.vector_norm(diff, dim=(1, 2)).square() / (B * D)
+        auxk, a_aux, g_aux = self._auxk(z, diff, mse, W_dec_t)
+        g_xhat = diff.mul_(2.0 / (B * D))
+        g_z = relu_backward(a, torch.bmm(g_xhat, W_dec))  # a > 0 exactly where a latent passed
+        g_dec = torch.bmm(g_xhat.transpose(1, 2), a)
+        if a_aux is not None:
+            g_z += relu_backward(a_aux, torch.bmm(g_aux, W_dec))
+            g_dec.baddbmm_(g_aux.transpose(1, 2), a_aux)
+        g_enc, g_enc_bias = self.layout.linear_grads(g_z, x)
+        g_enc -= g_enc_bias.unsqueeze(2) * pre_bias.unsqueeze(1)  # the -b_pre inside W_enc (x - b_pre)
+        grads = {
+            "encoder.weight": g_enc,
+            "encoder.bias": g_enc_bias,
+            "decoder.weight": g_dec - (g_dec * W_dec).sum(1, keepdim=True) * W_dec,
+            "pre_bias": g_xhat.sum(1) - torch.bmm(g_enc_bias.unsqueeze(1), W_enc).squeeze(1),
+        }
+        self.idle.add_(B).masked_fill_((a > 0).any(1), 0)
+        return {"total": mse + AUXK_COEF * auxk, "mse": mse, "auxk": auxk}, grads
 
     def _auxk(
-        self, z: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor, mse: torch.Tensor, Wd_t: torch.Tensor
-    ) -> torch.Tensor:
-        """Each run's AuxK loss (R,): the dead latents' top-k_aux pre-activations (every live one
-        masked to -inf) reconstruct the residual x - x_hat, held fixed.
+        self, z: torch.Tensor, diff: torch.Tensor, mse: torch.Tensor, W_dec_t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Each run's AuxK loss (R,), the dead latents' activations a_aux and d(AUXK_COEF x AuxK) /
+        d(a_aux W_dec^T): the dead latents' top-k_aux pre-activations (every live one masked to
+        -inf) reconstruct the residual x - x_hat, held fixed (``diff`` is x_hat - x).
 
         Where no latent is dead, a_aux is all zeros (ReLU of -inf) and AuxK is the residual's own
-        mean square: the MSE, the same bits (x_hat - x and 0 - (x - x_hat) are the same numbers),
-        with zero gradient. The CPU checks for a dead latent and, finding none, skips the three
-        GEMMs; a sync-free step (``sync_free``) cannot ask, so it always computes the term.
+        mean square: the MSE, the same bits, with zero gradient. The CPU checks for a dead latent
+        and, finding none, skips the work (a_aux None); a sync-free step (``sync_free``) cannot
+        ask, so it always computes the term.
         """
         if self.dead_after <= 0:  # no horizon yet (prepare not run): no latent counts as dead
-            return mse.detach()
+            return mse, None, None
         dead = self.idle >= self.dead_after
         if not self.sync_free and not bool(dead.any()):
-            return mse.detach()
+            return mse, None, None
         a_aux = topk_relu(z.masked_fill(~dead.unsqueeze(1), float("-inf")), self.k_aux)
-        return (torch.bmm(a_aux, Wd_t) - (x - x_hat).detach()).square().mean((1, 2))
-
-    def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
-        """Autograd gradients, each decoder column's component along itself removed (the step then
-        moves along the unit sphere, to first order); updates the idle counts in place (a latent
-        that fired in this minibatch back to 0, every other one up by the minibatch's size), so
-        that a replayed CUDA graph keeps counting in the same tensor."""
-        out, a = self._losses(params, x)
-        trained = [n for n, p in params.items() if p.requires_grad]  # a subclass's buffers get none
-        grads = dict(zip(trained, torch.autograd.grad(out["total"].sum(), [params[n] for n in trained])))
-        with torch.no_grad():
-            w, g = params["decoder.weight"], grads["decoder.weight"]
-            grads["decoder.weight"] = g - (g * w).sum(1, keepdim=True) * w
-            self.idle.add_(a.shape[1]).masked_fill_((a > 0).any(1), 0)
-        return out, grads
+        B, D = diff.shape[1:]
+        residual = torch.baddbmm(diff, a_aux, W_dec_t)  # a_aux W_dec^T - (x - x_hat)
+        auxk = torch.linalg.vector_norm(residual, dim=(1, 2)).square() / (B * D)
+        return auxk, a_aux, residual.mul_(2.0 * AUXK_COEF / (B * D))
 
     def encode(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return self._topk_per_run(self._pre_activations(params, x.expand(self.layout.runs, -1, -1)))
+        z = linear_shared_input(x, params["encoder.weight"], self._encoder_bias(params))
+        return self._topk_per_run(z)
 
     @torch.no_grad()
     def prepare(self, params: Params, train_x: torch.Tensor) -> None:
