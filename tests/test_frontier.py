@@ -40,6 +40,16 @@ def test_no_extrapolation_further_than_the_end_segment_itself():
     assert m.weight == pytest.approx(expected, rel=1e-12)
 
 
+def test_unlimited_reach_places_a_knob_far_beyond_the_measured_points():
+    """reach=inf (notebook 5 placing a knob it will measure) lifts both limits: the end segment
+    L0 7.07 to 7.47 extended to 20, flagged, with the weight of the straight line in log L0."""
+    m = match_l0([7.07, 7.47], 20.0, reach=math.inf)
+    assert m is not None and m.extrapolated and (m.lo, m.hi) == (0, 1)
+    expected = (math.log(20.0) - math.log(7.07)) / (math.log(7.47) - math.log(7.07))
+    assert m.weight == pytest.approx(expected, rel=1e-12)
+    assert match_l0([7.07, 7.47], 20.0, reach=3.0) is None
+
+
 def test_collapsed_and_missing_points_are_left_out():
     assert np.isnan(value_at_l0([10.0, 0.0], [1.0, 2.0], 5.0))  # one usable point only
     assert value_at_l0([10.0, np.nan, 100.0, 0.0], [1.0, 9.0, 3.0, 9.0], 10**1.5) == pytest.approx(2.0)

@@ -13,6 +13,8 @@ well as to single numbers, which keeps paired bootstrap intervals paired.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +45,9 @@ def match_l0(l0s, target: float, reach: float = REACH) -> L0Match | None:
     """Where ``target`` falls on the curve of the measured ``l0s`` (points with a non-finite or
     non-positive L0 are left out: a collapsed dictionary is not a point of the frontier); None
     with fewer than two points, a target more than ``reach`` times beyond the measured range, or a
-    target beyond the end segment by more than that segment's length in log L0."""
+    target beyond the end segment by more than that segment's length in log L0. ``reach=inf``
+    lifts both limits: for placing a knob setting that will then be measured (notebook 5), never
+    for reading off a value."""
     if reach < 1:
         raise ValueError(f"reach={reach!r} must be >= 1 (1: no extrapolation)")
     l0s = np.asarray(l0s, dtype=float)
@@ -57,7 +61,7 @@ def match_l0(l0s, target: float, reach: float = REACH) -> L0Match | None:
     j = int(np.clip(np.searchsorted(x, t), 1, len(x) - 1))  # the segment holding t, or the end one
     span = x[j] - x[j - 1]
     beyond = max(x[0] - t, t - x[-1], 0.0)
-    if beyond > span:  # extrapolating further than the segment it extends
+    if beyond > span and math.isfinite(reach):  # extrapolating further than the segment it extends
         return None
     weight = float((t - x[j - 1]) / span) if span > 0 else 0.0
     return L0Match(int(order[j - 1]), int(order[j]), weight, bool(beyond > 0))
