@@ -14,7 +14,6 @@ well as to single numbers, which keeps paired bootstrap intervals paired.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import numpy as np
