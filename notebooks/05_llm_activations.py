@@ -155,6 +155,7 @@ from encoder_study.evaluation.metrics import (
     l0,
     redundancy_score,
 )
+from encoder_study.evaluation.scoring import training_gflop
 from encoder_study.llm.feature_pages import card_html, latent_card, page, printable, token_at
 from encoder_study.llm.language_model import (
     ce_loss_recovered,
@@ -554,6 +555,7 @@ for i, (s, res) in enumerate(progress(list(zip(final, results)), desc="metrics",
         continue
     model = res.model()
     row["n_params"] = count_parameters(model)
+    row["train_gflop"] = training_gflop(res.config, X.shape[1], len(X))
     with torch.no_grad():
         codes = features(model, Xt)
         readout = readout_of(model)
@@ -633,6 +635,7 @@ shown_columns = [
     "kl_div_readout",
     "dead_fraction",
     "dense_fraction_10pct",
+    "train_gflop",
     "seconds_per_run",
 ]
 metrics[shown_columns].round(4)
@@ -1127,7 +1130,10 @@ part1 = (
         if unscored
         else ""
     )
-    + " Wall time per run, its share of its stack (mean over widths and seeds): "
+    + f" Every run: {epochs} epoch{'s' if epochs > 1 else ''} over {len(X):,} vectors; its matrix products "
+    "(counted from the shapes, mean over widths): "
+    + ", ".join(f"{m} {metrics[metrics.model == m].train_gflop.mean():,.0f}" for m in MODELS)
+    + " GFLOP. Wall time per run, its share of its stack (mean over widths and seeds): "
     + ", ".join(f"{m} {metrics[metrics.model == m].seconds_per_run.mean():.1f} s" for m in MODELS)
     + "."
 )

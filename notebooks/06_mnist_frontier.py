@@ -236,6 +236,7 @@ COLUMNS = (
     "dead_by_firing",
     "n_params",
     "train_seconds",
+    "train_gflop",
     "runs_trained_together",
     "diverged",
 )
@@ -411,8 +412,10 @@ part1 = (
         if unscored
         else ""
     )
-    + f". Every run: {epochs} epoch{'s' if epochs > 1 else ''} over {len(Xtr):,} images; wall time per run "
-    "(its share of its stack): "
+    + f". Every run: {epochs} epoch{'s' if epochs > 1 else ''} over {len(Xtr):,} images; its matrix "
+    "products (counted from the shapes): "
+    + ", ".join(f"{m} {metrics[metrics.model == m].train_gflop.mean():,.0f}" for m in MODELS)
+    + " GFLOP; wall time per run (its share of its stack): "
     + ", ".join(f"{m} {metrics[metrics.model == m].seconds_per_run.mean():.1f} s" for m in MODELS)
     + "."
 )

@@ -13,6 +13,7 @@ from sklearn.datasets import load_digits
 from tanh_encoder_kind import TanhEncoderKind
 
 import encoder_study as es
+from encoder_study.evaluation.scoring import training_gflop
 from encoder_study.interface import cli
 from encoder_study.models import kinds
 from encoder_study.models.config import RunConfig
@@ -247,3 +248,17 @@ def test_every_module_keeps_one_contract_encode_decode_dictionary(kind, X):
         else:
             with pytest.raises(NotImplementedError, match="has no decoder"):
                 model.decode(codes)
+
+
+def test_training_budget_counts_the_matrix_products_from_the_shapes():
+    """Hand counts at MNIST's shape (784 -> 64), 2 flops per multiply-add: ours' layer forward and
+    weight gradient 4 x 784 x 64 = 200,704, its decorrelation 4 x 64^2 = 16,384 more; a kind with
+    a decoder five products of 784 x 64 = 501,760; 50 epochs of 50,000 images of ours 542.72 GFLOP."""
+    ours = RunConfig(model="encoder", hidden_dim=64, epochs=50)
+    assert kinds.KINDS["encoder"].gemm_flops_per_sample(784, ours) == 217_088
+    plain = RunConfig(model="encoder", hidden_dim=64, loss={"lse": 1.0, "var": 1.0, "tc": 0.0})
+    assert kinds.KINDS["encoder"].gemm_flops_per_sample(784, plain) == 200_704
+    for name in ("sae", "topk", "jumprelu"):
+        config = RunConfig(model=name, hidden_dim=64, k=8 if name == "topk" else 0)
+        assert kinds.KINDS[name].gemm_flops_per_sample(784, config) == 501_760
+    assert training_gflop(ours, 784, 50_000) == pytest.approx(542.72, rel=1e-12)

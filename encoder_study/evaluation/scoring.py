@@ -61,6 +61,12 @@ def evaluate_codes(
 
 
 @torch.no_grad()
+def training_gflop(config, input_dim: int, n_train: int) -> float:
+    """A run's training budget in GFLOP: its kind's matrix-product flops per sample
+    (``ModelKind.gemm_flops_per_sample``) times the samples of its epochs over ``n_train`` rows."""
+    return KINDS[config.model].gemm_flops_per_sample(input_dim, config) * config.epochs * n_train / 1e9
+
+
 def evaluate_run(
     result: RunResult,
     train_x: torch.Tensor,
@@ -70,13 +76,15 @@ def evaluate_run(
     probe_max_iter: int = 5000,
 ) -> dict:
     """A trained run's numbers (see ``evaluate_codes``, and the FVU conventions above), plus
-    ``decoder_fvu``, ``fvu``, ``n_params``, ``train_seconds``, ``runs_trained_together`` and
-    ``diverged``. A run that diverged gets NaN for every number of its features: its last
-    finite weights are not a trained model."""
+    ``decoder_fvu``, ``fvu``, ``n_params``, ``train_seconds``, ``train_gflop`` (``train_x`` being
+    the rows the run was trained on), ``runs_trained_together`` and ``diverged``. A run that
+    diverged gets NaN for every number of its features: its last finite weights are not a
+    trained model."""
     model = result.model()
     row = {
         "n_params": count_parameters(model),
         "train_seconds": result.seconds,
+        "train_gflop": training_gflop(result.config, train_x.shape[1], len(train_x)),
         "runs_trained_together": result.group_size,
         "diverged": result.diverged_epoch is not None,
     }

@@ -280,6 +280,17 @@ class ModelKind(UserFacing):
         return sum(p.numel() for p in module.parameters())
 
     @classmethod
+    def gemm_flops_per_sample(cls, input_dim: int, config) -> float:
+        """Floating-point operations (2 per multiply-add) of the matrix products that one training
+        sample costs a step, counted from the shapes: a budget that, unlike wall time, is the same
+        on every machine. This default is a first layer, with a decoder of the same size where the
+        kind has one, forward and backward: the layer's forward and weight gradient (4 D K), and the
+        decoder's forward, weight gradient and gradient into the code (6 D K more). Elementwise
+        work, top-k selections and data-dependent extras (TopK's AuxK while latents are dead) are
+        not counted."""
+        return (10 if cls.has_decoder else 4) * input_dim * config.hidden_dim
+
+    @classmethod
     def divergence_bound(cls, config, train_x: torch.Tensor) -> float:
         """The largest |epoch loss| a run can have and still count as training: for a model with a
         decoder, a thousand times the mean squared input (a thousand times worse than

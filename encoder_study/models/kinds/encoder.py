@@ -96,6 +96,15 @@ class EncoderKind(ModelKind):
         return state, torch.cat([tensors["W_dec"], tensors["b_dec"][None]]).contiguous()
 
     @classmethod
+    def gemm_flops_per_sample(cls, input_dim: int, config) -> float:
+        """The first layer's forward and weight gradient (4 D K), plus, with the decorrelation term
+        on, the minibatch's K x K covariance and its gradient into the activations (4 K^2), and
+        with weight redundancy on, W W^T and its gradient once per step (4 K^2 D over the batch)."""
+        K = config.hidden_dim
+        flops = 4 * input_dim * K + (4 * K * K if config.loss.tc else 0)
+        return flops + (4 * K * K * input_dim / config.batch_size if config.loss.wr else 0)
+
+    @classmethod
     def divergence_bound(cls, config, train_x: torch.Tensor) -> float:
         """A million times the all-zero LSE value of a batch (B ln K): no working run gets near it."""
         return 1e6 * config.batch_size * log_units(config.hidden_dim)

@@ -40,36 +40,6 @@ def _kernel(z: torch.Tensor, theta: torch.Tensor, eps: torch.Tensor) -> torch.Te
     return ((z - theta).abs() < eps / 2).to(z.dtype)
 
 
-class _JumpReLU(torch.autograd.Function):
-    """z * H(z - theta) for z (R, B, K), theta and eps broadcast against it (R, 1, K) and (R, 1, 1);
-    backward: the mask for z, the straight-through pseudo-derivative for theta."""
-
-    @staticmethod
-    def forward(ctx, z, theta, eps):  # type: ignore[override]
-        ctx.save_for_backward(z, theta, eps)
-        return z * (z > theta)
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        z, theta, eps = ctx.saved_tensors
-        d_theta = (g * (-theta / eps) * _kernel(z, theta, eps)).sum(1, keepdim=True)
-        return g * (z > theta), d_theta, None
-
-
-class _Step(torch.autograd.Function):
-    """H(z - theta); backward: no gradient for z, the straight-through pseudo-derivative for theta."""
-
-    @staticmethod
-    def forward(ctx, z, theta, eps):  # type: ignore[override]
-        ctx.save_for_backward(z, theta, eps)
-        return (z > theta).to(z.dtype)
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
-        z, theta, eps = ctx.saved_tensors
-        return None, (g * (-1.0 / eps) * _kernel(z, theta, eps)).sum(1, keepdim=True), None
-
-
 def _exact_log(threshold: torch.Tensor) -> torch.Tensor:
     """log(threshold), nudged by up to two units in the last place where that makes exp() give the
     threshold back exactly: the module encodes with exp(log_threshold), and a threshold read from
@@ -120,7 +90,7 @@ class JumpReLUSAE(FirstLayer, nn.Module):
 
 class JumpReLUKind(ModelKind):
     """Training stacks of JumpReLU SAEs, each run with its own sparsity weight and bandwidth; one
-    batched forward for the stack, gradients by autograd through the straight-through functions."""
+    batched forward for the stack, gradients derived by hand (``loss_and_grads``)."""
 
     name, terms, module = "jumprelu", ("mse", "l0"), JumpReLUSAE
     user_name, saelens_architecture, has_decoder = "jumprelu", "jumprelu", True
@@ -154,20 +124,40 @@ class JumpReLUKind(ModelKind):
             model.log_threshold.fill_(math.log(dict(config.knobs)["threshold_init"]))
         return model
 
+    @torch.no_grad()
     def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
+        """Loss terms and gradients for minibatches x (S, B, D), derived by hand in the L1 SAE's
+        pattern (the residual x_hat - x formed once and scaled in place into its own gradient).
+
+        z gets the exact gradient of the JumpReLU (the mask) and none through L0; the thresholds
+        get the straight-through pseudo-derivatives of the module docstring, from both terms:
+        d total / d theta = -sum over the batch of K((z - theta) / eps) (theta g_a + sparsity / B)
+        / eps, with g_a = d mse / d a, and theta = exp(log_threshold) multiplies it once more."""
+        W_dec, b_dec = params["decoder.weight"], params["decoder.bias"]
+        R, (S, B, D) = self.layout.runs, x.shape
         z = self.layout.linear(x, params["encoder.weight"], params["encoder.bias"])
         theta = params["log_threshold"].exp().unsqueeze(1)
         eps = self.bandwidth.view(-1, 1, 1)
-        a = _JumpReLU.apply(z, theta, eps)
-        l0 = _Step.apply(z, theta, eps).sum(-1).mean(-1)
-        x_hat = torch.baddbmm(
-            params["decoder.bias"].unsqueeze(1), a, params["decoder.weight"].transpose(1, 2)
-        )
-        mse = (x_hat - self.layout.run_inputs(x)).square().mean((1, 2))
-        total = mse + self.sparsity * l0
-        names = list(params)
-        grads = torch.autograd.grad(total.sum(), [params[n] for n in names])
-        return {"total": total.detach(), "mse": mse.detach(), "l0": l0.detach()}, dict(zip(names, grads))
+        mask = z > theta
+        a = z * mask
+        l0 = mask.sum(-1).mean(-1, dtype=z.dtype)
+        # x_hat - x = a W_dec^T + (b_dec - x): the GEMM accumulates onto b_dec - x
+        diff = (b_dec.view(S, -1, 1, D) - x.unsqueeze(1)).view(R, B, D).baddbmm_(a, W_dec.transpose(1, 2))
+        mse = torch.linalg.vector_norm(diff, dim=(1, 2)).square() / (B * D)
+        g_xhat = diff.mul_(2.0 / (B * D))
+        g_a = torch.bmm(g_xhat, W_dec)
+        kernel = _kernel(z, theta, eps)
+        pulls = g_a.mul(theta).add_(self.sparsity.view(-1, 1, 1) / B).mul_(kernel)
+        g_theta = -pulls.sum(1) / eps.view(-1, 1)
+        g_enc, g_enc_bias = self.layout.linear_grads(g_a.mul_(mask), x)
+        grads = {
+            "encoder.weight": g_enc,
+            "encoder.bias": g_enc_bias,
+            "decoder.weight": torch.bmm(g_xhat.transpose(1, 2), a),
+            "decoder.bias": g_xhat.sum(1),
+            "log_threshold": g_theta * theta.squeeze(1),
+        }
+        return {"total": mse + self.sparsity * l0, "mse": mse, "l0": l0}, grads
 
     def encode(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         z = linear_shared_input(x, params["encoder.weight"], params["encoder.bias"])
