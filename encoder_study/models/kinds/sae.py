@@ -81,22 +81,39 @@ class SAEKind(ModelKind):
         diff = bd_minus_x.baddbmm_(a, Wd.transpose(1, 2))
         mse = torch.linalg.vector_norm(diff, dim=(1, 2)).square() / (B * D)
         sign = 1.0 if self.activation == "relu" else -1.0  # a >= 0 for ReLU, <= 0 for -ReLU
-        sparsity = a.sum((1, 2)) / a[0].numel() * sign  # mean |a| (times sign: exact)
+        weights = self.penalty_weights(Wd)
+        weighted = a if weights is None else a * weights
+        sparsity = weighted.sum((1, 2)) / a[0].numel() * sign  # mean |a| (times sign: exact), weighted
         extra, g_extra = self.activation_terms(a)
         total = mse + self.l1 * sparsity
         out = {"total": total + extra.pop("total") if extra else total, "mse": mse, "l1": sparsity, **extra}
         g_xhat = diff.mul_(2.0 / (B * D))
-        # d(l1 mean|a|)/da = l1 sign(a) / (B K): on every unit with z > 0, the only ones that pass
-        g_a = torch.bmm(g_xhat, Wd).add_((sign * self.l1 / a[0].numel()).view(R, 1, 1))
+        # d(l1 mean w|a|)/da = l1 w sign(a) / (B K): on every unit with z > 0, the only ones that pass
+        scale = (sign * self.l1 / a[0].numel()).view(R, 1, 1)
+        g_a = torch.bmm(g_xhat, Wd).add_(scale if weights is None else weights * scale)
         if g_extra is not None:
             g_a += g_extra
         W_grad, b_grad = self.layout.linear_grads(ACTIVATION_GRADS[self.activation](z, g_a), x)
+        g_dec = torch.bmm(g_xhat.transpose(1, 2), a)
+        if weights is not None:
+            g_dec += self.penalty_weights_grad(Wd, weights, a.sum(1, keepdim=True) * scale)
         return out, {
             "encoder.weight": W_grad,
             "encoder.bias": b_grad,
-            "decoder.weight": torch.bmm(g_xhat.transpose(1, 2), a),
+            "decoder.weight": g_dec,
             "decoder.bias": g_xhat.sum(1),
         }
+
+    def penalty_weights(self, W_dec: torch.Tensor) -> torch.Tensor | None:
+        """Each latent's weight in the L1 penalty (R, 1, K), from the decoder (R, D, K); None: the
+        plain L1 SAE, every latent weighted 1."""
+        return None
+
+    def penalty_weights_grad(
+        self, W_dec: torch.Tensor, weights: torch.Tensor, upstream: torch.Tensor
+    ) -> torch.Tensor:
+        """The decoder's gradient through ``penalty_weights``, given d total / d weights (R, 1, K)."""
+        raise NotImplementedError(f"model kind {self.name!r} weights its penalty but gives no gradient")
 
     def encode(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return ACTIVATIONS[self.activation](

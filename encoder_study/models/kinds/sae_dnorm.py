@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from .base import ACTIVATIONS, Knob, Params
+from .base import Knob
 from .sae import SAEKind
 
 
 class SAEDecoderNormKind(SAEKind):
-    """Training stacks of the decoder-norm-weighted L1 SAE, each run with its own l1; one batched
-    forward for the stack, gradients by autograd."""
+    """Training stacks of the decoder-norm-weighted L1 SAE, each run with its own l1: the L1 SAE's
+    hand-derived step (``SAEKind.loss_and_grads``) with each latent's penalty weighted by its
+    decoder column's norm, and that norm's gradient added to the decoder's."""
 
     name, terms = "sae_dnorm", ("mse", "l1")
     user_name = "sae_dnorm"
@@ -30,17 +31,12 @@ class SAEDecoderNormKind(SAEKind):
         ),
     )
 
-    def loss_and_grads(self, params: Params, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], Params]:
-        a = ACTIVATIONS[self.activation](
-            self.layout.linear(x, params["encoder.weight"], params["encoder.bias"])
-        )
-        Wd = params["decoder.weight"]  # (R, D, K): column j is latent j's direction
-        x_hat = torch.baddbmm(params["decoder.bias"].unsqueeze(1), a, Wd.transpose(1, 2))
-        mse = (x_hat - self.layout.run_inputs(x)).square().mean((1, 2))
-        weighted = (a.abs() * Wd.norm(dim=1, keepdim=True)).mean((1, 2))
-        total = mse + self.l1 * weighted
-        names = list(params)
-        grads = torch.autograd.grad(total.sum(), [params[n] for n in names])
-        return {"total": total.detach(), "mse": mse.detach(), "l1": weighted.detach()}, dict(
-            zip(names, grads)
-        )
+    def penalty_weights(self, W_dec: torch.Tensor) -> torch.Tensor:
+        """Each latent's decoder column norm ||W_dec[:, j]||."""
+        return W_dec.norm(dim=1, keepdim=True)
+
+    def penalty_weights_grad(
+        self, W_dec: torch.Tensor, weights: torch.Tensor, upstream: torch.Tensor
+    ) -> torch.Tensor:
+        """d ||W_dec[:, j]|| / d W_dec[:, j] = W_dec[:, j] / ||W_dec[:, j]||, times the upstream."""
+        return W_dec * (upstream / weights)
