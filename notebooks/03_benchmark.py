@@ -364,12 +364,20 @@ part4 = (
     + f". Ours: {dead.loc['ours', 'dead_units']:.0f} and {dead.loc['ours', 'dead_by_firing']:.0f}. Figure 4 "
     "shows the SAE's untrained units as noise-like panels beside its stroke detectors."
 )
+seconds_ours, seconds_sae = per_run[metrics.model == "ours"].mean(), per_run[metrics.model == "sae"].mean()
+gflop_ours, gflop_sae = (metrics[metrics.model == m].train_gflop.mean() for m in ("ours", "sae"))
 part5 = (
-    f"**Training time per run** (runs of one kind trained together as one batched program): ours "
-    f"{per_run[metrics.model == 'ours'].mean():.1f} s, the SAE {per_run[metrics.model == 'sae'].mean():.1f} "
-    "s: "
-    "the SAE has a second layer to multiply through and differentiate. Notebook 6 compares both, with the "
-    "field's current SAEs, over their whole sparsity knobs at learning rates chosen on validation."
+    f"**Training cost per run** (runs of one kind trained together as one batched program): ours "
+    f"{seconds_ours:.1f} s, the SAE {seconds_sae:.1f} s of wall time; counted from the shapes, ours' matrix "
+    f"products are {gflop_ours:,.0f} GFLOP and the SAE's {gflop_sae:,.0f} (its second layer is multiplied "
+    "through and differentiated)"
+    + (
+        "."
+        if seconds_ours < seconds_sae
+        else ", yet ours took longer in this run: wall time depends on the machine and what else ran on it."
+    )
+    + " Notebook 6 compares both, with the field's current SAEs, over their whole sparsity knobs at "
+    "learning rates chosen on validation."
 )
 best_probe = best_metrics.groupby("model").probe_accuracy
 lowest, highest = best_probe.min(), best_probe.max()

@@ -41,7 +41,8 @@
 #   in pixel space (the border pixels never vary) and 64 full 50 x 50 covariances fitted by EM on
 #   60,000 images overfit and collapse more readily than diagonal ones, which are also closest to
 #   the encoder's one-scale energies. Features: the posterior responsibilities (**gmm**) and their
-#   logarithms (**gmm_log**, floored at 1e-30).
+#   logarithms (**gmm_log**, the probabilities floored at a tiny positive constant,
+#   `LOG_FLOOR` in `evaluation/baselines.py`, so that a zero has a logarithm).
 # - **sparse_coding**: a dictionary of 64 atoms learned by scikit-learn's
 #   `MiniBatchDictionaryLearning` on `dictionary_samples` training images, codes non-negative by
 #   the lasso with its penalty set by bisection so that the mean L0 on 2,000 training images the
@@ -55,9 +56,9 @@
 #
 # k-means and NMF are fitted in float32 (the encoders' precision), to save time; the other controls
 # in float64. NMF's dictionary is fitted on `dictionary_samples` training images rather than all of
-# them, for the same reason. A second size of 256 features is left out for time: the cost of the
-# TopK SAE and of NMF grows with the number of features, and at 256 it would pass the notebook's
-# time budget (the fit times at 64 are in the findings).
+# them, for the same reason. A second, four times larger size of features is left out for time: the cost
+# of the TopK SAE and of NMF grows with the number of features, and at that size it would pass the
+# notebook's time budget (the fit times at 64 are in the findings).
 #
 # Stochastic methods run with the seeds in `seeds`; deterministic ones (pca, pca_relu, nmf) once,
 # recorded with seed 0. `fit_seconds` is the time to fit the map (training share of the batched
