@@ -165,8 +165,9 @@ gap = {t: terms.loc[("adam", best["adam"]), t] - terms.loc[("sgd", best["sgd"]),
        for t in ("total", "lse", "var", "tc")}
 acc = {o: mean.loc[o].probe_accuracy for o in optimizers}
 mostly_var = abs(gap["var"]) > abs(gap["lse"]) + abs(gap["tc"])
-runs_curves = curves.sort_values("epoch").groupby(["optimizer", "lr", "seed"]).total
-improving = int((runs_curves.nth(-1).values < runs_curves.nth(-2).values).sum())
+per_run = curves.pivot_table(index=["optimizer", "lr", "seed"], columns="epoch", values="total")
+last_epoch = per_run.columns.max()  # each run's last two epochs, compared within the run
+improving = int((per_run[last_epoch] < per_run[last_epoch - 1]).sum())
 norms = {o: terms.loc[(o, best[o]), "param_norm"] for o in optimizers}
 fall = f"{metrics.epoch_90pct_decrease.min():.0f}-{metrics.epoch_90pct_decrease.max():.0f}"
 scale_note = (" Since this objective can always be lowered by scaling the first layer up (notebook 10), "

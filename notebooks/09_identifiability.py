@@ -516,7 +516,8 @@ def ladder(name, col="mcc", tally=True):
     n = {w: words.count(w) or "none" for w in ("above", "within the spread of", "below")}
     return (
         f"{values} at L0 {l0s}: above the TopK SAE's seed range at {n['above']} of its {len(ks)} grid "
-        f"points, within it at {n['within the spread of']} and below it at {n['below']}"
+        f"points, within it at {n['within the spread of']} and below it at {n['below']} (the TopK SAE "
+        "has one setting, k = the true L0, not a grid: a point-by-point tally, not best against best)"
     )
 
 
@@ -802,17 +803,18 @@ paper = (
     '("prototypes"). With known components that reading '
     + ("fails" if weights_far else "is not clearly refuted")
     + (
-        ": the units do pick out the right component (MCC within or above the TopK SAE's seed range at "
-        + " and at ".join(where(n) for n in [base_name, *sparser])
+        ": the units do pick out the right component (MCC at the rule's choice "
+        + "; ".join(f"{vs(pick('ours', n), pick('topk', n))} the TopK SAE's seed range at {where(n)}"
+                    for n in [base_name, *sparser])
         + "), but"
         if picks_ok
         else ":"
     )
     + (
-        " even at their best grid point their weights are further from those components than an SAE's "
-        f"decoder, trained for reconstruction (mean best cosine {span(tk.mean_best_cosine)})"
+        " even at their best grid point their weights are further from those components than the TopK "
+        f"SAE's decoder, trained for reconstruction (mean best cosine {span(tk.mean_best_cosine)})"
         if weights_far
-        else " their weights are not always further from those components than an SAE's decoder"
+        else " their weights are not always further from those components than the TopK SAE's decoder"
     )
     + f". Ours' MCC {rel_verb} at {where(best_rel)} ("
     f"{diff_tk[best_rel]:+.2f}, {rel_word})"

@@ -485,7 +485,7 @@ ABSOLUTE_PATH = re.compile(
 
 # Executed before Record.close stopped returning its path (their last cell printed it); the next
 # `make book` replaces them, and then this set must be emptied.
-AWAITING_REBUILD = {"05_llm_activations.ipynb"}  # a tight_layout warning printed its kernel path
+AWAITING_REBUILD: set[str] = set()  # executed notebooks whose record still holds a path, until their rerun
 
 
 def test_the_record_holds_no_absolute_path():

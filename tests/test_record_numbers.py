@@ -63,7 +63,7 @@ NOTEBOOKS = sorted(p.stem for p in EXECUTED.glob("[0-9][0-9]_*.ipynb"))
 # the ones issue 31 still has to convert to code-rendered findings. Strict xfail, so converting one
 # without taking it off this list also fails.
 PROSE_AWAITING_CODE: set[str] = {
-    "05_llm_activations",  # "about 714k tokens" in its method (reworded for its next run)
+    "07_controls",  # two constants its method typed (moved into the package), reworded for its next run
 }
 
 SMALL_INTEGERS = range(0, 11)  # 0-10 without a decimal point: structural, never checked
@@ -311,3 +311,28 @@ def test_stated_numbers_and_matching() -> None:
     assert not matches(stated_numbers("100 epochs")[0], [104]) and matches(stated_numbers("100")[0], [100.4])
     assert matches(stated_numbers("loss -532")[0], sorted(source_values("final -532.31")))
     assert sorted(source_values("a 93.8% b 1,234")) == [0.938, 1.0, 93.8, 234.0, 1234.0]
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def readme_findings() -> str:
+    """The README's hand-written findings: its first screen's "What it found" paragraph, and the
+    paragraphs between the generated results and "## The two commands"."""
+    text = (ROOT / "README.md").read_text()
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    return head[head.index("**What it found") : head.index("**The two commands**")] + "\n\n" + (
+        tail[: tail.index("## The two commands")]
+    )
+
+
+def test_readme_findings_state_only_paper_numbers_and_parameters() -> None:
+    """The README's hand-written summary cannot follow a rerun, so it states no measured number:
+    every number in it is the paper's (docs/paper.md) or a parameter of the book (params/paper/);
+    measured numbers live in the generated results section, written from the notebooks' tables."""
+    sources = [paper_text(), *(p.read_text() for p in sorted((ROOT / "params" / "paper").glob("*.yaml")))]
+    values = sorted(v for text in sources for v in source_values(text))
+    stated = stated_numbers(readme_findings())
+    missing = [f"{s.text!r} in ...{s.context}..." for s in stated if not matches(s, values)]
+    assert not missing, "README findings: numbers neither the paper's nor parameters:\n" + "\n".join(missing)
