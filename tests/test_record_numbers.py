@@ -46,6 +46,7 @@ values, and a hand-typed number can match one of them by chance.
 """
 
 import bisect
+import importlib.util
 import json
 import re
 from dataclasses import dataclass
@@ -313,15 +314,16 @@ def test_stated_numbers_and_matching() -> None:
     assert sorted(source_values("a 93.8% b 1,234")) == [0.938, 1.0, 93.8, 234.0, 1234.0]
 
 
-README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
-
-
 def readme_findings() -> str:
     """The README's hand-written findings: its first screen's "What it found" paragraph, and the
-    paragraphs between the generated results and "## The two commands"."""
+    paragraphs between the generated results (markers from scripts/update_readme.py) and
+    "## The two commands"."""
+    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
+    update_readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(update_readme)
     text = (ROOT / "README.md").read_text()
-    head, rest = text.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
+    head, rest = text.split(update_readme.START, 1)
+    tail = rest.split(update_readme.END, 1)[1]
     return head[head.index("**What it found") : head.index("**The two commands**")] + "\n\n" + (
         tail[: tail.index("## The two commands")]
     )
