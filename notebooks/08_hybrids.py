@@ -341,7 +341,7 @@ if len(sweep):
     axes[0].legend(fontsize=6.5, frameon=False, title="SAE + w x (LSE+InfoMax)", title_fontsize=6.5)
 fig.suptitle(
     f"MNIST, 64 units, phases of {P} epochs, seeds {', '.join(map(str, seeds))}: dots single seeds, "
-    "black bars mean ± one standard deviation",
+    "black bars mean ± one standard deviation; each axis spans its values (not from 0)",
     fontsize=10,
 )
 paths = save_figure(fig, "fig9_hybrids", repo_path(figures_dir))
