@@ -161,9 +161,9 @@ display(Markdown(findings))
 # expected to match to the digit.
 #
 # **A caution found while building this check.** With torch 2.13.0 on this 2-core CPU, the
-# *first* parallel call of `exp`, `log` or `sqrt` in a fresh process sometimes (about one process
-# in six) computes half of its tensor with a low-accuracy path, whose relative error is thousands of
-# times float32's rounding; every later call is exact. An early version of this notebook reported
+# *first* parallel call of `exp`, `log` or `sqrt` in a fresh process sometimes (in some processes,
+# not in others) computes half of its tensor with a low-accuracy path, whose relative error lies far
+# above float32's rounding; every later call is exact. An early version of this notebook reported
 # a float32 error orders of magnitude too large for exactly that reason. `import encoder_study` now
 # warms these functions up, and
 # `tests/test_reproducibility.py` checks, in fresh processes, that first calls are exact and that

@@ -1259,7 +1259,7 @@ part6 = (
     + f" (at {', '.join(map(str, hidden_dims))} units). A single number is a coarse summary; the page is "
     "the evidence."
 )
-findings = "\n\n".join([part1, part2, part3, part4, part5, part6])
+findings = "\n\n".join([part1, part3, part2, part4, part5, part6])  # the matched comparison leads
 record.summary(findings)
 display(Markdown(findings))
 record.close(
