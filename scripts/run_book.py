@@ -8,14 +8,22 @@ Paths are taken relative to the working directory. Each notebooks/NN_name.py (ju
 converted to a notebook in a temporary folder, executed with <params>/NN_name.yaml into
 <out>/NN_name.ipynb, its tables landing in <out>/NN_name/ and its figures in figures/ (for the
 record) or <out>/figures/. The console shows which notebook and which training group is running.
-Ends by printing where the results are and how long each notebook took (also written to
-<out>/book_timings.csv); a full run into executed/ also rewrites the README's results.
+Ends by printing where the results are and how long each notebook took; a full run into executed/
+also rewrites the README's results.
+
+<out>/book_timings.csv gets each notebook's row as soon as it finishes (an interrupted book keeps
+the times it measured): its wall time, the parameter folder, when this book run started, the
+processor, and how many groups of runs the run cache held when the notebook began (0 for the
+first notebook of a book from an empty cache; later notebooks may reuse earlier ones' runs, as
+they do in any whole book). An executed notebook takes its place in <out> only once it finished,
+so a killed run never leaves a half-executed notebook in the record.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import subprocess
@@ -23,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jupytext
@@ -31,7 +40,9 @@ import papermill as pm
 import yaml
 from tqdm import tqdm
 
-from encoder_study.book.record import check_names, check_value, declared_parameters
+from encoder_study.book.data import cache_dir
+from encoder_study.book.record import check_names, check_value, cpu_model, declared_parameters
+from encoder_study.book.storage import write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / "executed"
@@ -140,11 +151,12 @@ def run_notebook(py: Path, params: dict, out: Path, workdir: Path) -> float:
     console.touch()
     os.environ[CONSOLE_ENV] = str(console)  # the kernel inherits this process's environment
     follower = ConsoleProgress(console, py.stem)
+    executing = workdir / f"{py.stem}.executed.ipynb"
     start = time.perf_counter()
     try:
         pm.execute_notebook(
             str(ipynb),
-            str(out / f"{py.stem}.ipynb"),
+            str(executing),
             parameters=params,
             cwd=str(ROOT),
             kernel_name="python3",
@@ -163,33 +175,49 @@ def run_notebook(py: Path, params: dict, out: Path, workdir: Path) -> float:
         follower.close()
         os.environ.pop(CONSOLE_ENV, None)
     seconds = time.perf_counter() - start
-    relative_paths(out / f"{py.stem}.ipynb", py)
+    place_executed(executing, out / f"{py.stem}.ipynb", py)
     return seconds
 
 
-def relative_paths(executed: Path, source: Path) -> None:
-    """Papermill records where it read and wrote the notebook as absolute paths of this machine;
-    the record keeps them relative to the repository (or just the file name outside it)."""
-    nb = nbformat.read(executed, as_version=4)
+def place_executed(executing: Path, executed: Path, source: Path) -> None:
+    """Put the finished notebook at ``executed`` in one step. Papermill records where it read and
+    wrote the notebook as absolute paths of this machine; the record keeps them relative to the
+    repository (or just the file name outside it)."""
+    nb = nbformat.read(executing, as_version=4)
     meta = nb.metadata.get("papermill", {})
     for key, path in (("input_path", source), ("output_path", executed)):
         if key in meta:
             meta[key] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
-    nbformat.write(nb, executed)
+    write_atomic(executed, nbformat.writes(nb) + "\n")
 
 
-def write_timings(out: Path, timings: list[tuple[str, float]], params: str, partial: bool) -> None:
+TIMING_FIELDS = ["notebook", "seconds", "params", "book_started", "processor", "cached_groups_at_start"]
+
+
+def cached_groups() -> int:
+    """How many finished groups of runs the run cache holds now."""
+    runs = cache_dir() / "runs"
+    return sum(1 for _ in runs.glob("*.safetensors")) if runs.is_dir() else 0
+
+
+def write_timing(out: Path, row: dict[str, str]) -> None:
+    """Replace ``row``'s notebook's line in <out>/book_timings.csv (the other notebooks' lines
+    stay, with the book run that measured them), atomically."""
     timing_file = out / "book_timings.csv"
     rows = {}
-    if partial and timing_file.exists():  # a partial run replaces only its notebooks' rows
+    if timing_file.exists():
         with open(timing_file, newline="") as f:
             rows = {r["notebook"]: r for r in csv.DictReader(f)}
-    for name, sec in timings:
-        rows[name] = {"notebook": name, "seconds": f"{sec:.1f}", "params": params}
-    with open(timing_file, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["notebook", "seconds", "params"])
+    rows[row["notebook"]] = row
+
+    def write(f) -> None:
+        text = io.StringIO()
+        w = csv.DictWriter(text, fieldnames=TIMING_FIELDS, restval="", extrasaction="ignore")
         w.writeheader()
         w.writerows(rows[k] for k in sorted(rows))
+        f.write(text.getvalue().encode())
+
+    write_atomic(timing_file, write)
 
 
 def main() -> None:
@@ -212,15 +240,28 @@ def main() -> None:
     figures = ROOT / "figures" if record else out / "figures"
     out.mkdir(parents=True, exist_ok=True)
     timings = []
+    book_started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    fresh = os.environ.get("ENCODER_STUDY_FRESH", "") not in ("", "0")
     with tempfile.TemporaryDirectory(prefix="encoder-study-book-") as tmp:
         for py in selected:
             name = py.stem
             params = {**parameters[name], "results_dir": rel(out / name), "figures_dir": rel(figures)}
             print(f"== {name}  (parameters: {rel(params_dir / (name + '.yaml'))})", flush=True)
+            cached = 0 if fresh else cached_groups()  # FRESH=1 retrains: the cache is not read
             sec = run_notebook(py, params, out, Path(tmp))
             print(f"   {name} done in {sec / 60:.1f} min", flush=True)
             timings.append((name, sec))
-    write_timings(out, timings, rel(params_dir), partial=bool(args.only))
+            write_timing(
+                out,
+                {
+                    "notebook": name,
+                    "seconds": f"{sec:.1f}",
+                    "params": rel(params_dir),
+                    "book_started": book_started,
+                    "processor": f"{cpu_model()}, {os.cpu_count()} cores",
+                    "cached_groups_at_start": str(cached),
+                },
+            )
     print("\nThe results:")
     print(f"  executed notebooks and tables: {out}")
     print(f"  figures:                       {figures}")
