@@ -43,13 +43,45 @@ def _memory(notebook: str) -> str:
     return f" ({peak:.1f} GiB)" if peak is not None else ""
 
 
+def _provenance(rows: list[dict[str, str]]) -> str:
+    """Which book run(s) measured these times: their start, processor and what the run cache held
+    when each began (book_timings.csv's own columns; rows of older files without them say so)."""
+    runs: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        runs.setdefault(r.get("book_started") or "", []).append(r)
+
+    def one(started: str, members: list[dict[str, str]]) -> str:
+        if not started:
+            return "an older book run that did not record when, where or with what run cache"
+        first = members[0]
+        cache = (
+            "an empty run cache"
+            if first.get("cached_groups_at_start") == "0"
+            else f"a run cache holding {first.get('cached_groups_at_start')} groups of runs"
+        )
+        return f"the book run started {started} on {first.get('processor')}, from {cache}"
+
+    if len(runs) == 1:
+        ((started, members),) = runs.items()
+        return "all in one run: " + one(started, members)
+    return f"in {len(runs)} book runs, the total their sum: " + "; ".join(
+        f"{', '.join(m['notebook'][:2] for m in members)} in " + one(started, members)
+        for started, members in sorted(runs.items(), key=lambda kv: (kv[0] == "", kv[0]))
+    )
+
+
 def _timings() -> list[str]:
-    """The time of each notebook (book_timings.csv)."""
+    """The time of each notebook (book_timings.csv) and the run(s) that measured it."""
     out: list[str] = []
     t = EXEC / "book_timings.csv"
     if t.exists():
-        rows = list(csv.DictReader(t.open()))
+        with t.open(newline="") as f:
+            rows = list(csv.DictReader(f))
         total = sum(float(r["seconds"]) for r in rows)
+        timed = {r["notebook"] for r in rows}
+        missing = [
+            p.stem for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")) if p.stem not in timed
+        ]
         env, extract = {}, None
         info_files = sorted(EXEC.glob("*/run_info.json"))
         if info_files:
@@ -64,13 +96,13 @@ def _timings() -> list[str]:
             else ""
         )
         out += [
-            f"**Time to run the book here** ({env.get('torch_threads', '?')} threads, "
-            f"{env.get('processor', 'unknown processor')}; "
-            f"empty run cache{note}; in brackets the peak memory of the run in the record): "
+            f"**Time to run the book here** ({env.get('torch_threads', '?')} threads; {_provenance(rows)}"
+            f"{note}; in brackets the peak memory of the run in the record): "
             + ", ".join(
                 f"{r['notebook']} {float(r['seconds']) / 60:.1f} min{_memory(r['notebook'])}" for r in rows
             )
-            + f"; total {total / 60:.1f} min.",
+            + f"; total {total / 60:.1f} min"
+            + (f" ({', '.join(missing)}: no time recorded)." if missing else "."),
             "",
         ]
     return out

@@ -3,6 +3,7 @@ the contract of its results tables checked. The committed record is never touche
 record as a reader meets it (figures inside, little progress noise, an offline HTML book), and
 that JupyterLab and plain papermill leave the repository as they found it."""
 
+import csv
 import json
 import os
 import re
@@ -584,6 +585,55 @@ def test_readme_results_are_the_records_summaries_joined():
     readme = (ROOT / "README.md").read_text()
     committed = readme.split(module.START, 1)[1].split(module.END, 1)[0].strip()
     assert committed == module.section().strip(), "README.md is stale: run scripts/update_readme.py"
+
+
+def test_book_timings_name_the_book_run_that_measured_each_notebook(smoke_book):
+    """Every notebook's row is written as it finishes, with its book run's start, the processor and
+    the run cache's state (FRESH=1 reads no cache: 0); no half-executed notebook is left beside them."""
+    with open(smoke_book / "book_timings.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["notebook"] for r in rows] == sorted(NOTEBOOKS)
+    assert len({r["book_started"] for r in rows}) == 1 and all(r["processor"] for r in rows)
+    assert {r["cached_groups_at_start"] for r in rows} == {"0"}
+    assert all(float(r["seconds"]) > 0 for r in rows)
+    assert sorted(p.name for p in smoke_book.glob("*.ipynb")) == [f"{n}.ipynb" for n in sorted(NOTEBOOKS)]
+
+
+def test_readme_times_say_which_book_runs_measured_them():
+    """Hand-built timing rows: one run from an empty cache, a book split over two runs, and an old
+    file that recorded neither."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    row = lambda nb, started, cached: {  # noqa: E731
+        "notebook": nb,
+        "seconds": "60.0",
+        "book_started": started,
+        "processor": "Some CPU, 2 cores",
+        "cached_groups_at_start": cached,
+    }
+    one = [row("01_a", "2026-01-01 10:00 UTC", "0"), row("02_b", "2026-01-01 10:00 UTC", "3")]
+    assert module._provenance(one) == (
+        "all in one run: the book run started 2026-01-01 10:00 UTC on Some CPU, 2 cores, "
+        "from an empty run cache"
+    )
+    split = [one[0], row("02_b", "2026-01-02 09:00 UTC", "7")]
+    text = module._provenance(split)
+    assert text.startswith("in 2 book runs, the total their sum: 01 in the book run started 2026-01-01")
+    second = "02 in the book run started 2026-01-02 09:00 UTC on Some CPU, 2 cores, from a run cache holding"
+    assert second in text
+    old = {"notebook": "03_c", "seconds": "1.0", "params": "p"}
+    assert module._provenance([old]) == (
+        "all in one run: an older book run that did not record when, where or with what run cache"
+    )
+    assert module._provenance([old, *one]).startswith(
+        "in 2 book runs, the total their sum: 01, 02 in the book"
+    )
+    assert module._provenance([old, *one]).endswith(
+        "; 03 in an older book run that did not record when, where or with what run cache"
+    )
 
 
 def test_index_first_finding_is_the_first_bold_claim_of_the_findings():
