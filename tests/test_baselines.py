@@ -70,15 +70,6 @@ def test_lasso_penalty_brackets_the_target_l0():
     assert l0_at(penalty / 2) >= 3.0 >= l0_at(penalty * 2)
 
 
-def test_lasso_penalty_warns_when_the_target_l0_is_out_of_reach():
-    """A dictionary of 4 atoms cannot code a row with more than 4 active atoms: a target of 6 gets
-    the smallest penalty and a warning naming the L0 reached (at most 4)."""
-    X, Xt = _rows(n=400, d=10)
-    dl = B.dictionary_learning(X, 4, alpha=0.1, epochs=2, seed=0)
-    with pytest.warns(UserWarning, match=r"target_l0=6 is out of this dictionary's reach.*mean L0 [0-4]\."):
-        assert B.lasso_penalty_for_l0(dl, Xt, target_l0=6.0, bounds=(1e-4, 10.0)) == 1e-4
-
-
 def test_nmf_and_ica_give_non_negative_codes_of_the_asked_width():
     X, Xt = _rows()
     for codes in (B.nmf(X, Xt, 6, samples=200), B.ica(X, Xt, 6, seed=0)):

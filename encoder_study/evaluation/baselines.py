@@ -19,7 +19,6 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import NMF, PCA, FastICA, MiniBatchDictionaryLearning
 from sklearn.mixture import GaussianMixture
 
-from ..book.storage import warn
 from ..book.validation import check_positive, check_positive_int
 from .metrics import ACTIVE_THRESHOLD
 
@@ -123,19 +122,8 @@ def lasso_penalty_for_l0(
 ) -> float:
     """The lasso penalty (``transform_alpha``) whose codes of ``X`` have mean L0 ``target_l0``, by
     bisection on its logarithm within ``bounds`` (the L0 falls as the penalty grows). Give rows
-    the dictionary did not learn from: its own training rows are coded differently. A non-negative
-    lasso's L0 is capped (at the smallest penalty it keeps no more atoms than non-negative least
-    squares does); a target above that cap gets a warning with the L0 reached, and the smallest
-    penalty, rather than a bisection that silently settles on its bound."""
+    the dictionary did not learn from: its own training rows are coded differently."""
     check_positive("target_l0", target_l0)
-    dictionary.set_params(transform_alpha=bounds[0])
-    densest = float((dictionary.transform(X) > ACTIVE_THRESHOLD).sum(1).mean())
-    if densest < target_l0:
-        warn(
-            f"target_l0={target_l0:g} is out of this dictionary's reach: at the smallest lasso penalty "
-            f"tried, {bounds[0]:g}, its codes have mean L0 {densest:.2f}; that penalty is used"
-        )
-        return float(bounds[0])
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
     for _ in range(steps):
         dictionary.set_params(transform_alpha=float(np.exp((lo + hi) / 2)))
