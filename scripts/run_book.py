@@ -43,6 +43,7 @@ from tqdm import tqdm
 from encoder_study.book.data import cache_dir
 from encoder_study.book.record import check_names, check_value, cpu_model, declared_parameters
 from encoder_study.book.storage import write_atomic
+from encoder_study.training.run_cache import finished_groups, fresh_requested
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / "executed"
@@ -194,12 +195,6 @@ def place_executed(executing: Path, executed: Path, source: Path) -> None:
 TIMING_FIELDS = ["notebook", "seconds", "params", "book_started", "processor", "cached_groups_at_start"]
 
 
-def cached_groups() -> int:
-    """How many finished groups of runs the run cache holds now."""
-    runs = cache_dir() / "runs"
-    return sum(1 for _ in runs.glob("*.safetensors")) if runs.is_dir() else 0
-
-
 def write_timing(out: Path, row: dict[str, str]) -> None:
     """Replace ``row``'s notebook's line in <out>/book_timings.csv (the other notebooks' lines
     stay, with the book run that measured them), atomically."""
@@ -210,14 +205,11 @@ def write_timing(out: Path, row: dict[str, str]) -> None:
             rows = {r["notebook"]: r for r in csv.DictReader(f)}
     rows[row["notebook"]] = row
 
-    def write(f) -> None:
-        text = io.StringIO()
-        w = csv.DictWriter(text, fieldnames=TIMING_FIELDS, restval="", extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows[k] for k in sorted(rows))
-        f.write(text.getvalue().encode())
-
-    write_atomic(timing_file, write)
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=TIMING_FIELDS, restval="", extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows[k] for k in sorted(rows))
+    write_atomic(timing_file, text.getvalue())
 
 
 def main() -> None:
@@ -240,14 +232,18 @@ def main() -> None:
     figures = ROOT / "figures" if record else out / "figures"
     out.mkdir(parents=True, exist_ok=True)
     timings = []
-    book_started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    fresh = os.environ.get("ENCODER_STUDY_FRESH", "") not in ("", "0")
+    book_run = {  # what every row of this book run shares
+        "params": rel(params_dir),
+        "book_started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "processor": f"{cpu_model()}, {os.cpu_count()} cores",
+    }
+    fresh = fresh_requested()
     with tempfile.TemporaryDirectory(prefix="encoder-study-book-") as tmp:
         for py in selected:
             name = py.stem
             params = {**parameters[name], "results_dir": rel(out / name), "figures_dir": rel(figures)}
             print(f"== {name}  (parameters: {rel(params_dir / (name + '.yaml'))})", flush=True)
-            cached = 0 if fresh else cached_groups()  # FRESH=1 retrains: the cache is not read
+            cached = 0 if fresh else finished_groups(cache_dir() / "runs")  # FRESH=1 reads no cache
             sec = run_notebook(py, params, out, Path(tmp))
             print(f"   {name} done in {sec / 60:.1f} min", flush=True)
             timings.append((name, sec))
@@ -256,9 +252,7 @@ def main() -> None:
                 {
                     "notebook": name,
                     "seconds": f"{sec:.1f}",
-                    "params": rel(params_dir),
-                    "book_started": book_started,
-                    "processor": f"{cpu_model()}, {os.cpu_count()} cores",
+                    **book_run,
                     "cached_groups_at_start": str(cached),
                 },
             )

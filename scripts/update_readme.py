@@ -23,12 +23,16 @@ def _title(notebook: str) -> str:
     return notebook
 
 
+def _notebooks() -> list[str]:
+    """The book's notebooks (notebooks/NN_name.py), in its order."""
+    return [p.stem for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))]
+
+
 def _summaries() -> list[str]:
     """Each notebook's own summary (``summary.md``, which the notebook writes from its tables),
     under its title, in the book's order; a notebook without one in the record is named as such."""
     out: list[str] = []
-    for source in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")):
-        notebook = source.stem
+    for notebook in _notebooks():
         path = EXEC / notebook / "summary.md"
         missing = "_No summary in the record yet: run the notebook._"
         text = path.read_text().strip() if path.exists() else missing
@@ -79,9 +83,7 @@ def _timings() -> list[str]:
             rows = list(csv.DictReader(f))
         total = sum(float(r["seconds"]) for r in rows)
         timed = {r["notebook"] for r in rows}
-        missing = [
-            p.stem for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py")) if p.stem not in timed
-        ]
+        missing = [notebook for notebook in _notebooks() if notebook not in timed]
         env, extract = {}, None
         info_files = sorted(EXEC.glob("*/run_info.json"))
         if info_files:

@@ -544,13 +544,18 @@ def test_html_book_is_offline_with_figures_and_an_index(smoke_book, tmp_path):
     assert "Question." in index
 
 
-def _render_html_module():
+def _script_module(name: str):
+    """scripts/<name>.py imported as a module."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("render_html", ROOT / "scripts" / "render_html.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _render_html_module():
+    return _script_module("render_html")
 
 
 def test_benchmark_smoke_adds_each_model_at_its_validation_chosen_rate(smoke_book):
@@ -577,11 +582,7 @@ def test_every_notebook_writes_its_summary_for_the_readme(smoke_book):
 
 def test_readme_results_are_the_records_summaries_joined():
     """The README's results section is what scripts/update_readme.py makes of the committed record."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script_module("update_readme")
     readme = (ROOT / "README.md").read_text()
     committed = readme.split(module.START, 1)[1].split(module.END, 1)[0].strip()
     assert committed == module.section().strip(), "README.md is stale: run scripts/update_readme.py"
@@ -602,11 +603,7 @@ def test_book_timings_name_the_book_run_that_measured_each_notebook(smoke_book):
 def test_readme_times_say_which_book_runs_measured_them():
     """Hand-built timing rows: one run from an empty cache, a book split over two runs, and an old
     file that recorded neither."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script_module("update_readme")
     row = lambda nb, started, cached: {  # noqa: E731
         "notebook": nb,
         "seconds": "60.0",

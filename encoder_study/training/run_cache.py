@@ -205,6 +205,19 @@ def _group_lock(path: Path, desc: str) -> Iterator[None]:
         os.close(fd)
 
 
+def fresh_requested() -> bool:
+    """Whether ENCODER_STUDY_FRESH (``make book FRESH=1``) asks to retrain instead of reading the cache."""
+    return os.environ.get("ENCODER_STUDY_FRESH", "") not in ("", "0")
+
+
+def finished_groups(root: Path) -> int:
+    """How many finished groups of runs the cache folder ``root`` holds (checkpoints of groups still
+    training, ``*.partial.safetensors``, not counted)."""
+    if not root.is_dir():
+        return 0
+    return sum(1 for p in root.glob("*.safetensors") if not p.name.endswith(".partial.safetensors"))
+
+
 class RunCache:
     """The run cache's folder as run_experiments uses it: a file per finished group, named by the
     group's key; an OS lock per group while it is read, trained (locally) or written."""

@@ -19,7 +19,7 @@ from ..book.data import cache_dir
 from ..models.config import RunConfig
 from .engine import RunResult, group_runs, init_fingerprint
 from .executors import EXECUTORS, executor_name
-from .run_cache import GroupJob, RunCache, data_fingerprint
+from .run_cache import GroupJob, RunCache, data_fingerprint, fresh_requested
 
 CHECK_ROWS = 65536  # rows read at a time when data are checked
 
@@ -110,7 +110,7 @@ def run_experiments(
     test_x = None if test_x is None else as_data_tensor("test_x", test_x)
     if test_x is not None and test_x.shape[1] != train_x.shape[1]:
         raise ValueError(f"test_x has {test_x.shape[1]} features but train_x has {train_x.shape[1]}")
-    fresh = os.environ.get("ENCODER_STUDY_FRESH", "") not in ("", "0") if fresh is None else fresh
+    fresh = fresh_requested() if fresh is None else fresh
     if cache is not None and not isinstance(cache, (str, os.PathLike)):
         raise TypeError(f"cache={cache!r} must be a folder path (str or Path) or None")
     cache = RunCache(
