@@ -70,6 +70,15 @@ def test_lasso_penalty_brackets_the_target_l0():
     assert l0_at(penalty / 2) >= 3.0 >= l0_at(penalty * 2)
 
 
+def test_lasso_penalty_takes_the_smallest_bound_for_a_target_l0_out_of_reach():
+    """A dictionary of 4 atoms cannot code a row with more than 4 active atoms: a target of 6 gets
+    the smallest penalty of the bounds, the densest codes in reach."""
+    X, Xt = _rows(n=400, d=10)
+    dl = B.dictionary_learning(X, 4, alpha=0.1, epochs=2, seed=0)
+    assert B.lasso_penalty_for_l0(dl, Xt, target_l0=6.0, bounds=(1e-4, 10.0)) == 1e-4
+    assert B.lasso_penalty_for_l0(dl, Xt, target_l0=0.5, bounds=(1e-4, 10.0)) > 1e-4
+
+
 def test_nmf_and_ica_give_non_negative_codes_of_the_asked_width():
     X, Xt = _rows()
     for codes in (B.nmf(X, Xt, 6, samples=200), B.ica(X, Xt, 6, seed=0)):

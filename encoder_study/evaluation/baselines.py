@@ -113,17 +113,29 @@ def dictionary_learning(
     ).fit(X)
 
 
+LASSO_PENALTY_BOUNDS = (1e-4, 10.0)  # the lasso penalties sparse_coding_at_l0 searches between
+
+
 def lasso_penalty_for_l0(
     dictionary: MiniBatchDictionaryLearning,
     X: np.ndarray,
     target_l0: float,
     steps: int = 14,
-    bounds: tuple[float, float] = (1e-4, 10.0),
+    bounds: tuple[float, float] = LASSO_PENALTY_BOUNDS,
 ) -> float:
     """The lasso penalty (``transform_alpha``) whose codes of ``X`` have mean L0 ``target_l0``, by
     bisection on its logarithm within ``bounds`` (the L0 falls as the penalty grows). Give rows
-    the dictionary did not learn from: its own training rows are coded differently."""
+    the dictionary did not learn from: its own training rows are coded differently.
+
+    A non-negative lasso's L0 has a ceiling: even at a vanishing penalty it keeps no more atoms
+    than non-negative least squares does, often far fewer than the dictionary holds. A target
+    above the L0 at ``bounds[0]`` gets ``bounds[0]`` itself (the densest codes in reach) rather
+    than a bisection that would settle on that bound anyway; a caller tells the two apart by
+    comparing the penalty returned with ``bounds[0]`` and the codes' L0 with its target."""
     check_positive("target_l0", target_l0)
+    dictionary.set_params(transform_alpha=bounds[0])
+    if (dictionary.transform(X) > ACTIVE_THRESHOLD).sum(1).mean() <= target_l0:
+        return float(bounds[0])
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
     for _ in range(steps):
         dictionary.set_params(transform_alpha=float(np.exp((lo + hi) / 2)))
@@ -136,7 +148,9 @@ def sparse_coding_at_l0(
     X: np.ndarray, X_test: np.ndarray, n_features: int, seed: int, target_l0: float, samples: int, epochs: int
 ) -> Codes:
     """A dictionary learned on ``samples`` training rows (drawn with ``seed``), its lasso penalty
-    then set so that 2,000 training rows it did not learn from have mean L0 ``target_l0``."""
+    then set so that 2,000 training rows it did not learn from have mean L0 ``target_l0`` (or, where
+    that is out of the lasso's reach, to ``LASSO_PENALTY_BOUNDS[0]``: see ``lasso_penalty_for_l0``).
+    ``fitted`` is the dictionary, its ``transform_alpha`` the penalty chosen."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(X), min(samples, len(X)), replace=False)
     dl = dictionary_learning(X[chosen], n_features, alpha=1.0, epochs=epochs, seed=seed)
