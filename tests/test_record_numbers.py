@@ -63,9 +63,7 @@ NOTEBOOKS = sorted(p.stem for p in EXECUTED.glob("[0-9][0-9]_*.ipynb"))
 # Notebooks whose hand-written Markdown still states measured numbers found nowhere in their record:
 # the ones issue 31 still has to convert to code-rendered findings. Strict xfail, so converting one
 # without taking it off this list also fails.
-PROSE_AWAITING_CODE: set[str] = {
-    "07_controls",  # two constants its method typed (moved into the package), reworded for its next run
-}
+PROSE_AWAITING_CODE: set[str] = set()
 
 SMALL_INTEGERS = range(0, 11)  # 0-10 without a decimal point: structural, never checked
 REFERENCE_WORDS = (
