@@ -7,9 +7,9 @@ Prints run-epochs per second (one run-epoch = one run seeing all 60,000 MNIST im
 12 and 24 runs, each run on its own seed, and again with the runs sharing 3 seeds or 1 (as in
 the book: runs on one seed share minibatches and a GEMM), with the engine's fraction of this
 machine's fp32 GEMM peak measured in the same run (four times, between the parts: the median),
-and the process's peak memory; then the L1 SAE at the book's shape (12 runs), and the L1, TopK
-and BatchTopK SAEs at notebook 5's (576 -> 288 and 1152 on 65,536 random vectors, batch 1024,
-3 runs; the TopK kinds with k = 32, 64 and 128). Each figure is the median over the timed epochs
+and the process's peak memory; then the L1 SAE at the book's shape (12 runs), and the encoder
+and the L1, TopK and BatchTopK SAEs at notebook 5's (576 -> 288 and 1152 on 65,536 random vectors,
+batch 1024, 3 runs; the TopK kinds with k = 32, 64 and 128). Each figure is the median over the timed epochs
 (the first epoch is a warm-up). A TopK kind's run-epoch counts the L1 SAE's five GEMMs.
 
     python benchmarks/training_speed.py --device cuda --graphs [--epochs 3] [--out ...csv]
@@ -116,7 +116,7 @@ def measure(args: argparse.Namespace, device: torch.device, X: torch.Tensor, pea
     peaks.append(gemm_peak(device))
     g = torch.Generator().manual_seed(0)
     V = torch.randn(65536, 576, generator=g).to(device)  # notebook 5's shape: residual-stream width 576
-    for model in ("sae", "topk", "batchtopk"):
+    for model in ("encoder", "sae", "topk", "batchtopk"):
         for hidden in (288, 1152):
             # three seeds; the TopK kinds at the sparsities of a frontier (as in notebook 5)
             configs = [
@@ -127,7 +127,7 @@ def measure(args: argparse.Namespace, device: torch.device, X: torch.Tensor, pea
                     epochs=args.epochs,
                     device=args.device,
                     seed=s,
-                    **({} if model == "sae" else {"k": k}),
+                    **({"k": k} if model in ("topk", "batchtopk") else {}),
                 )
                 for s, k in ((1, 32), (2, 64), (3, 128))
             ]
