@@ -9,8 +9,8 @@ the book: runs on one seed share minibatches and a GEMM), with the engine's frac
 machine's fp32 GEMM peak measured in the same run (four times, between the parts: the median),
 and the process's peak memory; then the L1 SAE at the book's shape (12 runs), and the encoder
 and the L1, TopK and BatchTopK SAEs at notebook 5's (576 -> 288 and 1152 on 65,536 random vectors,
-batch 1024, 3 runs; the TopK kinds with k = 32, 64 and 128). Each figure is the median over the timed epochs
-(the first epoch is a warm-up). A TopK kind's run-epoch counts the L1 SAE's five GEMMs.
+batch 1024, 3 runs; the TopK kinds with k = 32, 64 and 128). Each figure is the median over the
+timed epochs (the first epoch is a warm-up). A TopK kind's run-epoch counts the L1 SAE's five GEMMs.
 
     python benchmarks/training_speed.py --device cuda --graphs [--epochs 3] [--out ...csv]
 

@@ -133,14 +133,17 @@ def lasso_penalty_for_l0(
     than a bisection that would settle on that bound anyway; a caller tells the two apart by
     comparing the penalty returned with ``bounds[0]`` and the codes' L0 with its target."""
     check_positive("target_l0", target_l0)
-    dictionary.set_params(transform_alpha=bounds[0])
-    if (dictionary.transform(X) > ACTIVE_THRESHOLD).sum(1).mean() <= target_l0:
+
+    def l0_at(penalty: float) -> float:
+        dictionary.set_params(transform_alpha=penalty)
+        return (dictionary.transform(X) > ACTIVE_THRESHOLD).sum(1).mean()
+
+    if l0_at(bounds[0]) <= target_l0:
         return float(bounds[0])
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
     for _ in range(steps):
-        dictionary.set_params(transform_alpha=float(np.exp((lo + hi) / 2)))
-        l0_mid = (dictionary.transform(X) > ACTIVE_THRESHOLD).sum(1).mean()
-        lo, hi = ((lo + hi) / 2, hi) if l0_mid > target_l0 else (lo, (lo + hi) / 2)
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if l0_at(float(np.exp(mid))) > target_l0 else (lo, mid)
     return float(np.exp((lo + hi) / 2))
 
 
