@@ -57,6 +57,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/training_speed.py
 	$(PY) benchmarks/ray_overhead.py
+	$(PY) benchmarks/splice_speed.py
 
 lab: setup
 	$(VENV)/bin/jupyter lab --allow-root notebooks/
