@@ -3,12 +3,13 @@
     python benchmarks/splice_speed.py [--contexts 64] [--reps 3] [--out benchmarks/splice_speed.csv]
 
 A splice runs the language model with a reconstruction in place of its residual stream after
-block 10 and scores CE and KL(clean || spliced) on ``--contexts`` contexts of 128 tokens (notebook
-5: 64 contexts; about 200 splices per book). ``llm.language_model.splice_metrics`` runs the
+block 10 and scores CE and KL(clean || spliced) on 64 contexts of 128 tokens in notebook 5 (204
+splices per book). Everything here is timed on one batch of 8 contexts and scaled to
+``--contexts``. ``llm.language_model.splice_metrics`` runs the
 clean forward once per batch of 8 contexts and, per splice, only the 20 later blocks and the head.
 
 Measured side by side in one process, on one batch of 8 contexts of random tokens:
-- ``splice_metrics`` as it is, per splice (two splices timed, the clean forward's share removed);
+- ``splice_metrics`` as it is, per splice (four splices timed in one call, less a call with none);
 - its parts: the later blocks, the head on the 127 predicting positions, and the scoring
   (log-softmax, CE, KL from the clean probabilities computed once per batch);
 - the two parts as they were before (the head on all 128 positions, then the logits sliced and
@@ -22,17 +23,30 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from training_speed import gemm_peak, machine
+from training_speed import gemm_peak
 
 from encoder_study.llm import language_model as llm
 
 LAYER, CONTEXT, BATCH = 10, 128, 8
+
+
+def cpu_model() -> str:
+    """The processor's name as Linux reports it (``platform.processor()`` says only x86_64)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def seconds(fn, reps: int) -> float:
@@ -48,7 +62,7 @@ def seconds(fn, reps: int) -> float:
 
 def splice_gflop(model: torch.nn.Module, tokens: int) -> float:
     """GEMM GFLOP of one splice over ``tokens`` positions: the later blocks' weight matrices (2 flops
-    per weight per token; attention's T x T products are under 2% here and left out) and the head
+    per weight per token; attention's T x T products, 2-4% more, are left out) and the head
     on the positions that predict."""
     later = sum(p.numel() for b in llm.blocks(model)[LAYER:] for p in b.parameters() if p.dim() == 2)
     head = model.get_output_embeddings().weight.numel()
@@ -66,13 +80,11 @@ def main() -> None:
     vocab = model.config.vocab_size
     batch = torch.randint(0, vocab, (BATCH, CONTEXT))
     peak = gemm_peak(torch.device("cpu"))
-    halve = {"half": lambda h: 0.5 * h}
-    two = {"half": halve["half"], "third": lambda h: h / 3}
+    four = {f"scaled by {c}": functools.partial(torch.mul, other=c) for c in (0.3, 0.5, 0.7, 0.9)}
     with torch.no_grad():
         clean_only = seconds(lambda: llm.splice_metrics(model, batch, LAYER, {}), args.reps)
-        per_splice = (
-            seconds(lambda: llm.splice_metrics(model, batch, LAYER, two), args.reps) - clean_only
-        ) / 2
+        with_four = seconds(lambda: llm.splice_metrics(model, batch, LAYER, four), args.reps)
+        per_splice = (with_four - clean_only) / len(four)
         hidden = llm.residual_stream(model, batch, LAYER)
         with llm._blocks_after(model, LAYER):
             trunk = model.get_decoder()
@@ -91,7 +103,7 @@ def main() -> None:
             ce = F.nll_loss(spliced, target, reduction="none")
             if kl_before:
                 return ce, F.kl_div(spliced, clean, reduction="none", log_target=True).sum(-1)
-            return ce, torch.einsum("pv,pv->p", clean_probability, clean - spliced)
+            return ce, (clean_probability * (clean - spliced)).sum(-1)
 
         score_s = seconds(lambda: score(False), args.reps)
         score_before_s = seconds(lambda: score(True), args.reps)
@@ -108,24 +120,18 @@ def main() -> None:
         ("parts as before (blocks + both before)", blocks_s + head_before_s + score_before_s),
     ]
     peak_mid = statistics.median([peak, peak_after])
-    where = machine(torch.device("cpu"))
+    where = f"{cpu_model()}, {torch.get_num_threads()} threads"
     print(f"{where}; fp32 GEMM peak {peak_mid:.0f} GFLOP/s (before {peak:.0f}, after {peak_after:.0f})")
     print(f"one splice over {args.contexts} contexts: {gflop * batches:.0f} GFLOP of GEMMs")
+    header = ["what", "seconds_per_batch_of_8", "seconds_per_splice", "of_gemm_peak", "machine"]
     with open(args.out, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["what", "seconds_per_batch_of_8", "seconds_per_splice", "machine", "gemm_peak_gflops"])
+        w.writerow(header + ["gemm_peak_gflops", "gemm_peak_before", "gemm_peak_after"])
         for what, s in rows:
-            share = f"{gflop / s / peak_mid:.0%} of peak" if what.startswith(("splice", "parts")) else ""
+            share = f"{gflop / s / peak_mid:.2f}" if what.startswith(("splice", "parts")) else ""
             print(f"{what:52s} {s:6.3f} s/batch  {s * batches:6.1f} s/splice  {share}")
-            w.writerow(
-                [
-                    what.strip(),
-                    f"{s:.4f}",
-                    f"{s * batches:.2f}",
-                    machine(torch.device("cpu")),
-                    f"{peak_mid:.0f}",
-                ]
-            )
+            peaks = [f"{peak_mid:.0f}", f"{peak:.0f}", f"{peak_after:.0f}"]
+            w.writerow([what.strip(), f"{s:.4f}", f"{s * batches:.2f}", share, where] + peaks)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ up by `make setup`) on a tiny text, two blocks deep."""
 import json
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -138,6 +139,49 @@ def test_splices_run_only_the_later_blocks_and_fall_back_where_that_fails(lm, to
     for name in ("a", "b"):
         assert slow[name]["ce"] == pytest.approx(fast[name]["ce"], rel=1e-5)
         assert slow[name]["kl"] == pytest.approx(fast[name]["kl"], rel=1e-4, abs=1e-6)
+
+
+def test_a_model_whose_forward_has_no_logits_to_keep_gets_the_same_losses(lm, tokens):
+    model, _ = lm
+    batch = tokens[:3]
+
+    class WithoutLogitsToKeep(torch.nn.Module):  # the same weights behind a plainer forward
+        def __init__(self):
+            super().__init__()
+            self.model, self.lm_head = model.model, model.lm_head  # blocks found at model.layers
+            self.device = model.device
+
+        def forward(self, input_ids=None, inputs_embeds=None, use_cache=None):
+            hidden = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False)
+            return SimpleNamespace(logits=self.lm_head(hidden.last_hidden_state))
+
+    plain = WithoutLogitsToKeep()
+    head_rows = []  # positions per context that reach the head: 23 with logits_to_keep, 24 without
+    hooks = [
+        model.lm_head.register_forward_pre_hook(lambda module, args: head_rows.append(args[0].shape[1])),
+        llm.blocks(model)[0].register_forward_hook(lambda *args: head_rows.append("block 1")),
+    ]
+    try:
+        with torch.no_grad():
+            full = model(batch).logits  # every position, the way transformers gives them
+            del head_rows[:]
+            for m in (model, plain):
+                kept = llm._predicting_logits(m, input_ids=batch)
+                assert kept.shape == (3, 23, model.config.vocab_size)
+                torch.testing.assert_close(kept, full[:, :-1], rtol=1e-5, atol=1e-5)
+            assert head_rows == ["block 1", 23, "block 1", 24]
+            del head_rows[:]
+            splices = {"half": lambda h: 0.5 * h}
+            ours = llm.splice_metrics(model, batch, 2, splices)
+            theirs = llm.splice_metrics(plain, batch, 2, splices)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # each: block 1 once (the clean forward), then the head for the clean logits, the check that the
+    # later blocks alone give them back, and the splice: the fast path holds for the plain forward too
+    assert head_rows == ["block 1", 23, 23, 23, "block 1", 24, 24, 24]
+    assert theirs["half"]["ce"] == pytest.approx(ours["half"]["ce"], rel=1e-5)
+    assert theirs["half"]["kl"] == pytest.approx(ours["half"]["kl"], rel=1e-4, abs=1e-6)
 
 
 def test_held_out_contexts_are_whole_disjoint_and_keep_their_tokens():
