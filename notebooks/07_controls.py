@@ -45,11 +45,11 @@
 #   `LOG_FLOOR` in `evaluation/baselines.py`, so that a zero has a logarithm).
 # - **sparse_coding**: a dictionary of 64 atoms learned by scikit-learn's
 #   `MiniBatchDictionaryLearning` on `dictionary_samples` training images, codes non-negative by
-#   the lasso with its penalty set by bisection so that the mean L0 on 2,000 training images the
-#   dictionary did not learn from matches ours', where a non-negative lasso can code that densely
-#   (where it cannot, the smallest penalty searched, `LASSO_PENALTY_BOUNDS` in
-#   `evaluation/baselines.py`, and the densest codes in reach): a decoder and an iterative encoder,
-#   the other side of the amortisation gap.
+#   the lasso. Its penalty is set by bisection so that the mean L0 on 2,000 training images the
+#   dictionary did not learn from matches ours'. Where even the smallest penalty searched
+#   (`LASSO_PENALTY_BOUNDS` in `evaluation/baselines.py`) codes more sparsely than ours, that
+#   penalty is kept: the densest codes a non-negative lasso reaches. A decoder and an iterative
+#   encoder: the other side of the amortisation gap.
 # - **ica**: FastICA (InfoMax's classical form) with 32 components on PCA-whitened images,
 #   rectified into positive and negative parts (64 features).
 # - **nmf**: non-negative matrix factorisation with 64 components (deterministic initialisation,
