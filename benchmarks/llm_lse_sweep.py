@@ -20,6 +20,7 @@ import torch
 
 from encoder_study.evaluation.metrics import features, firing_frequency, l0, readout_fvu
 from encoder_study.models.config import LossConfig, RunConfig
+from encoder_study.models.kinds import KINDS
 from encoder_study.training.engine import train_many
 
 
@@ -56,7 +57,7 @@ def main() -> None:
                     "batch_size": c.batch_size,
                     "epochs": c.epochs,
                     "steps": c.epochs * -(-len(X) // c.batch_size),
-                    "lambda_lse": c.loss.lse if c.model == "encoder" else np.nan,
+                    "lambda_lse": c.loss.lse if "lse" in KINDS[c.model].terms else np.nan,
                     "k": c.k or np.nan,
                     "l0": l0(A),
                     "active_fraction": l0(A) / c.hidden_dim,

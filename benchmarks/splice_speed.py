@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -33,20 +32,10 @@ import torch
 import torch.nn.functional as F
 from training_speed import gemm_peak
 
+from encoder_study.book.record import cpu_model
 from encoder_study.llm import language_model as llm
 
 LAYER, CONTEXT, BATCH = 10, 128, 8
-
-
-def cpu_model() -> str:
-    """The processor's name as Linux reports it (``platform.processor()`` says only x86_64)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def seconds(fn, reps: int) -> float:

@@ -144,25 +144,23 @@ Xtr_np, Xte_np = Xtr.double().numpy(), Xte.double().numpy()
 
 # %%
 start = time.perf_counter()
-bench = [RunConfig(model="encoder", seed=s, epochs=epochs, hidden_dim=hidden_dim) for s in benchmark_seeds]
-bench += [
-    RunConfig(model="sae", seed=s, epochs=epochs, hidden_dim=hidden_dim, l1=sae_l1) for s in benchmark_seeds
-]
-bench_results = run_experiments(bench, Xtr, Xte)
+bench = {  # (label, seed) -> the run
+    ("ours", s): RunConfig(model="encoder", seed=s, epochs=epochs, hidden_dim=hidden_dim)
+    for s in benchmark_seeds
+}
+bench |= {
+    ("sae", s): RunConfig(model="sae", seed=s, epochs=epochs, hidden_dim=hidden_dim, l1=sae_l1)
+    for s in benchmark_seeds
+}
 learned = {}  # (model, seed) -> (train features, test features, n_params, fit seconds)
 ours_pre = {}  # seed -> the encoder's pre-activations z = W x + b of the test images
-for cfg, res in zip(bench, bench_results):
-    if cfg.seed in seeds:
+for (name, seed), res in zip(bench, run_experiments(list(bench.values()), Xtr, Xte)):
+    if seed in seeds:
         m = res.model()
-        learned[("ours" if cfg.model == "encoder" else "sae", cfg.seed)] = (
-            features(m, Xtr),
-            features(m, Xte),
-            count_parameters(m),
-            res.seconds,
-        )
-        if cfg.model == "encoder":
+        learned[(name, seed)] = (features(m, Xtr), features(m, Xte), count_parameters(m), res.seconds)
+        if name == "ours":
             with torch.no_grad():
-                ours_pre[cfg.seed] = m(Xte)[1]
+                ours_pre[seed] = torch.nn.functional.linear(Xte, m.W, m.b)
 ours_l0 = float(np.mean([(learned[("ours", s)][1] > ACTIVE_THRESHOLD).sum(1).double().mean() for s in seeds]))
 topk_k = max(1, round(ours_l0))
 topk_runs = [RunConfig(model="topk", seed=s, epochs=epochs, hidden_dim=hidden_dim, k=topk_k) for s in seeds]

@@ -228,7 +228,7 @@ def networks(s: dict, truth) -> list[dict]:
     for (name, knob, cfg), res in zip(runs, run_experiments([r[-1] for r in runs], X, Xt)):
         m = res.model()
         W = m.W.detach()
-        dictionary = W if name == "ours" else m.decoder.weight.detach().T
+        dictionary = m.dictionary  # the decoder's columns for an SAE, the first layer's rows for ours
         rows.append(
             scores(
                 name,

@@ -102,3 +102,49 @@ def test_importing_the_package_loads_only_its_cpu_settings():
         text=True,
     )
     assert run.returncode == 0 and "found in sys.modules" not in run.stderr, run.stderr[-500:]
+
+
+def test_every_module_sits_in_a_subpackage_of_the_architecture():
+    # the package's top holds only its __init__ and the `python -m encoder_study.fit` entry point
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py", "fit.py"]
+    parts = {p.relative_to(PACKAGE).parts[0] for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE}
+    assert parts == {"book", "evaluation", "interface", "llm", "models", "training"}
+
+
+def _string_compares(tree: ast.AST) -> list[tuple[int, set[str]]]:
+    """(line, strings) of every comparison with string literals on a side (or in a tuple there)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            collections = (ast.Tuple, ast.List, ast.Set)
+            items = [e for s in sides for e in (s.elts if isinstance(s, collections) else [s])]
+            strings = {e.value for e in items if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+            if strings:
+                found.append((node.lineno, strings))
+    return found
+
+
+def test_no_kind_name_is_compared_as_a_string_outside_the_kinds():
+    # what a kind is lives in its file: code elsewhere asks the kind (its knobs, has_decoder, terms,
+    # SAELens form), never which one it holds. The notebooks' tables label their rows "ours", "sae",
+    # ...: comparing labels of a table is the notebook's analysis, so notebooks are not read here.
+    from encoder_study.models.kinds import KINDS
+
+    names = set(KINDS) | {k.user_name for k in KINDS.values() if k.user_name}
+    assert {"encoder", "ours", "sae", "topk"} <= names
+    hits = []
+    for folder in ("encoder_study", "scripts", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if "kinds" in path.relative_to(ROOT).parts:
+                continue
+            for line, strings in _string_compares(ast.parse(path.read_text())):
+                if strings & names:
+                    hits.append(f"{path.relative_to(ROOT)}:{line} compares {sorted(strings & names)}")
+    assert not hits, hits
+
+
+def test_the_kind_name_check_finds_a_comparison():
+    # the reader above on a hand-written line of each form it must catch
+    code = 'a = cfg.model == "encoder"\nb = model in ("topk", "batchtopk")\nc = "sae" != name\nd = x == 1'
+    assert _string_compares(ast.parse(code)) == [(1, {"encoder"}), (2, {"topk", "batchtopk"}), (3, {"sae"})]

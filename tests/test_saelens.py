@@ -196,3 +196,19 @@ def test_the_reader_refuses_tensors_of_the_wrong_shape_or_non_finite(fitted, tmp
     )
     with pytest.raises(ValueError, match="NaN or infinite"):
         es.load(folder)
+
+
+def test_each_kind_exports_the_tensors_of_its_architecture_and_an_unknown_one_is_refused():
+    from encoder_study.interface.saelens import saelens_tensor_names
+    from encoder_study.models.kinds import KINDS
+
+    # SAELens's formats: every architecture has the encoder, decoder and their biases; JumpReLU
+    # (the JumpReLU SAE's and BatchTopK's form) adds a threshold per latent
+    base = {"W_enc", "b_enc", "W_dec", "b_dec"}
+    assert set(saelens_tensor_names(KINDS["sae"])) == base
+    assert set(saelens_tensor_names(KINDS["topk"])) == base
+    assert set(saelens_tensor_names(KINDS["jumprelu"])) == base | {"threshold"}
+    assert set(saelens_tensor_names(KINDS["batchtopk"])) == base | {"threshold"}
+    gated = type("GatedKind", (), {"name": "gated", "saelens_architecture": "gated"})
+    with pytest.raises(ValueError, match=r"'gated' has saelens_architecture='gated'; this export writes \["):
+        saelens_tensor_names(gated)

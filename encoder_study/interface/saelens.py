@@ -42,7 +42,22 @@ from ..models.config import RunConfig, saved_run_config
 from ..models.kinds import KINDS, ModelKind, user_kinds
 
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
-SAELENS_TENSORS = ("W_enc", "b_enc", "W_dec", "b_dec")  # every architecture's; JumpReLU adds threshold
+SAELENS_TENSORS = {  # the tensors of each SAELens architecture a kind may export as
+    "standard": ("W_enc", "b_enc", "W_dec", "b_dec"),
+    "topk": ("W_enc", "b_enc", "W_dec", "b_dec"),
+    "jumprelu": ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"),
+}
+
+
+def saelens_tensor_names(kind: type[ModelKind]) -> tuple[str, ...]:
+    """The tensors a kind's SAELens form holds, by its ``saelens_architecture``; a kind with none, or
+    with an architecture this module does not write, is refused by name."""
+    if kind.saelens_architecture not in SAELENS_TENSORS:
+        raise ValueError(
+            f"model kind {kind.name!r} has saelens_architecture={kind.saelens_architecture!r}; "
+            f"this export writes {sorted(SAELENS_TENSORS)}"
+        )
+    return SAELENS_TENSORS[kind.saelens_architecture]
 
 
 def readout_of(dictionary, readout_x: torch.Tensor) -> torch.Tensor:
@@ -70,6 +85,7 @@ def write(
     kind = KINDS[config.model]
     if kind.saelens_architecture is None:
         raise ValueError(f"model kind {kind.name!r} has no SAELens form (its saelens_architecture is None)")
+    saelens_tensor_names(kind)  # an architecture this module does not write is refused before any file
     if config.activation != "relu":
         raise ValueError(
             f"activation={config.activation!r}: only ReLU activations map onto SAELens's architectures"
@@ -171,7 +187,7 @@ def read(path: Path) -> tuple[RunConfig, int, dict[str, torch.Tensor], torch.Ten
 
 def _check_tensors(kind: type[ModelKind], t: dict[str, torch.Tensor], source: Path) -> tuple[int, int]:
     """(d_in, d_sae) of SAELens tensors whose names and shapes fit together, else an error."""
-    names = set(SAELENS_TENSORS) | ({"threshold"} if kind.saelens_architecture == "jumprelu" else set())
+    names = set(saelens_tensor_names(kind))
     if set(t) != names:
         raise ValueError(
             f"{source}: tensors {sorted(t)} are not SAELens's {sorted(names)} for kind {kind.user_name!r}"
