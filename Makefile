@@ -56,6 +56,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/training_speed.py
+	$(PY) benchmarks/step_parts.py
 	$(PY) benchmarks/ray_overhead.py
 	$(PY) benchmarks/splice_speed.py
 
