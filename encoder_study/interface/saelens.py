@@ -52,6 +52,8 @@ SAELENS_TENSORS = {  # the tensors of each SAELens architecture a kind may expor
 def saelens_tensor_names(kind: type[ModelKind]) -> tuple[str, ...]:
     """The tensors a kind's SAELens form holds, by its ``saelens_architecture``; a kind with none, or
     with an architecture this module does not write, is refused by name."""
+    if kind.saelens_architecture is None:
+        raise ValueError(f"model kind {kind.name!r} has no SAELens form (its saelens_architecture is None)")
     if kind.saelens_architecture not in SAELENS_TENSORS:
         raise ValueError(
             f"model kind {kind.name!r} has saelens_architecture={kind.saelens_architecture!r}; "
@@ -83,9 +85,7 @@ def write(
 
     config = dictionary.config
     kind = KINDS[config.model]
-    if kind.saelens_architecture is None:
-        raise ValueError(f"model kind {kind.name!r} has no SAELens form (its saelens_architecture is None)")
-    saelens_tensor_names(kind)  # an architecture this module does not write is refused before any file
+    saelens_tensor_names(kind)  # a kind without a SAELens form this module writes is refused before any file
     if config.activation != "relu":
         raise ValueError(
             f"activation={config.activation!r}: only ReLU activations map onto SAELens's architectures"
