@@ -322,6 +322,15 @@ def test_mnist_smoke_frontier_every_model_at_its_chosen_rate_with_intervals(smok
     m = matched.dropna(subset=["probe"])
     assert (m.probe_seed_min <= m.probe + 1e-12).all() and (m.probe <= m.probe_seed_max + 1e-12).all()
     assert (folder / "summary.md").read_text().startswith("**Rates chosen on validation**")
+    # the JumpReLU SAE is swept by its L0 weight (the paper's knob), its thresholds kept per run
+    jumprelu = df[(df.model == "jumprelu") & ~df.diverged]
+    thresholds = pd.read_csv(folder / "jumprelu_thresholds.csv")
+    assert set(df[df.model == "jumprelu"].knob) == {"sparsity"} and len(thresholds) == len(jumprelu)
+    assert sorted(thresholds.sparsity.unique()) == sorted(p["jumprelu_sparsity"])
+    assert (thresholds.threshold_start == p["jumprelu_threshold_init"]).all()
+    pairs = lambda d, knob: sorted(zip(d[knob], d.seed))  # noqa: E731
+    assert pairs(thresholds, "sparsity") == pairs(jumprelu, "knob_value")  # one row per trained run
+    assert "What set the JumpReLU SAE's sparsity" in (folder / "summary.md").read_text()
 
 
 def _as_ipynb(name, folder) -> Path:

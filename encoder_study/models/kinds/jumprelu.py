@@ -17,8 +17,12 @@ starts at the data mean, as the paper's setup does.
 The thresholds start at ``threshold_init`` (the paper's 0.001 by default, chosen for inputs whose
 mean squared norm is 1; inputs of another scale want it scaled with them). They are trained in log
 space, and Adam moves a parameter by about its learning rate per step whatever the gradient's
-size, so within a short budget the thresholds end near where they started: there the starting
-value, more than ``sparsity``, sets how sparse the code is.
+size. So the budget decides which knob sets the sparsity: given enough steps the thresholds travel
+to where ``sparsity`` puts them (the paper's knob, and notebook 6's), while over a few hundred
+steps they move by at most a factor of about exp(steps x rate) and the starting value sets it
+(notebook 5's two epochs). A unit
+whose pre-activations all lie more than half the bandwidth below its threshold gets no gradient at
+all, so a start far above them leaves units that never learn.
 """
 
 from __future__ import annotations
