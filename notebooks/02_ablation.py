@@ -61,6 +61,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from IPython.display import Markdown, display
 
 from encoder_study.book.data import mnist_tensors
 from encoder_study.book.progress import progress
@@ -171,7 +172,8 @@ paths = save_figure(fig, "fig2_ablation", repo_path(figures_dir))
 #
 # The terms live on different scales (LSE is summed over the batch), so each configuration's
 # total objective is drawn on its own axis; the "stops learning" epoch is the first after which
-# the epoch loss never again improves by more than 0.1% of its total change.
+# the epoch loss never again improves by more than 0.1% of its total change. The figure's message,
+# from its data, is printed under it.
 
 # %%
 curves = pd.DataFrame(curves)
@@ -195,6 +197,15 @@ fig.suptitle("Each configuration on its own y axis; open circle: the epoch it st
 loss_paths = save_figure(fig, "fig2b_ablation_loss_curves", repo_path(figures_dir))
 plateaus = pd.DataFrame(plateaus)
 record.table("plateaus", plateaus)
+stops = plateaus.groupby("config", sort=False).plateau_epoch
+display(
+    Markdown(
+        "**Figure 2b's message.** The epoch after which each configuration's objective stops "
+        f"improving (of {int(curves.epoch.max())}; the seeds' range): "
+        + "; ".join(f"{c} {g.min()}-{g.max()}" if g.min() != g.max() else f"{c} {g.min()}" for c, g in stops)
+        + "."
+    )
+)
 plateaus.groupby("config", sort=False)[["plateau_epoch", "final_loss"]].mean()
 
 # %% [markdown]
@@ -233,8 +244,6 @@ comparison
 # activations' scale).
 
 # %%
-from IPython.display import Markdown, display
-
 from encoder_study.models.losses import uniform_lse_value
 
 m = metrics.groupby("config", sort=False)

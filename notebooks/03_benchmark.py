@@ -391,6 +391,8 @@ def at_best(model: str, column: str, scale: float = 1.0, fmt: str = ".2f") -> st
     return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}" if len(v) > 1 else f"{v.mean():{fmt}}"
 
 
+l0_at_paper = {m: metrics.loc[metrics.model == m, "l0"].mean() for m in names}
+l0_at_own = {m: best_metrics.loc[best_metrics.model == m, "l0"].mean() for m in names}
 part6 = (
     f"**Each at its own learning rate** (chosen by validation probe accuracy on the last {n_validation:,} "
     f"training images, seed {seeds[0]}, grid {', '.join(f'{v:g}' for v in lr_grid)}): ours "
@@ -411,6 +413,17 @@ part6 = (
         )
     )
     + (f" Chosen at the grid's edge: {', '.join(edge)} (a wider grid might serve it better)." if edge else "")
+    + (
+        " The rate moves the sparsity too (neither comparison is at matched L0; notebook 6 compares "
+        "there): L0 "
+        if any(abs(l0_at_own[m] / l0_at_paper[m] - 1) > 0.1 for m in names)
+        else " The rate leaves the sparsity within 10% of where it was: L0 "
+    )
+    + ", ".join(
+        f"{names[m]} {ms(m, 'l0', fmt='.1f')} at the paper's rate, {at_best(m, 'l0', fmt='.1f')} at its own"
+        for m in names
+    )
+    + "."
 )
 findings = "\n\n".join(p for p in [part1, part2, part3, part4, part5, part6] if p)
 table = [
@@ -432,4 +445,6 @@ table = [
 setting = f"MNIST, 64 units, {epochs} epochs, seeds {', '.join(map(str, seeds))}; mean ± std over seeds."
 record.summary(setting + "\n\n" + "\n".join(table) + "\n\n" + findings)
 display(Markdown(findings))
-record.close(figures=[p.name for p in paths + feature_paths], raw_pixel_probe_accuracy=raw_acc)
+record.close(
+    figures=[p.name for p in paths + feature_paths], raw_pixel_probe_accuracy=raw_acc, chosen_lr=chosen_lr
+)

@@ -297,8 +297,10 @@ final.groupby(["condition", "infomax_weight"], dropna=False, sort=False).agg(
 # %% [markdown]
 # ## Figure 9: what the paper's objective does inside an SAE
 # Final states: each seed a dot, the mean a bar with one standard deviation; the weight sweep of
-# `sae_plus_infomax` (one seed each) as the open markers beside it, one marker per weight. Dot
-# plots: each panel's axis spans its values and need not start at zero.
+# `sae_plus_infomax` (one seed each) as the open markers beside it, one marker per weight, each
+# in its own column. FVU, L0 and the distance are drawn from zero; the probe panel spans its
+# values, and the break marks at the foot of its axis say that it does not start at zero. The
+# figure's message, from its data, is printed under it.
 
 # %%
 label = {
@@ -329,22 +331,50 @@ for ax, (col, title) in zip(
         if len(values) > 1:
             spread = values.std(ddof=1)
             ax.errorbar(i, values.mean(), yerr=spread, fmt="_", color="k", ms=16, capsize=4, zorder=4)
-    beside = list(PATHS).index("sae_plus_infomax") + 0.35
+    beside = list(PATHS).index("sae_plus_infomax") + 0.3
     for _, r in sweep.iterrows():
         marker = sweep_markers[r.infomax_weight]
-        ax.plot(beside, r[col] * k, marker, color=path_colors["sae_plus_infomax"], mfc="white", ms=5,
-                label=f"w = {r.infomax_weight:g} (seed {r.seed:g})")
+        column = beside + 0.12 * list(sweep_markers).index(r.infomax_weight)  # no two weights overprint
+        ax.plot(
+            column,
+            r[col] * k,
+            marker,
+            color=path_colors["sae_plus_infomax"],
+            mfc="white",
+            ms=5,
+            label=f"w = {r.infomax_weight:g} (seed {r.seed:g})",
+        )
     ax.set_xticks(range(len(PATHS)), [label[c] for c in PATHS], fontsize=6.5)
-    ax.set_xlim(-0.5, len(PATHS) - 0.5)
+    ax.set_xlim(-0.5, len(PATHS) - 0.3)
     ax.set_title(title, fontsize=9)
+    if col == "probe_accuracy":  # the break marks: this axis does not start at zero
+        ax.plot([-0.012, 0.012], [0.005, 0.025], transform=ax.transAxes, color="k", lw=1, clip_on=False)
+        ax.plot([-0.012, 0.012], [0.025, 0.045], transform=ax.transAxes, color="k", lw=1, clip_on=False)
+    else:
+        ax.set_ylim(0, None)
 if len(sweep):
     axes[0].legend(fontsize=6.5, frameon=False, title="SAE + w x (LSE+InfoMax)", title_fontsize=6.5)
 fig.suptitle(
     f"MNIST, 64 units, phases of {P} epochs, seeds {', '.join(map(str, seeds))}: dots single seeds, "
-    "black bars mean ± one standard deviation; each axis spans its values (not from 0)",
+    "black bars mean ± one standard deviation; the probe axis is broken (not from 0)",
     fontsize=10,
 )
 paths = save_figure(fig, "fig9_hybrids", repo_path(figures_dir))
+shown = main.groupby("condition").agg(
+    probe=("probe_accuracy", "mean"), l0=("l0", "mean"), fvu=("fvu", "mean")
+)
+display(
+    Markdown(
+        "**Figure 9's message** (means over seeds, from the figure's data): "
+        + "; ".join(
+            f"{label[c].replace(chr(10), ' ')}: probe {shown.loc[c, 'probe']:.2%}, "
+            f"L0 {shown.loc[c, 'l0']:.1f}, FVU {shown.loc[c, 'fvu']:.3f}"
+            for c in PATHS
+            if c in shown.index
+        )
+        + ". The black bars give each mean's spread over seeds."
+    )
+)
 
 # %% [markdown]
 # ## The activation's sign, and the weights' geometry
