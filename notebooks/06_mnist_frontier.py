@@ -44,8 +44,11 @@
 # **Each method at its own best rate, chosen on validation.** Seed `seeds[0]`, every model over
 # its whole grid at every Adam rate in `lr_grid`; a model's score at a rate is its validation FVU
 # (its own decoder; ours through the common readout) read off at L0 = `selection_l0` by the
-# book's matched-L0 rule (`encoder_study.evaluation.frontier`); the lowest score chooses. At the chosen rate
-# the grid is then trained on every seed. Per run, on the test images: linear-probe accuracy (the
+# book's matched-L0 rule (`encoder_study.evaluation.frontier`); the lowest score chooses. Where a
+# model's choice sits on the grid's edge (a grid of three rates or more), the next rate past that
+# edge (by the grid's own end ratio) is tried too, up to `lr_edge_steps` times, so that a best
+# rate beyond the grid is not missed. At the chosen rate the grid is then trained on every seed.
+# Per run, on the test images: linear-probe accuracy (the
 # book's probe: standardised features, lbfgs logistic regression fitted on the training images),
 # L0 (activations > 0.01), FVU twice (through the model's own decoder where it has one, and
 # through the same affine readout of its codes for every model: ridge regression, its penalty
@@ -67,6 +70,7 @@ epochs: int = 50
 seeds: list[int] = [1, 2, 3]
 hidden_dim: int = 64
 lr_grid: list[float] = [3e-4, 1e-3, 3e-3, 1e-2]  # Adam rates tried for every model on validation
+lr_edge_steps: int = 2  # rates tried past the grid's edge, one at a time, while a model's choice sits on it
 selection_l0: float = 16.0  # the L0 at which validation FVU picks each model's rate
 ours_lse: list[float] = [0.1, 1.0, 3.0, 10.0]
 sae_l1: list[float] = [0.01, 0.03, 0.06, 0.1]
@@ -94,6 +98,7 @@ params = guard.check(
         "epochs": 1,
         "probe_max_iter": 1,
         "lr_grid": 0,
+        "lr_edge_steps": 0,
         "bootstrap_resamples": 100,
     },
 )
@@ -178,42 +183,74 @@ def train_runs(rows: list[dict]) -> list:
 # %% [markdown]
 # ## Choosing each model's rate on validation
 # Per model and rate (seed `seeds[0]`): the validation FVU read off at L0 = `selection_l0`
-# (blank where that model's grid does not reach it at that rate); the lowest is chosen.
+# (blank where that model's grid does not reach it at that rate); the lowest is chosen, and where
+# it sits on the edge of the rates tried, the next rate past that edge is tried as well.
 
 # %%
 t0 = time.perf_counter()
-selection = specs(MODELS, seeds[0], lambda m: lr_grid)
-validation = pd.DataFrame(
-    [
-        {
-            **r,
-            **{
-                k: v
-                for k, v in evaluate_run(res, Xtr, Xval).items()
-                if k in ("l0", "fvu", "readout_fvu", "diverged")
-            },
-        }
-        for r, res in zip(selection, progress(train_runs(selection), desc="validation", unit="runs"))
-    ]
-)
-record.table("selection_runs", validation)
-scores = pd.DataFrame(
-    [
-        {"model": m, "lr": lr, "validation_fvu_at_selection_l0": value_at_l0(g.l0, g.fvu, selection_l0)}
-        for (m, lr), g in validation.groupby(["model", "lr"])
-    ]
-)
-fallback_lr = sorted(lr_grid)[len(lr_grid) // 2]
 
 
-def choose_rate(model: str) -> float:
+def validate(rows: list[dict]) -> pd.DataFrame:
+    """Each run's validation L0 and FVUs (trained, or loaded from the run cache)."""
+    keep = ("l0", "fvu", "readout_fvu", "diverged")
+    return pd.DataFrame(
+        [
+            {**r, **{k: v for k, v in evaluate_run(res, Xtr, Xval).items() if k in keep}}
+            for r, res in zip(rows, progress(train_runs(rows), desc="validation", unit="runs"))
+        ]
+    )
+
+
+def score(validation: pd.DataFrame) -> pd.DataFrame:
+    """Per model and rate, the validation FVU read off at L0 = selection_l0."""
+    return pd.DataFrame(
+        [
+            {"model": m, "lr": lr, "validation_fvu_at_selection_l0": value_at_l0(g.l0, g.fvu, selection_l0)}
+            for (m, lr), g in validation.groupby(["model", "lr"])
+        ]
+    )
+
+
+def choose_rate(scores: pd.DataFrame, model: str) -> float:
     """The rate with the lowest validation FVU at selection_l0; the grid's middle rate (said so in
     the findings) where no rate brought the model's L0 within reach of selection_l0."""
     d = scores[scores.model == model].dropna(subset=["validation_fvu_at_selection_l0"])
     return fallback_lr if d.empty else float(d.loc[d.validation_fvu_at_selection_l0.idxmin(), "lr"])
 
 
-chosen_lr = {m: choose_rate(m) for m in MODELS}
+def beyond_edge(rates: list[float], lr: float) -> float:
+    """The next rate past the edge of ``rates`` that ``lr`` sits on, by the grid's own end ratio
+    (two significant digits)."""
+    r = sorted(rates)
+    step = r[-1] / r[-2] if lr == r[-1] else r[0] / r[1]
+    return float(f"{lr * step:.2g}")
+
+
+fallback_lr = sorted(lr_grid)[len(lr_grid) // 2]
+validation = validate(specs(MODELS, seeds[0], lambda m: lr_grid))
+rates = {m: sorted(lr_grid) for m in MODELS}  # each model's rates tried, the edge extensions included
+for _ in range(lr_edge_steps if len(lr_grid) >= 3 else 0):
+    scores = score(validation)
+    now = {m: choose_rate(scores, m) for m in MODELS}
+    scored = set(scores.dropna(subset=["validation_fvu_at_selection_l0"]).model)
+    at_edge = {
+        m: beyond_edge(rates[m], lr)
+        for m, lr in now.items()
+        if m in scored and lr in (rates[m][0], rates[m][-1])
+    }
+    if not at_edge:
+        break
+    validation = pd.concat(
+        [
+            validation,
+            validate([r for m, lr in at_edge.items() for r in specs([m], seeds[0], lambda _, v=lr: [v])]),
+        ],
+        ignore_index=True,
+    )
+    rates.update({m: sorted(rates[m] + [lr]) for m, lr in at_edge.items()})
+record.table("selection_runs", validation)
+scores = score(validation)
+chosen_lr = {m: choose_rate(scores, m) for m in MODELS}
 unscored = [m for m in MODELS if scores[scores.model == m].validation_fvu_at_selection_l0.isna().all()]
 scores["chosen"] = [chosen_lr[m] == lr for m, lr in zip(scores.model, scores.lr)]
 record.table("lr_selection", scores)
@@ -448,12 +485,19 @@ ours_dead = metrics[metrics.model == "ours"].dead_by_firing.max()
 edge = [
     m
     for m, lr in chosen_lr.items()
-    if len(lr_grid) >= 3 and lr in (min(lr_grid), max(lr_grid)) and m not in unscored
+    if len(lr_grid) >= 3 and lr in (rates[m][0], rates[m][-1]) and m not in unscored
 ]
+extended = {m: r for m, r in rates.items() if len(r) > len(lr_grid)}
 part1 = (
     f"**Rates chosen on validation** (grid {', '.join(f'{v:g}' for v in lr_grid)}): "
     + ", ".join(f"{m} {lr:g}" for m, lr in chosen_lr.items())
-    + (f"; at the edge of the grid: {', '.join(edge)}" if edge else "")
+    + (
+        "; tried past the grid's edge: "
+        + ", ".join(f"{m} {', '.join(f'{v:g}' for v in r if v not in lr_grid)}" for m, r in extended.items())
+        if extended
+        else ""
+    )
+    + (f"; still at the edge of the rates tried: {', '.join(edge)}" if edge else "")
     + (
         f"; no rate brought {', '.join(unscored)} near L0 {selection_l0:g} (kept {fallback_lr:g})"
         if unscored

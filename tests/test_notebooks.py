@@ -311,7 +311,10 @@ def test_mnist_smoke_frontier_every_model_at_its_chosen_rate_with_intervals(smok
     chosen = selection[selection.chosen].set_index("model").lr
     assert chosen.to_dict() == info["chosen_lr"] and (df.lr == df.model.map(chosen)).all()
     runs = pd.read_csv(folder / "selection_runs.csv")  # on validation, first seed, every rate
-    assert set(runs.seed) == {p["seeds"][0]} and set(runs.lr) == set(p["lr_grid"])
+    assert set(runs.seed) == {p["seeds"][0]} and set(p["lr_grid"]) <= set(runs.lr)
+    beyond = set(runs.lr) - set(p["lr_grid"])  # rates tried past the grid's edge, at most one per model here
+    assert all(not min(p["lr_grid"]) <= lr <= max(p["lr_grid"]) for lr in beyond)
+    assert (runs[runs.lr.isin(beyond)].groupby("model").lr.nunique() <= p["lr_edge_steps"]).all()
     # every model has a readout FVU; only the SAEs a decoder's
     assert df.readout_fvu.notna().all() and df[df.model == "ours"].decoder_fvu.isna().all()
     assert df[df.model != "ours"].decoder_fvu.notna().all() and df.probe_accuracy.between(0, 1).all()
