@@ -218,6 +218,12 @@ def choose_rate(scores: pd.DataFrame, model: str) -> float:
     return fallback_lr if d.empty else float(d.loc[d.validation_fvu_at_selection_l0.idxmin(), "lr"])
 
 
+def on_edge(model: str, lr: float) -> bool:
+    """Whether ``lr`` is the smallest or largest rate ``model`` has tried (a grid of three or more:
+    the fallback, the grid's middle rate, is never on it)."""
+    return len(lr_grid) >= 3 and lr in (rates[model][0], rates[model][-1])
+
+
 def beyond_edge(rates: list[float], lr: float) -> float:
     """The next rate past the edge of ``rates`` that ``lr`` sits on, by the grid's own end ratio
     (two significant digits)."""
@@ -229,15 +235,10 @@ def beyond_edge(rates: list[float], lr: float) -> float:
 fallback_lr = sorted(lr_grid)[len(lr_grid) // 2]
 validation = validate(specs(MODELS, seeds[0], lambda m: lr_grid))
 rates = {m: sorted(lr_grid) for m in MODELS}  # each model's rates tried, the edge extensions included
-for _ in range(lr_edge_steps if len(lr_grid) >= 3 else 0):
+for _ in range(lr_edge_steps):
     scores = score(validation)
     now = {m: choose_rate(scores, m) for m in MODELS}
-    scored = set(scores.dropna(subset=["validation_fvu_at_selection_l0"]).model)
-    at_edge = {
-        m: beyond_edge(rates[m], lr)
-        for m, lr in now.items()
-        if m in scored and lr in (rates[m][0], rates[m][-1])
-    }
+    at_edge = {m: beyond_edge(rates[m], lr) for m, lr in now.items() if on_edge(m, lr)}
     if not at_edge:
         break
     validation = pd.concat(
@@ -482,11 +483,7 @@ def pts(x: float) -> str:
 
 ours_rows = summary[summary.model == "ours"].sort_values("l0_mean")
 ours_dead = metrics[metrics.model == "ours"].dead_by_firing.max()
-edge = [
-    m
-    for m, lr in chosen_lr.items()
-    if len(lr_grid) >= 3 and lr in (rates[m][0], rates[m][-1]) and m not in unscored
-]
+edge = [m for m, lr in chosen_lr.items() if on_edge(m, lr)]
 extended = {m: r for m, r in rates.items() if len(r) > len(lr_grid)}
 part1 = (
     f"**Rates chosen on validation** (grid {', '.join(f'{v:g}' for v in lr_grid)}): "
