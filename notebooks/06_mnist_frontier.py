@@ -114,8 +114,16 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from encoder_study.book.data import mnist_tensors
 from encoder_study.book.record import COLORS, repo_path, save_figure, start_notebook
 from encoder_study.evaluation.agreement import bootstrap_interval
-from encoder_study.evaluation.frontier import match_l0, value_at_l0
+from encoder_study.evaluation.frontier import match_l0
 from encoder_study.evaluation.metrics import features, probe_correct
+from encoder_study.evaluation.rate_choice import (
+    beyond_edge,
+    choose_rate,
+    describe_unscored,
+    on_edge,
+    score_rates,
+    unscored_rates,
+)
 from encoder_study.evaluation.scoring import evaluate_run
 from encoder_study.models.config import RunConfig, run_config_for
 from encoder_study.training.runs import run_experiments
@@ -184,7 +192,9 @@ def train_runs(rows: list[dict]) -> list:
 # ## Choosing each model's rate on validation
 # Per model and rate (seed `seeds[0]`): the validation FVU read off at L0 = `selection_l0`
 # (blank where that model's grid does not reach it at that rate); the lowest is chosen, and where
-# it sits on the edge of the rates tried, the next rate past that edge is tried as well.
+# it sits on the edge of the rates tried, the next rate past that edge is tried as well. A rate
+# whose runs never come near `selection_l0` has no score; it is set against the chosen rate at the
+# L0s both reach (`unscored_rates`), and the findings say where it was ahead.
 
 # %%
 t0 = time.perf_counter()
@@ -201,44 +211,13 @@ def validate(rows: list[dict]) -> pd.DataFrame:
     )
 
 
-def score(validation: pd.DataFrame) -> pd.DataFrame:
-    """Per model and rate, the validation FVU read off at L0 = selection_l0."""
-    return pd.DataFrame(
-        [
-            {"model": m, "lr": lr, "validation_fvu_at_selection_l0": value_at_l0(g.l0, g.fvu, selection_l0)}
-            for (m, lr), g in validation.groupby(["model", "lr"])
-        ]
-    )
-
-
-def choose_rate(scores: pd.DataFrame, model: str) -> float:
-    """The rate with the lowest validation FVU at selection_l0; the grid's middle rate (said so in
-    the findings) where no rate brought the model's L0 within reach of selection_l0."""
-    d = scores[scores.model == model].dropna(subset=["validation_fvu_at_selection_l0"])
-    return fallback_lr if d.empty else float(d.loc[d.validation_fvu_at_selection_l0.idxmin(), "lr"])
-
-
-def on_edge(model: str, lr: float) -> bool:
-    """Whether ``lr`` is the smallest or largest rate ``model`` has tried (a grid of three or more:
-    the fallback, the grid's middle rate, is never on it)."""
-    return len(lr_grid) >= 3 and lr in (rates[model][0], rates[model][-1])
-
-
-def beyond_edge(rates: list[float], lr: float) -> float:
-    """The next rate past the edge of ``rates`` that ``lr`` sits on, by the grid's own end ratio
-    (two significant digits)."""
-    r = sorted(rates)
-    step = r[-1] / r[-2] if lr == r[-1] else r[0] / r[1]
-    return float(f"{lr * step:.2g}")
-
-
-fallback_lr = sorted(lr_grid)[len(lr_grid) // 2]
+fallback_lr = sorted(lr_grid)[len(lr_grid) // 2]  # kept by a model no rate brings near selection_l0
 validation = validate(specs(MODELS, seeds[0], lambda m: lr_grid))
 rates = {m: sorted(lr_grid) for m in MODELS}  # each model's rates tried, the edge extensions included
 for _ in range(lr_edge_steps):
-    scores = score(validation)
-    now = {m: choose_rate(scores, m) for m in MODELS}
-    at_edge = {m: beyond_edge(rates[m], lr) for m, lr in now.items() if on_edge(m, lr)}
+    scores = score_rates(validation, selection_l0)
+    now = {m: choose_rate(scores, m, fallback_lr) for m in MODELS}
+    at_edge = {m: beyond_edge(rates[m], lr) for m, lr in now.items() if on_edge(rates[m], lr)}
     if not at_edge:
         break
     validation = pd.concat(
@@ -250,9 +229,11 @@ for _ in range(lr_edge_steps):
     )
     rates.update({m: sorted(rates[m] + [lr]) for m, lr in at_edge.items()})
 record.table("selection_runs", validation)
-scores = score(validation)
-chosen_lr = {m: choose_rate(scores, m) for m in MODELS}
+scores = score_rates(validation, selection_l0)
+chosen_lr = {m: choose_rate(scores, m, fallback_lr) for m in MODELS}
 unscored = [m for m in MODELS if scores[scores.model == m].validation_fvu_at_selection_l0.isna().all()]
+unscored_table = unscored_rates(validation, scores, chosen_lr)
+record.table("unscored_rates", unscored_table)
 scores["chosen"] = [chosen_lr[m] == lr for m, lr in zip(scores.model, scores.lr)]
 record.table("lr_selection", scores)
 record.duration("selection round (training and validation)", time.perf_counter() - t0)
@@ -483,7 +464,7 @@ def pts(x: float) -> str:
 
 ours_rows = summary[summary.model == "ours"].sort_values("l0_mean")
 ours_dead = metrics[metrics.model == "ours"].dead_by_firing.max()
-edge = [m for m, lr in chosen_lr.items() if on_edge(m, lr)]
+edge = [m for m, lr in chosen_lr.items() if on_edge(rates[m], lr)]
 extended = {m: r for m, r in rates.items() if len(r) > len(lr_grid)}
 part1 = (
     f"**Rates chosen on validation** (grid {', '.join(f'{v:g}' for v in lr_grid)}): "
@@ -500,7 +481,9 @@ part1 = (
         if unscored
         else ""
     )
-    + f". Every run: {epochs} epoch{'s' if epochs > 1 else ''} over {len(Xtr):,} images; its matrix "
+    + "."
+    + describe_unscored(unscored_table, selection_l0)
+    + f" Every run: {epochs} epoch{'s' if epochs > 1 else ''} over {len(Xtr):,} images; its matrix "
     "products (counted from the shapes): "
     + ", ".join(f"{m} {metrics[metrics.model == m].train_gflop.mean():,.0f}" for m in MODELS)
     + " GFLOP; wall time per run (its share of its stack): "

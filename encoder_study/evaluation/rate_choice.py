@@ -1,0 +1,103 @@
+"""Each model at its own best learning rate, chosen on validation data by one rule.
+
+A model trained at a few settings of its sparsity knob, at each rate of a grid, gives per rate a
+curve of (L0, validation FVU). Its score at a rate is that FVU read off at one L0
+(``frontier.value_at_l0``): comparing rates at equal sparsity keeps a rate from winning by making
+the code denser. The lowest score chooses. A grid can be too narrow for some model: where its
+choice is the smallest or largest rate tried, the next rate past that edge (by the grid's own end
+ratio) is worth trying, and the notebooks do so a bounded number of times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from encoder_study.evaluation.frontier import value_at_l0
+
+SCORE = "validation_fvu_at_selection_l0"
+
+
+def score_rates(validation: pd.DataFrame, selection_l0: float) -> pd.DataFrame:
+    """Per model and rate, the validation FVU read off at L0 = ``selection_l0`` (NaN where that
+    rate's runs do not reach it). ``validation`` has a row per run: ``model``, ``lr``, ``l0``,
+    ``fvu``."""
+    return pd.DataFrame(
+        [
+            {"model": m, "lr": lr, SCORE: value_at_l0(g.l0, g.fvu, selection_l0)}
+            for (m, lr), g in validation.groupby(["model", "lr"])
+        ],
+        columns=["model", "lr", SCORE],
+    )
+
+
+def choose_rate(scores: pd.DataFrame, model: str, fallback: float) -> float:
+    """``model``'s rate with the lowest score; ``fallback`` where no rate has a score (the caller
+    says so in its findings)."""
+    d = scores[scores.model == model].dropna(subset=[SCORE])
+    return fallback if d.empty else float(d.loc[d[SCORE].idxmin(), "lr"])
+
+
+def on_edge(rates_tried: Sequence[float], lr: float) -> bool:
+    """Whether ``lr`` is the smallest or largest of ``rates_tried``, among three or more (with two,
+    every rate is an edge and the grid says nothing about a direction)."""
+    return len(rates_tried) >= 3 and lr in (min(rates_tried), max(rates_tried))
+
+
+def beyond_edge(rates_tried: Sequence[float], lr: float) -> float:
+    """The next rate past the edge of ``rates_tried`` that ``lr`` sits on, by the ratio of the two
+    rates at that end, rounded to two significant digits (1e-2 after 3e-3 gives 0.033)."""
+    r = sorted(rates_tried)
+    if lr not in (r[0], r[-1]) or len(r) < 2:
+        raise ValueError(f"lr={lr:g} is not on an edge of the rates tried {r}")
+    step = r[-1] / r[-2] if lr == r[-1] else r[0] / r[1]
+    return float(f"{lr * step:.2g}")
+
+
+def against_chosen(validation: pd.DataFrame, model: str, lr: float, chosen: float) -> tuple[int, int]:
+    """For a rate with no score (its runs never came near the selection L0): at how many of its
+    runs' L0s the chosen rate's curve can be read (``frontier.value_at_l0``), and at how many of
+    those the chosen rate's FVU is the lower. Behind at every point both reach says the unscored
+    rate lost on the sparsities it did reach; ahead anywhere says the choice is open."""
+    own = validation[(validation.model == model) & (validation.lr == lr)].dropna(subset=["l0", "fvu"])
+    best = validation[(validation.model == model) & (validation.lr == chosen)]
+    read = [(f, value_at_l0(best.l0, best.fvu, l0)) for l0, f in zip(own.l0, own.fvu)]
+    both = [(f, g) for f, g in read if g == g]  # NaN where the chosen curve does not reach
+    return len(both), sum(g < f for f, g in both)
+
+
+def unscored_rates(validation: pd.DataFrame, scores: pd.DataFrame, chosen: dict[str, float]) -> pd.DataFrame:
+    """Every rate without a score, of a model whose choice was made by score, set against its
+    chosen rate by ``against_chosen``: columns model, lr, points_both_reach, chosen_lower_at."""
+    scored = set(scores.dropna(subset=[SCORE]).model)
+    rows = [
+        {"model": r.model, "lr": r.lr}
+        for r in scores[scores[SCORE].isna() & scores.model.isin(scored)].itertuples()
+    ]
+    for row in rows:
+        row["points_both_reach"], row["chosen_lower_at"] = against_chosen(
+            validation, row["model"], row["lr"], chosen[row["model"]]
+        )
+    return pd.DataFrame(rows, columns=["model", "lr", "points_both_reach", "chosen_lower_at"])
+
+
+def describe_unscored(table: pd.DataFrame, selection_l0: float) -> str:
+    """The findings' sentence on ``unscored_rates``' table, after a space ('' where every rate was
+    scored)."""
+    if table.empty:
+        return ""
+    return (
+        f" Rates whose runs never came near L0 {selection_l0:g} (no score), against the chosen rate at "
+        "the L0s both reach: "
+        + "; ".join(
+            f"{r.model} {r.lr:g}: "
+            + (
+                f"the chosen rate's FVU lower at {r.chosen_lower_at} of {r.points_both_reach}"
+                if r.points_both_reach
+                else "no L0 that both reach"
+            )
+            for r in table.itertuples()
+        )
+        + "."
+    )
