@@ -30,10 +30,12 @@ def measured_seconds() -> dict[str, float]:
 
 def groups(p: dict) -> list[tuple[str, int, int]]:
     """(model, width, runs) of each group notebook 5 trains with these parameters: the selection
-    round at the smallest width (every rate of lr_grid), the knob settings at the other widths at
-    the chosen rate, and the comparison runs on every seed (the first seed's partly shared with
-    the selection round; counted again here, an upper bound)."""
-    seeds, targets, rates = len(p["seeds"]), len(p["target_l0"]), len(p["lr_grid"])
+    round at the smallest width (every rate of lr_grid, and for every model lr_edge_steps past its
+    edge), the knob settings at the other widths at the chosen rate, and the comparison runs on
+    every seed (the first seed's partly shared with the selection round; counted again here, an
+    upper bound)."""
+    seeds, targets = len(p["seeds"]), len(p["target_l0"])
+    rates = len(p["lr_grid"]) + p.get("lr_edge_steps", 0)
     k0 = min(p["hidden_dims"])
     settings = {m: targets for m in ("encoder", "topk", "batchtopk")}
     settings.update(sae=len(p["sae_l1_grid"][0]), sae_dnorm=len(p["sae_dnorm_l1_grid"][0]),
