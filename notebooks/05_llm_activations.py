@@ -67,7 +67,8 @@
 # next rate past that edge (by the grid's own end ratio) is tried too, up to `lr_edge_steps`
 # times (for ours with its own calibration run at that rate), so that a best rate beyond the grid
 # is not missed. A rate whose runs never come near `selection_l0` has no score; it is set against
-# the chosen rate at the L0s both reach (`unscored_rates`), and the findings say where it was ahead. At that rate the L1 and JumpReLU kinds take, at each width and for each target,
+# the chosen rate at the L0s both reach (`unscored_rates`), and the findings say where it was
+# ahead. At the chosen rate the L1 and JumpReLU kinds take, at each width and for each target,
 # the knob that their validation L0 curve puts there (interpolated in log knob against log L0).
 # Then the comparison: every model at its chosen rate and knobs, trained on `seeds`, measured
 # once on the test contexts. The test data choose nothing.
@@ -163,11 +164,11 @@ from encoder_study.evaluation.metrics import (
     redundancy_score,
 )
 from encoder_study.evaluation.rate_choice import (
-    beyond_edge,
     choose_rate,
     describe_unscored,
     on_edge,
     score_rates,
+    select_rates,
     unscored_rates,
 )
 from encoder_study.evaluation.scoring import training_gflop
@@ -392,16 +393,7 @@ def select(pairs: list[tuple[str, float]]) -> pd.DataFrame:
 
 
 fallback_lr = sorted(lr_grid)[len(lr_grid) // 2]  # kept by a model no rate brings near selection_l0
-selection_runs = select([(m, lr) for m in MODELS for lr in lr_grid])
-rates = {m: sorted(lr_grid) for m in MODELS}  # each model's rates tried, the edge extensions included
-for _ in range(lr_edge_steps):
-    scores = score_rates(selection_runs, selection_l0)
-    now = {m: choose_rate(scores, m, fallback_lr) for m in MODELS}
-    at_edge = {m: beyond_edge(rates[m], lr) for m, lr in now.items() if on_edge(rates[m], lr)}
-    if not at_edge:
-        break
-    selection_runs = pd.concat([selection_runs, select(list(at_edge.items()))], ignore_index=True)
-    rates.update({m: sorted(rates[m] + [lr]) for m, lr in at_edge.items()})
+selection_runs, rates = select_rates(select, MODELS, lr_grid, selection_l0, lr_edge_steps, fallback_lr)
 scores = score_rates(selection_runs, selection_l0)
 chosen_lr = {m: choose_rate(scores, m, fallback_lr) for m in MODELS}
 unscored = [m for m in MODELS if scores[scores.model == m].validation_fvu_at_selection_l0.isna().all()]

@@ -117,11 +117,11 @@ from encoder_study.evaluation.agreement import bootstrap_interval
 from encoder_study.evaluation.frontier import match_l0
 from encoder_study.evaluation.metrics import features, probe_correct
 from encoder_study.evaluation.rate_choice import (
-    beyond_edge,
     choose_rate,
     describe_unscored,
     on_edge,
     score_rates,
+    select_rates,
     unscored_rates,
 )
 from encoder_study.evaluation.scoring import evaluate_run
@@ -212,22 +212,14 @@ def validate(rows: list[dict]) -> pd.DataFrame:
 
 
 fallback_lr = sorted(lr_grid)[len(lr_grid) // 2]  # kept by a model no rate brings near selection_l0
-validation = validate(specs(MODELS, seeds[0], lambda m: lr_grid))
-rates = {m: sorted(lr_grid) for m in MODELS}  # each model's rates tried, the edge extensions included
-for _ in range(lr_edge_steps):
-    scores = score_rates(validation, selection_l0)
-    now = {m: choose_rate(scores, m, fallback_lr) for m in MODELS}
-    at_edge = {m: beyond_edge(rates[m], lr) for m, lr in now.items() if on_edge(rates[m], lr)}
-    if not at_edge:
-        break
-    validation = pd.concat(
-        [
-            validation,
-            validate([r for m, lr in at_edge.items() for r in specs([m], seeds[0], lambda _, v=lr: [v])]),
-        ],
-        ignore_index=True,
-    )
-    rates.update({m: sorted(rates[m] + [lr]) for m, lr in at_edge.items()})
+validation, rates = select_rates(
+    lambda pairs: validate([r for m, lr in pairs for r in specs([m], seeds[0], lambda _, v=lr: [v])]),
+    MODELS,
+    lr_grid,
+    selection_l0,
+    lr_edge_steps,
+    fallback_lr,
+)
 record.table("selection_runs", validation)
 scores = score_rates(validation, selection_l0)
 chosen_lr = {m: choose_rate(scores, m, fallback_lr) for m in MODELS}

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -12,6 +13,7 @@ from encoder_study.evaluation.rate_choice import (
     choose_rate,
     on_edge,
     score_rates,
+    select_rates,
     unscored_rates,
 )
 
@@ -66,3 +68,26 @@ def test_an_unscored_rate_is_compared_with_the_chosen_one_where_both_reach():
     assert table.to_dict("records") == [
         {"model": "a", "lr": 1e-2, "points_both_reach": 2, "chosen_lower_at": 1}
     ]
+
+
+def test_the_selection_round_steps_past_the_edge_while_the_choice_sits_on_it():
+    asked = []
+
+    def validate(pairs):  # model "a" is better the faster it learns, up to 0.05; "b" is best at 1e-3
+        asked.append(pairs)
+        best = {"a": 0.05, "b": 1e-3}
+        return pd.DataFrame(
+            [
+                row
+                for m, lr in pairs
+                for row in curve(
+                    m, lr, [(10, 0.5 + abs(np.log(lr / best[m]))), (40, 0.3 + abs(np.log(lr / best[m])))]
+                )
+            ]
+        )
+
+    validation, rates = select_rates(validate, ["a", "b"], [3e-4, 1e-3, 3e-3, 1e-2], 20, 3, fallback=1e-3)
+    # a: 1e-2 on the edge -> 0.033 -> 0.11 (worse than 0.033, which is then off the edge): two steps
+    assert asked[1:] == [[("a", 0.033)], [("a", 0.11)]]
+    assert rates == {"a": [3e-4, 1e-3, 3e-3, 1e-2, 0.033, 0.11], "b": [3e-4, 1e-3, 3e-3, 1e-2]}
+    assert choose_rate(score_rates(validation, 20), "a", fallback=1e-3) == 0.033

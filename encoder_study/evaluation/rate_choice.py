@@ -10,7 +10,7 @@ ratio) is worth trying, and the notebooks do so a bounded number of times.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 
@@ -53,6 +53,32 @@ def beyond_edge(rates_tried: Sequence[float], lr: float) -> float:
         raise ValueError(f"lr={lr:g} is not on an edge of the rates tried {r}")
     step = r[-1] / r[-2] if lr == r[-1] else r[0] / r[1]
     return float(f"{lr * step:.2g}")
+
+
+def select_rates(
+    validate: Callable[[list[tuple[str, float]]], pd.DataFrame],
+    models: Sequence[str],
+    lr_grid: Sequence[float],
+    selection_l0: float,
+    edge_steps: int,
+    fallback: float,
+) -> tuple[pd.DataFrame, dict[str, list[float]]]:
+    """The selection round: ``validate`` (the notebook's: it trains a (model, rate) pair's runs and
+    returns a row per run with ``model``, ``lr``, ``l0``, ``fvu``) over every model and rate of
+    ``lr_grid``; then, up to ``edge_steps`` times, each model whose choice sits on the edge of the
+    rates it has tried is validated at the next rate past it. Returns every validation row and
+    each model's rates tried, in order."""
+    validation = validate([(m, lr) for m in models for lr in lr_grid])
+    rates = {m: sorted(lr_grid) for m in models}
+    for _ in range(edge_steps):
+        scores = score_rates(validation, selection_l0)
+        now = {m: choose_rate(scores, m, fallback) for m in models}
+        at_edge = {m: beyond_edge(rates[m], lr) for m, lr in now.items() if on_edge(rates[m], lr)}
+        if not at_edge:
+            break
+        validation = pd.concat([validation, validate(list(at_edge.items()))], ignore_index=True)
+        rates.update({m: sorted(rates[m] + [lr]) for m, lr in at_edge.items()})
+    return validation, rates
 
 
 def against_chosen(validation: pd.DataFrame, model: str, lr: float, chosen: float) -> tuple[int, int]:
