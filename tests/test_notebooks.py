@@ -251,11 +251,13 @@ def test_llm_smoke_frontier_follows_the_targets_and_the_rule(smoke_book):
     # every model trained at one rate of the grid, the one the selection table marks as chosen
     selection = pd.read_csv(folder / "lr_selection.csv")
     chosen = selection[selection.chosen].set_index("model").lr
-    assert set(chosen.index) == models and set(selection.lr) == set(lr_grid)
+    assert set(chosen.index) == models and set(lr_grid) <= set(selection.lr)
+    past_edge = set(selection.lr) - set(lr_grid)  # tried only beyond the grid, never inside it
+    assert all(v < min(lr_grid) or v > max(lr_grid) for v in past_edge)
     assert (df.lr == df.model.map(chosen)).all() and chosen.to_dict() == info["chosen_lr"]
     # the selection round ran on validation only: its runs are seed 1 and not in the test metrics' rows
     runs = pd.read_csv(folder / "selection_runs.csv")
-    assert set(runs.seed) == {seeds[0]} and set(runs.lr) == set(lr_grid) and runs.l0.notna().any()
+    assert set(runs.seed) == {seeds[0]} and set(runs.lr) == set(selection.lr) and runs.l0.notna().any()
     # ours: lambda = (K / K0)^2 L0_0 / target, computed here independently of the notebook from the
     # calibration run (the paper's weights at the smallest width and the chosen rate, on validation)
     sizes = sorted(set(df[df.model == "topk"].hidden_dim))
