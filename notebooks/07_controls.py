@@ -131,10 +131,9 @@ from encoder_study.book.progress import progress
 from encoder_study.book.record import COLORS, repo_path, save_figure, start_notebook
 from encoder_study.evaluation import baselines
 from encoder_study.evaluation.agreement import hard, soft_nmi
-from encoder_study.evaluation.metrics import ACTIVE_THRESHOLD, features, fvu
-from encoder_study.evaluation.scoring import evaluate_codes, training_gflop
+from encoder_study.evaluation.metrics import ACTIVE_THRESHOLD, features
+from encoder_study.evaluation.scoring import decoder_fvu, evaluate_codes, training_gflop
 from encoder_study.models.config import RunConfig
-from encoder_study.models.kinds import KINDS
 from encoder_study.models.model import count_parameters
 from encoder_study.training.runs import run_experiments
 
@@ -164,13 +163,10 @@ own = {}  # (model, seed) -> the learned model's own-decoder FVU on the test ima
 ours_pre = {}  # seed -> the encoder's pre-activations z = W x + b of the test images
 
 
-def keep_own(name: str, res) -> None:
+def keep_own(name: str, res, model: torch.nn.Module) -> None:
     """The run's FVU through its own decoder (NaN for ours, which has none) and its training GFLOP."""
-    m = res.model()
-    with torch.no_grad():
-        decoded = fvu(Xte, m(Xte)[0]) if KINDS[res.config.model].has_decoder else float("nan")
     own[(name, res.config.seed)] = {
-        "decoder_fvu": decoded,
+        "decoder_fvu": decoder_fvu(model, res.config.model, Xte),
         "train_gflop": training_gflop(res.config, Xtr.shape[1], len(Xtr)),
     }
 
@@ -179,7 +175,7 @@ for (name, seed), res in zip(bench, run_experiments(list(bench.values()), Xtr, X
     if seed in seeds:
         m = res.model()
         learned[(name, seed)] = (features(m, Xtr), features(m, Xte), count_parameters(m), res.seconds)
-        keep_own(name, res)
+        keep_own(name, res, m)
         if name == "ours":
             with torch.no_grad():
                 ours_pre[seed] = torch.nn.functional.linear(Xte, m.W, m.b)
@@ -190,7 +186,7 @@ topk_runs = [RunConfig(model="topk", seed=s, epochs=epochs, hidden_dim=hidden_di
 for cfg, res in zip(topk_runs, run_experiments(topk_runs, Xtr, Xte)):
     m = res.model()
     learned[("topk", cfg.seed)] = (features(m, Xtr), features(m, Xte), count_parameters(m), res.seconds)
-    keep_own("topk", res)
+    keep_own("topk", res, m)
 record.duration("learned models (training or loading from the run cache)", time.perf_counter() - start)
 print(
     f"ours' mean L0 on the training images over seeds {seeds}: {ours_l0:.2f}; "

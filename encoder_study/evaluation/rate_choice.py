@@ -89,7 +89,7 @@ def against_chosen(validation: pd.DataFrame, model: str, lr: float, chosen: floa
     own = validation[(validation.model == model) & (validation.lr == lr)].dropna(subset=["l0", "fvu"])
     best = validation[(validation.model == model) & (validation.lr == chosen)]
     read = [(f, value_at_l0(best.l0, best.fvu, l0)) for l0, f in zip(own.l0, own.fvu)]
-    both = [(f, g) for f, g in read if g == g]  # NaN where the chosen curve does not reach
+    both = [(f, g) for f, g in read if pd.notna(g)]  # NaN where the chosen curve does not reach
     return len(both), sum(g < f for f, g in both)
 
 

@@ -67,6 +67,13 @@ def training_gflop(config, input_dim: int, n_train: int) -> float:
     return KINDS[config.model].gemm_flops_per_sample(input_dim, config) * config.epochs * n_train / 1e9
 
 
+@torch.no_grad()
+def decoder_fvu(model: torch.nn.Module, kind: str, test_x: torch.Tensor) -> float:
+    """FVU of ``test_x`` through the model's own decoder; NaN for a kind without one (ours, which
+    is read out instead)."""
+    return fvu(test_x, model(test_x)[0]) if KINDS[kind].has_decoder else math.nan
+
+
 def evaluate_run(
     result: RunResult,
     train_x: torch.Tensor,
@@ -100,7 +107,6 @@ def evaluate_run(
     A_train, A_test = features(model, train_x), features(model, test_x)
     row.update(evaluate_codes(A_train, A_test, train_x, test_x, train_y, test_y, probe_max_iter))
     row.update(activation_summary(A_test, model.W))
-    has_decoder = KINDS[result.config.model].has_decoder
-    row["decoder_fvu"] = fvu(test_x, model(test_x)[0]) if has_decoder else math.nan
+    row["decoder_fvu"] = decoder_fvu(model, result.config.model, test_x)
     row["fvu"] = row["readout_fvu"] if math.isnan(row["decoder_fvu"]) else row["decoder_fvu"]
     return row
