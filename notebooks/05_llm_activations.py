@@ -42,8 +42,10 @@
 #   by the rule derived below for each target L0. The rule is tested at a third width,
 #   `test_width`, where nothing was calibrated.
 # - **sae**: the paper's ReLU SAE, MSE + l1 * mean |a|.
-# - **sae_dnorm**: the L1 SAE whose penalty weighs each latent by its decoder column's norm (the
-#   form Anthropic's April 2024 update made standard).
+# - **sae_dnorm**: the L1 SAE in the form of Anthropic's April 2024 update: the penalty weighs
+#   each latent by its decoder column's norm (the columns left free), the encoder starts as the
+#   transpose of small decoder columns, the L1 weight warms up over the first 5% of steps, and
+#   each run's gradient is clipped (`models/kinds/sae_dnorm.py` says what is taken and what not).
 # - **jumprelu**: the JumpReLU SAE (Rajamanoharan et al. 2024): a trained threshold per latent,
 #   an L0 penalty, straight-through gradients. Its thresholds are trained in log space, and Adam
 #   moves them by about the learning rate per step, so in this budget they end near where they
@@ -102,7 +104,8 @@ lr_edge_steps: int = 2  # rates tried past the grid's edge, one at a time, while
 selection_l0: float = 60.0  # the L0 at which validation FVU picks each model's learning rate
 # the knob grids of the L1 and JumpReLU kinds on validation, one list per entry of hidden_dims
 sae_l1_grid: list[list[float]] = [[0.1, 0.3, 1.0, 2.5], [0.8, 2.0, 5.0, 12.0]]
-sae_dnorm_l1_grid: list[list[float]] = [[0.1, 0.3, 1.0, 3.0], [1.5, 5.0, 15.0, 40.0]]
+# (sae_dnorm's grids placed from a seed-1 trial of its recipe, read on validation vectors only)
+sae_dnorm_l1_grid: list[list[float]] = [[0.05, 0.15, 0.5, 1.5], [0.5, 1.5, 5.0, 15.0]]
 jumprelu_threshold_init_grid: list[list[float]] = [[0.024, 0.1, 0.3, 1.0, 3.0], [0.024, 0.1, 0.3, 1.0, 3.0]]
 jumprelu_sparsity: float = 1e-3  # the JumpReLU SAE's L0 weight, fixed (the grid above sets its sparsity)
 jumprelu_bandwidth: float = 0.024  # its straight-through kernel's width (the paper's 0.001 at this scale)
@@ -164,12 +167,8 @@ from encoder_study.evaluation.metrics import (
     redundancy_score,
 )
 from encoder_study.evaluation.rate_choice import (
-    choose_rate,
     describe_unscored,
-    on_edge,
-    score_rates,
     select_rates,
-    unscored_rates,
 )
 from encoder_study.evaluation.scoring import training_gflop
 from encoder_study.llm.feature_pages import card_html, latent_card, page, printable, token_at
@@ -392,14 +391,9 @@ def select(pairs: list[tuple[str, float]]) -> pd.DataFrame:
     return pd.DataFrame(calibration + validate([s for m, lr in pairs for s in settings(m, k0, lr)]))
 
 
-fallback_lr = sorted(lr_grid)[len(lr_grid) // 2]  # kept by a model no rate brings near selection_l0
-selection_runs, rates = select_rates(select, MODELS, lr_grid, selection_l0, lr_edge_steps, fallback_lr)
-scores = score_rates(selection_runs, selection_l0)
-chosen_lr = {m: choose_rate(scores, m, fallback_lr) for m in MODELS}
-unscored = [m for m in MODELS if scores[scores.model == m].validation_fvu_at_selection_l0.isna().all()]
-unscored_table = unscored_rates(selection_runs, scores, chosen_lr)
-record.table("unscored_rates", unscored_table)
-scores["chosen"] = [chosen_lr[m] == lr for m, lr in zip(scores.model, scores.lr)]
+selection = select_rates(select, MODELS, lr_grid, selection_l0, lr_edge_steps)
+chosen_lr, scores, selection_runs = selection.chosen, selection.scores, selection.validation
+record.table("unscored_rates", selection.unscored)
 # at the other widths, each model's knob settings at its chosen rate only (the L1 and JumpReLU
 # kinds need them to place their knobs; for the others they are the seed's comparison runs)
 wider = [s for m in MODELS for h in hidden_dims if h != k0 for s in settings(m, h, chosen_lr[m])]
@@ -1154,8 +1148,8 @@ tokens_seen = int(metrics.tokens_seen.iloc[0])
 compared = metrics[metrics.hidden_dim.isin(hidden_dims)].groupby(["model", "hidden_dim"])
 cost, seconds = compared.train_gflop.mean(), compared.seconds_per_run.mean()
 costlier = [h for h in hidden_dims if cost.loc[("ours", h)] > cost.drop("ours").xs(h, level=1).max()]
-edge = [m for m, lr in chosen_lr.items() if on_edge(rates[m], lr)]
-extended = {m: r for m, r in rates.items() if len(r) > len(lr_grid)}
+edge = [m for m in chosen_lr if selection.on_edge(m)]
+extended = selection.past_grid()
 part1 = (
     f"**Setting.** Every run saw {tokens_seen:,} training vectors ({epochs} epoch{'s' if epochs > 1 else ''} "
     f"of {len(X):,}); seeds "
@@ -1164,7 +1158,7 @@ part1 = (
     + ", ".join(f"{m} {lr:g}" for m, lr in chosen_lr.items())
     + (
         ". Tried past the grid's edge, where the choice sat on it: "
-        + "; ".join(f"{m} {', '.join(f'{v:g}' for v in r if v not in lr_grid)}" for m, r in extended.items())
+        + "; ".join(f"{m} {', '.join(f'{v:g}' for v in r)}" for m, r in extended.items())
         if extended
         else ""
     )
@@ -1174,12 +1168,12 @@ part1 = (
         else "."
     )
     + (
-        f" No rate brought {', '.join(unscored)} within reach of L0 {selection_l0:g} on validation; "
-        f"they kept the grid's middle rate {fallback_lr:g}."
-        if unscored
+        f" No rate brought {', '.join(selection.unscored_models)} within reach of L0 {selection_l0:g} on "
+        f"validation; they kept the grid's middle rate {selection.fallback:g}."
+        if selection.unscored_models
         else ""
     )
-    + describe_unscored(unscored_table, selection_l0)
+    + describe_unscored(selection.unscored, selection_l0)
     + " Selection runs trained on the way (all rates, knobs and widths): "
     + ", ".join(f"{m} {n}" for m, n in selection_runs.groupby("model", sort=False).size().items())
     + f". Every comparison run: {epochs} epoch{'s' if epochs > 1 else ''} over {len(X):,} vectors; its "

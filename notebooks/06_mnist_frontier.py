@@ -29,8 +29,10 @@
 # - **ours**: the LSE weight `ours_lse`, variance and decorrelation weights 1 (LSE pulls
 #   activations down towards silence, InfoMax spreads them out: their ratio sets the sparsity);
 # - **sae**: the paper's L1 SAE, its L1 weight `sae_l1`;
-# - **sae_dnorm**: the L1 SAE whose penalty weighs each latent by its decoder column's norm (the
-#   current standard form), its weight `sae_dnorm_l1`;
+# - **sae_dnorm**: the L1 SAE in its current standard form (Anthropic's April 2024 update: the
+#   penalty weighted by each latent's decoder norm, encoder started as the transpose of small
+#   decoder columns, the weight warmed up over the first 5% of steps, gradients clipped), its
+#   weight `sae_dnorm_l1`;
 # - **jumprelu**: the JumpReLU SAE, swept as its paper sweeps it: the L0 weight `jumprelu_sparsity`,
 #   the thresholds starting at `jumprelu_threshold_init` and the kernel width `jumprelu_bandwidth`
 #   (both the paper's 0.001 at MNIST's scale). Adam moves each threshold's logarithm by up to
@@ -117,12 +119,8 @@ from encoder_study.evaluation.agreement import bootstrap_interval
 from encoder_study.evaluation.frontier import match_l0
 from encoder_study.evaluation.metrics import features, probe_correct
 from encoder_study.evaluation.rate_choice import (
-    choose_rate,
     describe_unscored,
-    on_edge,
-    score_rates,
     select_rates,
-    unscored_rates,
 )
 from encoder_study.evaluation.scoring import evaluate_run
 from encoder_study.models.config import RunConfig, run_config_for
@@ -211,22 +209,16 @@ def validate(rows: list[dict]) -> pd.DataFrame:
     )
 
 
-fallback_lr = sorted(lr_grid)[len(lr_grid) // 2]  # kept by a model no rate brings near selection_l0
-validation, rates = select_rates(
+selection = select_rates(
     lambda pairs: validate([r for m, lr in pairs for r in specs([m], seeds[0], lambda _, v=lr: [v])]),
     MODELS,
     lr_grid,
     selection_l0,
     lr_edge_steps,
-    fallback_lr,
 )
+chosen_lr, scores, validation = selection.chosen, selection.scores, selection.validation
 record.table("selection_runs", validation)
-scores = score_rates(validation, selection_l0)
-chosen_lr = {m: choose_rate(scores, m, fallback_lr) for m in MODELS}
-unscored = [m for m in MODELS if scores[scores.model == m].validation_fvu_at_selection_l0.isna().all()]
-unscored_table = unscored_rates(validation, scores, chosen_lr)
-record.table("unscored_rates", unscored_table)
-scores["chosen"] = [chosen_lr[m] == lr for m, lr in zip(scores.model, scores.lr)]
+record.table("unscored_rates", selection.unscored)
 record.table("lr_selection", scores)
 record.duration("selection round (training and validation)", time.perf_counter() - t0)
 print("chosen rates: " + ", ".join(f"{m} {lr:g}" for m, lr in chosen_lr.items()))
@@ -456,25 +448,26 @@ def pts(x: float) -> str:
 
 ours_rows = summary[summary.model == "ours"].sort_values("l0_mean")
 ours_dead = metrics[metrics.model == "ours"].dead_by_firing.max()
-edge = [m for m, lr in chosen_lr.items() if on_edge(rates[m], lr)]
-extended = {m: r for m, r in rates.items() if len(r) > len(lr_grid)}
+edge = [m for m in chosen_lr if selection.on_edge(m)]
+extended = selection.past_grid()
 part1 = (
     f"**Rates chosen on validation** (grid {', '.join(f'{v:g}' for v in lr_grid)}): "
     + ", ".join(f"{m} {lr:g}" for m, lr in chosen_lr.items())
     + (
         "; tried past the grid's edge: "
-        + ", ".join(f"{m} {', '.join(f'{v:g}' for v in r if v not in lr_grid)}" for m, r in extended.items())
+        + ", ".join(f"{m} {', '.join(f'{v:g}' for v in r)}" for m, r in extended.items())
         if extended
         else ""
     )
     + (f"; still at the edge of the rates tried: {', '.join(edge)}" if edge else "")
     + (
-        f"; no rate brought {', '.join(unscored)} near L0 {selection_l0:g} (kept {fallback_lr:g})"
-        if unscored
+        f"; no rate brought {', '.join(selection.unscored_models)} near L0 {selection_l0:g} "
+        f"(kept {selection.fallback:g})"
+        if selection.unscored_models
         else ""
     )
     + "."
-    + describe_unscored(unscored_table, selection_l0)
+    + describe_unscored(selection.unscored, selection_l0)
     + f" Every run: {epochs} epoch{'s' if epochs > 1 else ''} over {len(Xtr):,} images; its matrix "
     "products (counted from the shapes): "
     + ", ".join(f"{m} {metrics[metrics.model == m].train_gflop.mean():,.0f}" for m in MODELS)

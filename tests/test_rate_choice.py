@@ -86,8 +86,34 @@ def test_the_selection_round_steps_past_the_edge_while_the_choice_sits_on_it():
             ]
         )
 
-    validation, rates = select_rates(validate, ["a", "b"], [3e-4, 1e-3, 3e-3, 1e-2], 20, 3, fallback=1e-3)
+    found = select_rates(validate, ["a", "b"], [3e-4, 1e-3, 3e-3, 1e-2], 20, 3)
     # a: 1e-2 on the edge -> 0.033 -> 0.11 (worse than 0.033, which is then off the edge): two steps
     assert asked[1:] == [[("a", 0.033)], [("a", 0.11)]]
-    assert rates == {"a": [3e-4, 1e-3, 3e-3, 1e-2, 0.033, 0.11], "b": [3e-4, 1e-3, 3e-3, 1e-2]}
-    assert choose_rate(score_rates(validation, 20), "a", fallback=1e-3) == 0.033
+    assert found.rates == {"a": [3e-4, 1e-3, 3e-3, 1e-2, 0.033, 0.11], "b": [3e-4, 1e-3, 3e-3, 1e-2]}
+    assert found.chosen == {"a": 0.033, "b": 1e-3} and found.fallback == 3e-3
+    assert not found.on_edge("a") and not found.on_edge("b")
+    assert found.past_grid() == {"a": [0.033, 0.11]}
+    assert found.unscored_models == [] and found.unscored.empty
+    assert found.scores[found.scores.chosen].lr.tolist() == [0.033, 1e-3]
+
+
+def test_a_model_that_no_rate_brings_near_the_selection_l0_keeps_the_grids_middle_rate():
+    def validate(pairs):  # "c" never gets denser than L0 2; "a" is best at 1e-3
+        return pd.DataFrame(
+            [
+                row
+                for m, lr in pairs
+                for row in (
+                    curve(m, lr, [(1, 0.9), (2, 0.8)])
+                    if m == "c"
+                    else curve(m, lr, [(10, 0.5 + abs(np.log(lr / 1e-3))), (40, 0.3)])
+                )
+            ]
+        )
+
+    found = select_rates(validate, ["a", "c"], [1e-3, 3e-4, 3e-3], 20, 2)
+    assert found.fallback == 1e-3  # the middle of the sorted grid, whatever the order given
+    assert found.chosen == {"a": 1e-3, "c": 1e-3} and found.unscored_models == ["c"]
+    assert found.past_grid() == {} and found.grid == [3e-4, 1e-3, 3e-3]
+    assert found.unscored.empty  # only a model chosen by score has unscored rates to set against it
+    assert found.scores.chosen.sum() == 2

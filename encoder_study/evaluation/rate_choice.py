@@ -11,6 +11,7 @@ ratio) is worth trying, and the notebooks do so a bounded number of times.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -55,19 +56,51 @@ def beyond_edge(rates_tried: Sequence[float], lr: float) -> float:
     return float(f"{lr * step:.2g}")
 
 
+@dataclass
+class RateSelection:
+    """What a selection round found: every validation run, the rates each model tried, the scores,
+    and the choice."""
+
+    grid: list[float]
+    """The stated grid of rates, ascending: every model tried each."""
+    validation: pd.DataFrame
+    """A row per validation run: ``model``, ``lr``, ``l0``, ``fvu`` (and whatever the notebook adds)."""
+    rates: dict[str, list[float]]
+    """Each model's rates tried, ascending: the grid's, then any past its edge."""
+    scores: pd.DataFrame
+    """``score_rates`` of ``validation``, with ``chosen`` marking each model's chosen rate."""
+    chosen: dict[str, float]
+    """Each model's chosen rate: the lowest score, or ``fallback`` where no rate has one."""
+    fallback: float
+    """The grid's middle rate, kept by a model that no rate brings near the selection L0."""
+    unscored_models: list[str]
+    """Models that no rate brought near the selection L0 (they keep ``fallback``)."""
+    unscored: pd.DataFrame
+    """``unscored_rates``: each rate without a score set against its model's chosen rate."""
+
+    def on_edge(self, model: str) -> bool:
+        """Whether ``model``'s chosen rate is still the smallest or largest it tried."""
+        return on_edge(self.rates[model], self.chosen[model])
+
+    def past_grid(self) -> dict[str, list[float]]:
+        """The rates each model tried past the grid's edge, for the models that tried any."""
+        extra = {m: [lr for lr in r if lr not in self.grid] for m, r in self.rates.items()}
+        return {m: r for m, r in extra.items() if r}
+
+
 def select_rates(
     validate: Callable[[list[tuple[str, float]]], pd.DataFrame],
     models: Sequence[str],
     lr_grid: Sequence[float],
     selection_l0: float,
     edge_steps: int,
-    fallback: float,
-) -> tuple[pd.DataFrame, dict[str, list[float]]]:
+) -> RateSelection:
     """The selection round: ``validate`` (the notebook's: it trains a (model, rate) pair's runs and
     returns a row per run with ``model``, ``lr``, ``l0``, ``fvu``) over every model and rate of
     ``lr_grid``; then, up to ``edge_steps`` times, each model whose choice sits on the edge of the
-    rates it has tried is validated at the next rate past it. Returns every validation row and
-    each model's rates tried, in order."""
+    rates it has tried is validated at the next rate past it. A model that no rate brings near
+    ``selection_l0`` keeps the grid's middle rate."""
+    fallback = sorted(lr_grid)[len(lr_grid) // 2]
     validation = validate([(m, lr) for m in models for lr in lr_grid])
     rates = {m: sorted(lr_grid) for m in models}
     for _ in range(edge_steps):
@@ -78,7 +111,20 @@ def select_rates(
             break
         validation = pd.concat([validation, validate(list(at_edge.items()))], ignore_index=True)
         rates.update({m: sorted(rates[m] + [lr]) for m, lr in at_edge.items()})
-    return validation, rates
+    scores = score_rates(validation, selection_l0)
+    chosen = {m: choose_rate(scores, m, fallback) for m in models}
+    scores["chosen"] = [chosen[m] == lr for m, lr in zip(scores.model, scores.lr)]
+    unscored_models = [m for m in models if scores[scores.model == m][SCORE].isna().all()]
+    return RateSelection(
+        grid=sorted(lr_grid),
+        validation=validation,
+        rates=rates,
+        scores=scores,
+        chosen=chosen,
+        fallback=fallback,
+        unscored_models=unscored_models,
+        unscored=unscored_rates(validation, scores, chosen),
+    )
 
 
 def against_chosen(validation: pd.DataFrame, model: str, lr: float, chosen: float) -> tuple[int, int]:

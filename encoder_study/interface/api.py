@@ -232,8 +232,9 @@ def fit(
 
     kind: "ours" (LSE + InfoMax, no decoder; knobs lambda_lse, lambda_var, lambda_tc, default 1),
     "sae" (MSE + L1; knob l1, default 0.01), "sae_dnorm" (the L1 penalty weighted by decoder
-    norms; l1), "topk" (TopK SAE; knob k, required), "batchtopk" (BatchTopK SAE; k, required; it
-    encodes with its learned threshold), "jumprelu" (JumpReLU SAE; sparsity, bandwidth), or a kind
+    norms, with the rest of its current recipe: transposed init, warm-up, clipping; l1), "topk"
+    (TopK SAE; knob k, required), "batchtopk" (BatchTopK SAE; k, required; it encodes with its
+    learned threshold), "jumprelu" (JumpReLU SAE; sparsity, bandwidth), or a kind
     registered from outside the package (``kinds.user_kinds()``: each declares its knobs). The data are
     used as given (float32; centre or scale them first if your features need it). X_test, if
     given, is where the engine measures dead units, L0 and redundancy during training (history).

@@ -260,6 +260,7 @@ class RunStack:
     def step(self, data: torch.Tensor, idx: torch.Tensor, opt: StackedOptimizer) -> torch.Tensor:
         """One training step: the loss terms as ``loss_and_grads``; parameters and optimizer updated."""
         terms, grads = self.loss_and_grads(data, idx)
+        self.kind.before_step(grads)
         opt.step(grads)
         self.kind.after_step(self.tensors)
         return terms

@@ -336,6 +336,11 @@ class ModelKind(UserFacing):
     def prepare(self, params: Params, train_x: torch.Tensor) -> None:
         """Anything data-dependent before the first step (nothing by default)."""
 
+    def before_step(self, grads: list[torch.Tensor]) -> None:
+        """Anything on the gradients (stacked, leading dimension run) between ``loss_and_grads`` and
+        the optimizer step, in place, such as clipping each run's norm (nothing by default). It
+        runs inside a captured CUDA graph, so it reads no tensor's value on the host."""
+
     def after_step(self, params: Params) -> None:
         """Anything after each optimizer step, such as a projection onto a constraint (nothing by default)."""
 

@@ -85,11 +85,12 @@ class SAEKind(ModelKind):
         weighted = a if weights is None else a * weights
         sparsity = weighted.sum((1, 2)) / a[0].numel() * sign  # mean |a| (times sign: exact), weighted
         extra, g_extra = self.activation_terms(a)
-        total = mse + self.l1 * sparsity
+        l1 = self.l1_now()
+        total = mse + l1 * sparsity
         out = {"total": total + extra.pop("total") if extra else total, "mse": mse, "l1": sparsity, **extra}
         g_xhat = diff.mul_(2.0 / (B * D))
         # d(l1 mean w|a|)/da = l1 w sign(a) / (B K): on every unit with z > 0, the only ones that pass
-        scale = (sign * self.l1 / a[0].numel()).view(R, 1, 1)
+        scale = (sign * l1 / a[0].numel()).view(R, 1, 1)
         g_a = torch.bmm(g_xhat, Wd).add_(scale if weights is None else weights * scale)
         if g_extra is not None:
             g_a += g_extra
@@ -103,6 +104,10 @@ class SAEKind(ModelKind):
             "decoder.weight": g_dec,
             "decoder.bias": g_xhat.sum(1),
         }
+
+    def l1_now(self) -> torch.Tensor:
+        """Each run's L1 weight (R,) at this step: its configured ``l1`` (a schedule overrides this)."""
+        return self.l1
 
     def penalty_weights(self, W_dec: torch.Tensor) -> torch.Tensor | None:
         """Each latent's weight in the L1 penalty (R, 1, K), from the decoder (R, D, K); None: the
