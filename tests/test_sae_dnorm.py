@@ -84,3 +84,52 @@ def test_the_clip_changes_training_where_it_binds(X, monkeypatch):
     # the bound 1/D binds on these unit-variance inputs, so the runs part; without it, the first step
     # is the same up to Adam's (scale-invariant) update, not bit-for-bit
     assert max((clipped.state[n] - free.state[n]).abs().max().item() for n in free.state) > 1e-6
+
+
+def test_the_gradient_during_the_warm_up_is_autograds_of_the_warmed_loss_float64(X):
+    # at step 0 of a 4-step warm-up the L1 weight is l1 / 4: the hand-derived gradient must carry
+    # the ramp (both sides float64; they sum in other orders: rounding ~1e-16 relative)
+    stack = RunStack([config(seed=1), config(seed=2, l1=0.1)], D, torch.device("cpu"), torch.float64)
+    stack.kind.prepare(stack.tensors, X)
+    x = gather(X, torch.stack([torch.arange(8), torch.arange(8, 16)]))
+    _, grads = stack.kind.loss_and_grads(stack.tensors, x)
+    for r, l1 in enumerate((0.3, 0.1)):
+        p = {n: t.detach()[r].clone().requires_grad_(True) for n, t in stack.tensors.items()}
+        a = torch.relu(x[r] @ p["encoder.weight"].T + p["encoder.bias"])
+        x_hat = a @ p["decoder.weight"].T + p["decoder.bias"]
+        loss = ((x_hat - x[r]) ** 2).mean() + l1 * 0.25 * (a * p["decoder.weight"].norm(dim=0)).sum(
+            1
+        ).mean() / K
+        expected = dict(zip(p, torch.autograd.grad(loss, list(p.values()))))
+        for n, g in expected.items():
+            assert torch.allclose(grads[n][r], g, rtol=1e-10, atol=1e-14 * g.abs().max().item()), n
+
+
+def test_each_step_counts_and_a_run_resumed_inside_the_warm_up_ends_as_one_never_stopped(
+    X, tmp_path, monkeypatch
+):
+    import encoder_study.training.engine as E
+
+    # 60 rows in minibatches of 8: 8 steps an epoch, the last one short
+    stack = RunStack([config(seed=1)], D, torch.device("cpu"), torch.float64)
+    opt = E.StackedOptimizer(list(stack.params.values()), [("adam", 1e-3)])
+    E._train_epoch(stack, opt, X[:60], 0, 8)
+    assert int(stack.kind.steps) == 8
+
+    # 40 epochs of 8 steps: a 16-step warm-up; the interruption after epoch 1 (step 8) falls inside it
+    configs = [config(seed=s, epochs=40) for s in (1, 2)]
+    straight = train_group(configs, X, progress=False)
+    real = E.save_tree
+
+    def save_then_stop(obj, path):
+        real(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(E, "save_tree", save_then_stop)
+    checkpoint = tmp_path / "group.partial.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train_group(configs, X, checkpoint=checkpoint, checkpoint_every=1, progress=False)
+    monkeypatch.setattr(E, "save_tree", real)
+    resumed = train_group(configs, X, checkpoint=checkpoint, checkpoint_every=1, progress=False)
+    for a, b in zip(straight, resumed):
+        assert all(torch.equal(a.state[n], b.state[n]) for n in a.state)

@@ -11,6 +11,7 @@ import resource
 import sys
 import time
 import typing
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -275,10 +276,18 @@ def repo_path(path: str | Path) -> Path:
     return p if p.is_absolute() else repo_root() / p
 
 
+def record_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the record prints it: its kind and message, without the file and line that
+    raised it (an absolute path of the machine that ran the book)."""
+    return f"{category.__name__}: {message}\n"
+
+
 def start_notebook(results_dir: str | Path, params: dict) -> Record:
-    """What every notebook does first: the book's figure style, and its results record in
-    ``results_dir`` (relative to the book's root) holding the checked parameters."""
+    """What every notebook does first: the book's figure style, warnings printed without the
+    paths of the machine (``record_warning``), and its results record in ``results_dir``
+    (relative to the book's root) holding the checked parameters."""
     use_style()
+    warnings.formatwarning = record_warning
     return Record(repo_path(results_dir), params)
 
 

@@ -4,8 +4,9 @@ A model kind is two things in one file of ``kinds/``: the single-run ``nn.Module
 loads, encodes with and inspects) and a ``ModelKind`` subclass, the kind's part of training a
 stack of R runs at once: its per-run hyperparameters, its loss terms and their gradients with
 respect to the stacked parameters (addressed by the module's own state-dict names), and what it
-does before the first step and after each. The engine (``training/engine.py``) owns everything else:
-data orders, seeds, the optimizer over the stack, divergence, checkpoints.
+does before the first step, to the gradients before each optimizer step, and after each. The
+engine (``training/engine.py``) owns everything else: data orders, seeds, the optimizer over the
+stack, divergence, checkpoints.
 """
 
 from __future__ import annotations

@@ -12,16 +12,22 @@ The rest of the recipe:
 - initialisation: each decoder column a random direction (Gaussian, normalised) of norm
   ``DECODER_INIT_NORM`` (the update found 0.05 to 1 to work), the encoder its transpose, both
   biases zero;
-- warm-up: the L1 weight grows linearly from l1 / n to l1 over the first n =
-  ``L1_WARMUP_FRACTION`` of the run's steps (at least one), then stays;
+- warm-up: the L1 weight grows linearly to l1 over the first n = ``L1_WARMUP_FRACTION`` of the
+  run's steps (at least one), then stays; step t pays l1 min(1, (t + 1) / n), so the first step
+  already pays l1 / n where the update starts from 0 (one step's difference);
 - clipping: each run's gradient, all parameters together, is scaled down to norm ``GRAD_CLIP``
   where it is longer, that norm measured on the loss in the update's units (squared error summed
   over the D input dimensions: D times this loss), so the bound on this loss's gradient is
-  GRAD_CLIP / D. The update also scales the data to mean norm sqrt(D); the book's data keep their
-  own scale, so where the clip binds relative to a typical step differs from theirs.
-Not taken: the update's learning-rate decay over the last 20% of steps, since every kind here trains
-at a constant rate (one optimizer for all). The module is the plain SAE's (``StandardSAE``, and
-SAELens's ``standard`` architecture on export); only the initialisation and training differ.
+  GRAD_CLIP / D.
+Not taken:
+- the update's learning-rate decay over the last 20% of steps: every kind here trains at a
+  constant rate (one optimizer for all);
+- its data scaling (mean norm sqrt(D)), which gives the starting norm and the clip their meaning:
+  the data are the caller's. Notebook 5 scales its vectors to mean squared norm D, close to it;
+  notebook 6's MNIST pixels and ``fit``'s data keep their own scale;
+- its convention of reading a feature's activation as a_j ||W_dec[:, j]||: ``encode`` returns a.
+The module is the plain SAE's (``StandardSAE``, and SAELens's ``standard`` architecture on
+export); only the initialisation and training differ.
 """
 
 from __future__ import annotations
