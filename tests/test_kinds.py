@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from ema_encoder_kind import EmaEncoderKind
+from interrupted_training import stop_then_resume
 from l2_encoder_kind import L2EncoderKind
 from sklearn.datasets import load_digits
 from tanh_encoder_kind import TanhEncoderKind
@@ -154,22 +155,9 @@ def test_the_stacked_encode_is_the_modules_encode(kind, X):
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_an_interrupted_stack_resumes_to_the_same_numbers(kind, X, tmp_path, monkeypatch):
-    import encoder_study.training.engine as E
-
     configs = [config(kind, seed=s, epochs=4) for s in (1, 2)]
     straight = train_group(configs, X, progress=False)
-    real = E.save_tree
-
-    def save_then_stop(obj, path):
-        real(obj, path)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(E, "save_tree", save_then_stop)
-    ck = tmp_path / "group.partial.safetensors"
-    with pytest.raises(KeyboardInterrupt):
-        train_group(configs, X, checkpoint=ck, checkpoint_every=2, progress=False)
-    monkeypatch.setattr(E, "save_tree", real)
-    resumed = train_group(configs, X, checkpoint=ck, checkpoint_every=2, progress=False)
+    resumed = stop_then_resume(configs, X, tmp_path / "group.partial.safetensors", 2, monkeypatch)
     for a, b in zip(straight, resumed):
         assert _max_diff(a.state, b.state) == 0.0
         assert [h["total"] for h in a.history] == [h["total"] for h in b.history]

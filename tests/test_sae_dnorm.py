@@ -4,6 +4,7 @@ hand-built gradients."""
 
 import pytest
 import torch
+from interrupted_training import stop_then_resume
 
 from encoder_study.models.config import RunConfig
 from encoder_study.models.kinds.sae_dnorm import DECODER_INIT_NORM, GRAD_CLIP, SAEDecoderNormKind
@@ -119,17 +120,6 @@ def test_each_step_counts_and_a_run_resumed_inside_the_warm_up_ends_as_one_never
     # 40 epochs of 8 steps: a 16-step warm-up; the interruption after epoch 1 (step 8) falls inside it
     configs = [config(seed=s, epochs=40) for s in (1, 2)]
     straight = train_group(configs, X, progress=False)
-    real = E.save_tree
-
-    def save_then_stop(obj, path):
-        real(obj, path)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(E, "save_tree", save_then_stop)
-    checkpoint = tmp_path / "group.partial.safetensors"
-    with pytest.raises(KeyboardInterrupt):
-        train_group(configs, X, checkpoint=checkpoint, checkpoint_every=1, progress=False)
-    monkeypatch.setattr(E, "save_tree", real)
-    resumed = train_group(configs, X, checkpoint=checkpoint, checkpoint_every=1, progress=False)
+    resumed = stop_then_resume(configs, X, tmp_path / "group.partial.safetensors", 1, monkeypatch)
     for a, b in zip(straight, resumed):
         assert all(torch.equal(a.state[n], b.state[n]) for n in a.state)
